@@ -1,0 +1,154 @@
+"""``ckpt.open``: a checkpoint as a tree of plain values whose tensors are lazy references.
+
+>>> import ckpt                                          # doctest: +SKIP
+>>> with ckpt.open("model.pt") as ck:                   # doctest: +SKIP
+...     for name, t in ck.tensors():
+...         print(name, t.dtype.name, t.shape)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from .errors import CheckpointError, NotACheckpointError, UnsupportedFormatError
+from .limits import DEFAULT_LIMITS, Limits
+from .policy import Finding, Policy
+from .rebuild import Builder
+from .sniff import HEAD_BYTES, explain, sniff
+from .tensors import StorageRef, TensorRef
+from .torch_zip import TorchZipReader
+from .walk import iter_tensors
+from .zipread import RangedFile, ZipArchive
+
+PathLike = str | os.PathLike[str]
+
+
+class Checkpoint:
+    """An opened checkpoint. Nothing but the zip directory and the pickle has been read.
+
+    Attributes: ``path``; ``format`` (``"torch-zip"``); ``facts`` (format details: archive name,
+    version, byte order, pickle protocol, ...); ``root`` (the object the file holds, tensors as
+    :class:`~ckpt.tensors.TensorRef`); ``findings`` (globals outside the allowlist, in inspect
+    mode); ``storages`` (key -> :class:`~ckpt.tensors.StorageRef`).
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        reader: TorchZipReader,
+        root: Any,
+        findings: list[Finding],
+        policy: Policy,
+    ) -> None:
+        self.path = path
+        self.reader = reader
+        self.root = root
+        self.findings = findings
+        self.policy = policy
+
+    @property
+    def format(self) -> str:
+        return str(self.reader.facts()["format"])
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return self.reader.facts()
+
+    @property
+    def storages(self) -> dict[str, StorageRef]:
+        return self.reader.storages
+
+    def tensors(self) -> Iterator[tuple[str, TensorRef]]:
+        """Every tensor with its dotted path from the root (``model.layers.0.weight``), in file order.
+
+        A tensor object reachable by several paths is yielded at each path; an object shared
+        between containers is walked once.
+        """
+        for path, _keys, ref in iter_tensors(self.root):
+            yield path, ref
+
+    def close(self) -> None:
+        self.reader.archive.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.path!r} {self.format}, {len(self.storages)} storages>"
+
+
+def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> TorchZipReader:
+    """Detect the format of ``path`` by content and return its reader (the file stays open)."""
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        raise UnsupportedFormatError(
+            "is a directory; sharded and distributed (DCP) checkpoint folders are not supported yet",
+            path=name,
+        )
+    try:
+        file = RangedFile.open(name)
+    except FileNotFoundError:
+        raise CheckpointError("no such file", path=name) from None
+    except IsADirectoryError:
+        raise UnsupportedFormatError("is a directory", path=name) from None
+    except OSError as e:
+        raise CheckpointError(f"cannot open the file ({e.strerror})", path=name) from None
+    try:
+        head = file.pread(0, HEAD_BYTES)
+        kind = sniff(head, file.size)
+        if kind == "zip":
+            archive = ZipArchive(file, name=name, limits=limits)
+            if archive.entries and all(e.name.endswith(".npy") for e in archive.entries):
+                raise NotACheckpointError("this is a numpy .npz archive, not a torch checkpoint", path=name)
+            return TorchZipReader(archive, path=name, limits=limits)
+        if kind == "torch-legacy":
+            raise UnsupportedFormatError(
+                "this is a legacy (pre-1.6, non-zip) torch checkpoint; reading it is not supported yet",
+                path=name,
+            )
+        if kind == "torch-tar":
+            raise UnsupportedFormatError(
+                "this is a tar archive (the pre-0.1.10 torch tar format, or another tar); not supported",
+                path=name,
+            )
+        if kind == "safetensors":
+            raise UnsupportedFormatError("safetensors files are not supported yet", path=name)
+        raise NotACheckpointError(explain(kind, head, file.size), path=name)
+    except BaseException:
+        file.close()
+        raise
+
+
+def open(
+    path: PathLike,
+    *,
+    policy: str = "strict",
+    allow: Iterable[str] = (),
+    trust: Mapping[str, Callable[..., Any]] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Checkpoint:
+    """Open a checkpoint lazily: read its directory and pickle, no tensor bytes.
+
+    ``policy="strict"`` raises :class:`~ckpt.UnsafeGlobalError` at the first global outside the
+    allowlist; ``policy="inspect"`` turns such globals into inert stand-ins listed in
+    ``Checkpoint.findings``. ``allow`` names globals to accept as inert data; ``trust`` maps names
+    to real constructors to call (an explicit choice to run code).
+
+    >>> with ckpt.open("model.pt") as ck:                 # doctest: +SKIP
+    ...     sd = ck.root                                   # tensors are TensorRef
+    """
+    pol = Policy(policy, allow=allow, trust=trust)
+    reader = open_reader(path, limits=limits)
+    try:
+        findings: list[Finding] = []
+        root = reader.load(Builder(mode=pol.mode, limits=limits), pol, findings)
+    except BaseException:
+        reader.archive.close()
+        raise
+    return Checkpoint(os.fspath(path), reader, root, findings, pol)

@@ -1,0 +1,175 @@
+"""Build real torch objects from a checkpoint, as ``torch.load(weights_only=True)`` would.
+
+Imported only by :func:`ckpt.load` with the torch flavour; this is the one module of the library
+that imports torch, and it does so when a builder is made, never at import time of ``ckpt``.
+Storages are read (or mapped) when the pickle first refers to them, moved by ``map_location``
+exactly as torch moves them, and shared by every tensor that views them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .dtypes import DType
+from .errors import CorruptCheckpointError
+from .limits import DEFAULT_LIMITS, Limits
+from .pickle_vm import Trusted
+from .rebuild import Builder
+from .tensors import StorageRef, TensorRef
+from .torch_zip import TorchZipReader
+from .values import Device
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - exercised in the no-torch test environment
+        from .errors import CheckpointError
+
+        raise CheckpointError(
+            "loading as torch tensors needs torch; install ckpt[torch], or use ckpt.load(..., as_='numpy')"
+        ) from None
+    return torch
+
+
+def restore_location(map_location: Any) -> Any:
+    """A ``(storage, tag) -> storage`` function with the semantics of torch's ``map_location``."""
+    torch = _torch()
+    default = torch.serialization.default_restore_location
+    if map_location is None:
+        return default
+    if isinstance(map_location, dict):
+        return lambda storage, tag: default(storage, map_location.get(tag, tag))
+    if isinstance(map_location, (str, bytes)):
+        target = map_location.decode() if isinstance(map_location, bytes) else map_location
+        return lambda storage, tag: default(storage, target)
+    if isinstance(map_location, torch.device):
+        target = str(map_location)
+        return lambda storage, tag: default(storage, target)
+    if callable(map_location):
+        def call(storage: Any, tag: str) -> Any:
+            result = map_location(storage, tag)
+            return default(storage, tag) if result is None else result
+
+        return call
+    raise TypeError(f"map_location must be None, a str, a torch.device, a dict or a callable, not {type(map_location).__name__}")
+
+
+def is_meta_location(map_location: Any) -> bool:
+    torch = _torch()
+    if isinstance(map_location, str):
+        return map_location == "meta"
+    return isinstance(map_location, torch.device) and map_location.type == "meta"
+
+
+class TorchBuilder(Builder):
+    """Makes torch tensors, parameters, dtypes, devices and sizes while the pickle runs."""
+
+    flavor = "torch"
+
+    def __init__(
+        self,
+        reader: TorchZipReader,
+        *,
+        map_location: Any = None,
+        mmap: bool = False,
+        mode: str = "strict",
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.torch = _torch()
+        super().__init__(mode=mode, limits=limits)
+        self.reader = reader
+        self.restore = restore_location(map_location)
+        self.meta = is_meta_location(map_location)
+        self.byteswap = reader.needs_byteswap
+        self._loaded: dict[str, Any] = {}
+        self._overall = None
+        if mmap and not self.meta:
+            path = reader.path
+            self._overall = self.torch.UntypedStorage.from_file(os.fspath(path), False, os.path.getsize(path))
+
+    # -- storages --------------------------------------------------------------------------
+
+    def finish_storage(self, ref: StorageRef) -> Any:
+        typed = self._loaded.get(ref.key)
+        if typed is None:
+            typed = self._load_storage(ref)
+            if ref.nbytes:  # torch does not share empty storages between tensors either
+                self._loaded[ref.key] = typed
+            self.remember(typed, ref)
+        return typed
+
+    def _load_storage(self, ref: StorageRef) -> Any:
+        torch = self.torch
+        dtype = getattr(torch, ref.dtype.name)
+        if self.meta:
+            ust = torch.UntypedStorage(ref.nbytes, device="meta")
+        else:
+            offset = self.reader.data_offset(ref) if self._overall is not None else None
+            if offset is not None:
+                ust = self._overall[offset : offset + ref.nbytes]
+            else:
+                buf = torch.empty(ref.nbytes, dtype=torch.uint8)
+                self.reader.readinto(ref, memoryview(buf.numpy()))
+                ust = buf.untyped_storage()
+            if self.byteswap and ref.dtype.itemsize > 1:
+                ust.byteswap(dtype)
+            ust = self.restore(ust, ref.location)
+        return torch.storage.TypedStorage(wrap_storage=ust, dtype=dtype, _internal=True)
+
+    # -- tensors ---------------------------------------------------------------------------
+
+    def finish_tensor(self, ref: TensorRef, storage: Any = None) -> Any:
+        torch = self.torch
+        dtype = getattr(torch, ref.dtype.name)
+        if ref.storage is None:
+            t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
+        else:
+            ust = storage._untyped_storage
+            t = torch.empty((0,), dtype=dtype, device=ust.device).set_(ust, ref.offset, ref.shape, ref.stride)
+        if ref.requires_grad:
+            try:
+                t.requires_grad = True
+            except RuntimeError as e:
+                raise CorruptCheckpointError(f"tensor cannot require gradients ({e})") from None
+        if ref.metadata:
+            torch._C._set_tensor_metadata(t, ref.metadata)
+        return self.remember(t, ref)
+
+    def parameter(self, ref: TensorRef, data: Any, requires_grad: bool) -> Any:
+        try:
+            p = self.torch.nn.Parameter(data, requires_grad)
+        except RuntimeError as e:
+            raise CorruptCheckpointError(f"cannot make a parameter ({e})") from None
+        return self.remember(p, ref)
+
+    def set_attrs(self, obj: Any, ref: TensorRef, attrs: dict[str, Any]) -> Any:
+        for key, value in attrs.items():
+            try:
+                setattr(obj, key, value)
+            except (AttributeError, TypeError, RuntimeError) as e:
+                raise CorruptCheckpointError(f"cannot restore tensor attribute {key!r} ({e})") from None
+        return obj
+
+    def as_subclass(self, obj: Any, new_type: Any) -> Any:
+        if type(new_type) is Trusted:
+            return self.remember(obj.as_subclass(new_type.obj), self.tensor_ref(obj))
+        return super().as_subclass(obj, new_type)
+
+    # -- values ----------------------------------------------------------------------------
+
+    def dtype_value(self, row: DType) -> Any:
+        return getattr(self.torch, row.name)
+
+    def size_value(self, dims: tuple[int, ...]) -> Any:
+        return self.torch.Size(dims)
+
+    def device_value(self, dev: Device) -> Any:
+        try:
+            return self.torch.device(dev.type, dev.index) if dev.index is not None else self.torch.device(dev.type)
+        except RuntimeError as e:
+            raise CorruptCheckpointError(f"unknown device {dev} ({e})") from None
+
+    def constant(self, kind: str, name: str) -> Any:
+        return getattr(self.torch, name.split(".", 1)[1])

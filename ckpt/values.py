@@ -1,0 +1,134 @@
+"""Plain values ckpt builds in place of the objects a pickle asks for.
+
+None of these classes runs anything: they record what the file said. ``GlobalRef`` stands for a
+global the file named (a class or function ckpt will not import); ``InertObject`` records a call or
+instantiation of one (its arguments, the state BUILD gave it, items appended or set on it).
+
+>>> ref = GlobalRef("argparse", "Namespace")
+>>> obj = InertObject(ref.qualname, args=(), kwargs=None)
+>>> obj.state = {"lr": 0.1}
+>>> obj
+<inert argparse.Namespace state={'lr': 0.1}>
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GlobalRef:
+    """A global the pickle named (``module.name``) and ckpt did not import."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<global {self.qualname}>"
+
+
+class InertObject:
+    """What a pickle asked to build from a global ckpt does not run: a record, never the object.
+
+    ``how`` says which opcode asked: ``reduce`` (a call), ``newobj`` (``cls.__new__``), ``inst``
+    (protocol 0 instantiation). ``state`` is what BUILD passed (``None`` if none);
+    ``listitems``/``dictitems`` what APPEND/SETITEM added.
+    """
+
+    __slots__ = ("global_name", "args", "kwargs", "how", "state", "listitems", "dictitems")
+
+    def __init__(
+        self,
+        global_name: str,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        how: str = "reduce",
+    ) -> None:
+        self.global_name = global_name
+        self.args = args
+        self.kwargs = kwargs
+        self.how = how
+        self.state: Any = None
+        self.listitems: list[Any] = []
+        self.dictitems: list[tuple[Any, Any]] = []
+
+    def __repr__(self) -> str:
+        parts = [f"<inert {self.global_name}"]
+        if self.args:
+            parts.append(f"args={_brief(self.args)}")
+        if self.kwargs:
+            parts.append(f"kwargs={_brief(self.kwargs)}")
+        if self.state is not None:
+            parts.append(f"state={_brief(self.state)}")
+        if self.listitems:
+            parts.append(f"items={len(self.listitems)}")
+        if self.dictitems:
+            parts.append(f"entries={len(self.dictitems)}")
+        return " ".join(parts) + ">"
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Device:
+    """A ``torch.device`` as data: ``type`` (``cuda``) and optional ``index``.
+
+    >>> str(Device("cuda", 1)), str(Device("cpu"))
+    ('cuda:1', 'cpu')
+    """
+
+    __slots__ = ("type", "index")
+
+    def __init__(self, type: str, index: int | None = None) -> None:
+        self.type = type
+        self.index = index
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"device({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Device) and (self.type, self.index) == (other.type, other.index)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.index))
+
+
+class Size(tuple):  # type: ignore[type-arg]
+    """A ``torch.Size`` as data: a tuple of ints."""
+
+    def __repr__(self) -> str:
+        return f"Size({list(self)!r})"
+
+
+class TorchConstant:
+    """A named torch constant that is not a dtype: a layout (``torch.sparse_coo``), a qscheme, ..."""
+
+    __slots__ = ("kind", "name")
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TorchConstant) and (self.kind, self.name) == (other.kind, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name))

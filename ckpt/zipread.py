@@ -1,0 +1,428 @@
+"""A strict, lazy zip reader for checkpoint archives.
+
+It reads the end records and the central directory only; record bytes are reached later by
+offset (positioned reads), one record at a time. Every number is checked against the file before
+use: offsets and sizes must lie inside the file, a record's local header must agree with its
+central entry, names must be unique. Compressed (deflate) records are inflated only up to the size
+their entry declares, so a zip bomb cannot make ckpt allocate more than the caller asked for.
+
+Unlike torch (which builds miniz without CRC checks), every read verifies the record's CRC-32
+unless the archive carries no CRCs at all (``torch.serialization.set_crc32_options(False)``).
+
+>>> import io, zipfile
+>>> buf = io.BytesIO()
+>>> with zipfile.ZipFile(buf, "w") as z:
+...     z.writestr("a/x", b"hello")
+>>> arc = ZipArchive(RangedFile.from_bytes(buf.getvalue()), name="demo.zip")
+>>> arc.read(arc.entry("a/x"))
+b'hello'
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import IO
+
+from .errors import CorruptCheckpointError, ResourceLimitError, UnsupportedFormatError
+from .limits import DEFAULT_LIMITS, Limits
+
+_EOCD = struct.Struct("<4s4H2LH")  # sig, disk, cd disk, entries here, entries, cd size, cd off, comment len
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s4H2H3L5H2L")
+_LOCAL = struct.Struct("<4s5H3L2H")
+
+SIG_LOCAL = b"PK\x03\x04"
+SIG_CENTRAL = b"PK\x01\x02"
+SIG_EOCD = b"PK\x05\x06"
+SIG_ZIP64_EOCD = b"PK\x06\x06"
+SIG_ZIP64_LOCATOR = b"PK\x06\x07"
+
+STORED = 0
+DEFLATED = 8
+_CHUNK = 1 << 24
+
+
+class RangedFile:
+    """Positioned reads of one file (``os.pread``), safe to share between threads.
+
+    ``from_bytes`` wraps an in-memory buffer with the same interface (used by tests and for
+    archives nested inside other files).
+    """
+
+    def __init__(self, fileobj: IO[bytes] | None, size: int, *, data: bytes | None = None) -> None:
+        self._file = fileobj
+        self._data = data
+        self.size = size
+        self._lock = threading.Lock()
+        self._fd = fileobj.fileno() if fileobj is not None and hasattr(os, "pread") else None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RangedFile:
+        f = open(path, "rb")
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except BaseException:
+            f.close()
+            raise
+        return cls(f, size)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RangedFile:
+        return cls(None, len(data), data=bytes(data))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` (fewer only at end of file)."""
+        if self._data is not None:
+            return self._data[offset : offset + length]
+        if self._fd is not None:
+            out = os.pread(self._fd, length, offset)
+            if len(out) == length or not out:
+                return out
+            parts = [out]
+            got = len(out)
+            while got < length:
+                more = os.pread(self._fd, length - got, offset + got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            return b"".join(parts)
+        assert self._file is not None
+        with self._lock:
+            self._file.seek(offset)
+            return self._file.read(length)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset``; returns the number of bytes read."""
+        n = len(buf)
+        if self._data is not None:
+            chunk = self._data[offset : offset + n]
+            buf[: len(chunk)] = chunk
+            return len(chunk)
+        if self._fd is not None and hasattr(os, "preadv"):
+            done = 0
+            while done < n:
+                got = os.preadv(self._fd, [buf[done : done + (1 << 30)]], offset + done)
+                if got <= 0:
+                    break
+                done += got
+            return done
+        done = 0
+        while done < n:
+            chunk = self.pread(offset + done, min(n - done, _CHUNK))
+            if not chunk:
+                break
+            buf[done : done + len(chunk)] = chunk
+            done += len(chunk)
+        return done
+
+    def fileno(self) -> int | None:
+        return self._file.fileno() if self._file is not None else None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._fd = None
+
+
+@dataclass(slots=True)
+class ZipEntry:
+    """One record as the central directory describes it."""
+
+    name: str
+    method: int
+    flags: int
+    crc: int
+    compressed_size: int
+    size: int
+    header_offset: int
+    index: int
+    data_offset: int = -1
+    """Offset of the record's first data byte; -1 until the local header has been read."""
+
+
+class ZipArchive:
+    """The central directory of a zip file, with checked, lazy access to each record."""
+
+    def __init__(self, file: RangedFile, *, name: str, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.file = file
+        self.name = name
+        self.limits = limits
+        self.entries: list[ZipEntry] = []
+        self._by_name: dict[str, ZipEntry] = {}
+        self.zip64 = False
+        self.comment = b""
+        self.end_of_central_directory = 0
+        self._read_directory()
+        self.has_crcs = any(e.crc for e in self.entries if e.size)
+
+    # -- directory -------------------------------------------------------------------------
+
+    def _corrupt(self, message: str, record: str | None = None) -> CorruptCheckpointError:
+        return CorruptCheckpointError(message, path=self.name, record=record)
+
+    def _read_directory(self) -> None:
+        size = self.file.size
+        tail_len = min(size, _EOCD.size + 0xFFFF)
+        tail_start = size - tail_len
+        tail = self.file.pread(tail_start, tail_len)
+        pos = tail.rfind(SIG_EOCD)
+        while pos >= 0:
+            if pos + _EOCD.size <= len(tail):
+                comment_len = _EOCD.unpack_from(tail, pos)[7]
+                if pos + _EOCD.size + comment_len == len(tail):
+                    break
+            pos = tail.rfind(SIG_EOCD, 0, pos)
+        if pos < 0:
+            raise self._corrupt(
+                "no zip end-of-central-directory record: the file is truncated "
+                "(an incomplete download?) or is not a zip archive"
+            )
+        eocd_at = tail_start + pos
+        _, disk, cd_disk, n_here, n_total, cd_size, cd_offset, comment_len = _EOCD.unpack_from(tail, pos)
+        self.comment = tail[pos + _EOCD.size : pos + _EOCD.size + comment_len]
+        if disk or cd_disk or n_here != n_total:
+            raise UnsupportedFormatError("multi-disk (spanned) zip archives are not supported", path=self.name)
+        if eocd_at >= _ZIP64_LOCATOR.size:
+            loc = self.file.pread(eocd_at - _ZIP64_LOCATOR.size, _ZIP64_LOCATOR.size)
+            if loc[:4] == SIG_ZIP64_LOCATOR:
+                _, _, z64_at, _ = _ZIP64_LOCATOR.unpack(loc)
+                if z64_at + _ZIP64_EOCD.size > eocd_at - _ZIP64_LOCATOR.size:
+                    raise self._corrupt("zip64 end record offset points outside the file")
+                rec = self.file.pread(z64_at, _ZIP64_EOCD.size)
+                if rec[:4] != SIG_ZIP64_EOCD:
+                    raise self._corrupt("zip64 locator does not point to a zip64 end record")
+                fields = _ZIP64_EOCD.unpack(rec)
+                n_here, n_total, cd_size, cd_offset = fields[6], fields[7], fields[8], fields[9]
+                if n_here != n_total:
+                    raise UnsupportedFormatError("multi-disk zip64 archives are not supported", path=self.name)
+                self.zip64 = True
+                eocd_at = z64_at
+        if n_total > self.limits.max_records:
+            raise ResourceLimitError(
+                f"the archive declares {n_total:,} records (limit {self.limits.max_records:,})",
+                path=self.name,
+            )
+        if cd_size > self.limits.max_central_directory_bytes:
+            raise ResourceLimitError(
+                f"central directory of {cd_size:,} bytes exceeds the limit", path=self.name
+            )
+        if cd_offset + cd_size != eocd_at:
+            if cd_offset + cd_size > eocd_at:
+                raise self._corrupt("central directory extends past its end record: truncated or damaged")
+            raise self._corrupt(
+                f"{eocd_at - cd_offset - cd_size} unexplained bytes between the central directory and "
+                "its end record (data outside any member; a polyglot or damaged file)"
+            )
+        self.end_of_central_directory = eocd_at
+        cd = self.file.pread(cd_offset, cd_size)
+        if len(cd) != cd_size:
+            raise self._corrupt("central directory is truncated")
+        self._parse_central(cd, n_total, cd_offset)
+
+    def _parse_central(self, cd: bytes, count: int, cd_offset: int) -> None:
+        unpack = _CENTRAL.unpack_from
+        hsize = _CENTRAL.size
+        pos = 0
+        entries = self.entries
+        by_name = self._by_name
+        end = len(cd)
+        for index in range(count):
+            if pos + hsize > end:
+                raise self._corrupt(f"central directory ends after {index} of {count} records")
+            (
+                sig, _made, _need, flags, method, _time, _date, crc, csize, usize,
+                nlen, xlen, clen, _disk, _iattr, _eattr, offset,
+            ) = unpack(cd, pos)
+            if sig != SIG_CENTRAL:
+                raise self._corrupt(f"bad central directory signature at record {index}")
+            name_end = pos + hsize + nlen
+            if name_end + xlen + clen > end:
+                raise self._corrupt(f"central directory record {index} runs past the directory")
+            raw = cd[pos + hsize : name_end]
+            name = raw.decode("utf-8" if flags & 0x800 else "cp437", errors="surrogateescape")
+            if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
+                usize, csize, offset = self._zip64_extra(
+                    cd[name_end : name_end + xlen], usize, csize, offset, name
+                )
+            if flags & 0x1:
+                raise UnsupportedFormatError(
+                    "record is encrypted; checkpoints are never encrypted", path=self.name, record=name
+                )
+            if offset + 30 + nlen > cd_offset:
+                raise self._corrupt("local header offset points past the record area", record=name)
+            if name in by_name:
+                raise self._corrupt(
+                    "two records share this name; the archive is ambiguous (readers disagree on "
+                    "which one counts)",
+                    record=name,
+                )
+            entry = ZipEntry(name, method, flags, crc, csize, usize, offset, index)
+            entries.append(entry)
+            by_name[name] = entry
+            pos = name_end + xlen + clen
+        if pos != end:
+            raise self._corrupt("central directory holds more bytes than its records")
+
+    def _zip64_extra(
+        self, extra: bytes, usize: int, csize: int, offset: int, name: str
+    ) -> tuple[int, int, int]:
+        p = 0
+        while p + 4 <= len(extra):
+            tag, ln = struct.unpack_from("<2H", extra, p)
+            body = extra[p + 4 : p + 4 + ln]
+            if tag == 1:
+                q = 0
+                try:
+                    if usize == 0xFFFFFFFF:
+                        (usize,) = struct.unpack_from("<Q", body, q)
+                        q += 8
+                    if csize == 0xFFFFFFFF:
+                        (csize,) = struct.unpack_from("<Q", body, q)
+                        q += 8
+                    if offset == 0xFFFFFFFF:
+                        (offset,) = struct.unpack_from("<Q", body, q)
+                except struct.error:
+                    raise self._corrupt("zip64 extra field is too short", record=name) from None
+                return usize, csize, offset
+            p += 4 + ln
+        raise self._corrupt("sizes marked zip64 but no zip64 extra field", record=name)
+
+    # -- access ------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def entry(self, name: str) -> ZipEntry:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise self._corrupt("record is missing from the archive", record=name) from None
+
+    def get(self, name: str) -> ZipEntry | None:
+        return self._by_name.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def data_offset(self, entry: ZipEntry) -> int:
+        """Offset of the record's data, after checking its local header against the central one."""
+        if entry.data_offset >= 0:
+            return entry.data_offset
+        head = self.file.pread(entry.header_offset, _LOCAL.size)
+        if len(head) < _LOCAL.size or head[:4] != SIG_LOCAL:
+            raise self._corrupt("local header is missing or damaged", record=entry.name)
+        _, _need, _flags, method, _t, _d, _crc, _cs, _us, nlen, xlen = _LOCAL.unpack(head)
+        raw_name = self.file.pread(entry.header_offset + _LOCAL.size, nlen)
+        names = {raw_name.decode("utf-8", "surrogateescape"), raw_name.decode("cp437")}
+        if method != entry.method or entry.name not in names:
+            raise self._corrupt(
+                "local header disagrees with the central directory (name or compression)",
+                record=entry.name,
+            )
+        start = entry.header_offset + _LOCAL.size + nlen + xlen
+        if start + entry.compressed_size > self.file.size:
+            raise self._corrupt(
+                f"record needs {entry.compressed_size:,} bytes at offset {start:,} but the file ends "
+                f"at {self.file.size:,} (truncated download?)",
+                record=entry.name,
+            )
+        entry.data_offset = start
+        return start
+
+    def _check_method(self, entry: ZipEntry) -> None:
+        if entry.method not in (STORED, DEFLATED):
+            raise UnsupportedFormatError(
+                f"compression method {entry.method} is not supported (torch writes stored records)",
+                path=self.name,
+                record=entry.name,
+            )
+        if entry.method == STORED and entry.compressed_size != entry.size:
+            raise self._corrupt("stored record's sizes disagree", record=entry.name)
+
+    def read(self, entry: ZipEntry, *, max_size: int | None = None, verify_crc: bool = True) -> bytes:
+        """The record's bytes, inflated if needed and CRC-checked.
+
+        ``max_size`` refuses records that declare more bytes than the caller can use.
+        """
+        if max_size is not None and entry.size > max_size:
+            raise ResourceLimitError(
+                f"record declares {entry.size:,} bytes, more than the {max_size:,} allowed",
+                path=self.name,
+                record=entry.name,
+            )
+        buf = bytearray(entry.size)
+        self.readinto(entry, memoryview(buf), verify_crc=verify_crc)
+        return bytes(buf)
+
+    def readinto(self, entry: ZipEntry, out: memoryview, *, verify_crc: bool = True) -> None:
+        """Fill ``out`` (exactly ``entry.size`` bytes long) with the record's bytes."""
+        self._check_method(entry)
+        if len(out) != entry.size:
+            raise self._corrupt(
+                f"record holds {entry.size:,} bytes where {len(out):,} are needed", record=entry.name
+            )
+        start = self.data_offset(entry)
+        if entry.method == STORED:
+            got = self.file.readinto(start, out)
+            if got != entry.size:
+                raise self._corrupt("record is truncated", record=entry.name)
+        else:
+            self._inflate_into(entry, start, out)
+        if verify_crc and self.has_crcs:
+            self.check_crc(entry, out)
+
+    def check_crc(self, entry: ZipEntry, data: memoryview | bytes) -> None:
+        crc = 0
+        view = memoryview(data).cast("B")
+        for i in range(0, len(view), _CHUNK):
+            crc = zlib.crc32(view[i : i + _CHUNK], crc)
+        if crc != entry.crc:
+            raise self._corrupt(
+                f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): the record is damaged; "
+                "torch would load it silently, ckpt does not",
+                record=entry.name,
+            )
+
+    def _inflate_into(self, entry: ZipEntry, start: int, out: memoryview) -> None:
+        d = zlib.decompressobj(-15)
+        produced = 0
+        consumed = 0
+        total_in = entry.compressed_size
+        try:
+            while consumed < total_in:
+                chunk = self.file.pread(start + consumed, min(_CHUNK, total_in - consumed))
+                if not chunk:
+                    raise self._corrupt("compressed record is truncated", record=entry.name)
+                consumed += len(chunk)
+                while chunk:
+                    room = entry.size - produced
+                    piece = d.decompress(chunk, room + 1)
+                    if len(piece) > room:
+                        raise self._corrupt(
+                            "compressed record inflates past its declared size (a zip bomb?)",
+                            record=entry.name,
+                        )
+                    out[produced : produced + len(piece)] = piece
+                    produced += len(piece)
+                    chunk = d.unconsumed_tail
+                    if d.eof:
+                        break
+                if d.eof:
+                    break
+        except zlib.error as e:
+            raise self._corrupt(f"compressed record is damaged ({e})", record=entry.name) from None
+        if produced != entry.size or not d.eof:
+            raise self._corrupt(
+                f"compressed record inflates to {produced:,} bytes, not the {entry.size:,} declared",
+                record=entry.name,
+            )
+
+    def close(self) -> None:
+        self.file.close()
