@@ -10,6 +10,7 @@ every global a file names resolves only to constructors ckpt owns.
 
 from .checkpoint import Checkpoint, open
 from .load import load
+from .summary import Summary, inspect
 from .errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -34,10 +35,12 @@ __all__ = [
     "NotACheckpointError",
     "ResourceLimitError",
     "StorageRef",
+    "Summary",
     "TensorRef",
     "UnsafeGlobalError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
     "load",
+    "inspect",
     "open",
 ]

@@ -15,7 +15,7 @@ Dotted paths join keys with ``.``; list and tuple items are named by index:
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +99,27 @@ def _inert_children(obj: InertObject) -> Iterator[tuple[Any, Any]]:
         yield k, v
 
 
-def walk(root: Any, *, max_depth: int = 512, include_root: bool = False) -> Iterator[Event]:
-    """Yield :class:`Event` s for everything reachable from ``root``, depth first, in file order."""
+SCALARS = (str, int, float, bool, complex, type(None), bytes)
+
+
+def is_scalar_collection(value: Any) -> bool:
+    """A list/tuple/set holding only scalars (``betas=(0.9, 0.999)``, ``params=[0, 1, 2]``)."""
+    t = type(value)
+    return (t in SEQUENCES or t in SETS) and all(type(v) in SCALARS for v in value)
+
+
+def walk(
+    root: Any,
+    *,
+    max_depth: int = 512,
+    include_root: bool = False,
+    atomic: Callable[[Any], bool] | None = None,
+) -> Iterator[Event]:
+    """Yield :class:`Event` s for everything reachable from ``root``, depth first, in file order.
+
+    Containers for which ``atomic(container)`` is true are yielded as ``value`` events and not
+    entered (e.g. :func:`is_scalar_collection` to show ``betas`` as one value).
+    """
     seen: dict[int, tuple[Any, ...]] = {}
     if not is_container(root):
         if type(root) is TensorRef:
@@ -119,6 +138,9 @@ def walk(root: Any, *, max_depth: int = 512, include_root: bool = False) -> Iter
             if type(value) is TensorRef:
                 yield Event("tensor", keys, value)
             elif is_container(value):
+                if atomic is not None and atomic(value):
+                    yield Event("value", keys, value)
+                    continue
                 first = seen.get(id(value))
                 if first is not None:
                     yield Event("ref", keys, value, join_path(first))

@@ -1,0 +1,193 @@
+"""``ckpt inspect``: show what a checkpoint holds without running or loading it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+import ckpt
+
+from .exit_codes import EXIT_FINDINGS, EXIT_OK
+from .render import group_depth, human_bytes, human_count, shape_str
+
+DEFAULT_MAX_ROWS = 60
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=True, allow_dash=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (schema ckpt.inspect/1).")
+@click.option("--filter", "pattern", metavar="GLOB", help="Only tensors and values whose dotted path matches, e.g. 'model.layers.*.weight'.")
+@click.option("--depth", type=click.IntRange(min=1), metavar="N", help="Collapse tensors below N levels of nesting into one row per group.")
+@click.option("--all", "show_all", is_flag=True, help="List every tensor and value, however many.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=DEFAULT_MAX_ROWS, show_default=True, help="Collapse the tensor list to fit this many rows unless --all or --depth.")
+@click.option("--allow", "allow", multiple=True, metavar="MODULE.NAME", help="Accept this global as inert data instead of reporting it (repeatable).")
+def inspect_command(
+    path: str, as_json: bool, pattern: str | None, depth: int | None, show_all: bool, max_rows: int,
+    allow: tuple[str, ...],
+) -> None:
+    """Show the tensors, values and structure of a checkpoint, and anything suspicious in it.
+
+    Reads only the archive directory and the pickle: no tensor bytes, no torch import, nothing
+    in the file executed. Globals outside ckpt's allowlist are shown as findings (exit code 1).
+
+    \b
+    Examples:
+      ckpt inspect model.pt
+      ckpt inspect model.pt --filter 'model.layers.0.*'
+      ckpt inspect model.pt --depth 2
+      ckpt inspect model.pt --json | jq '.tensors[] | select(.dtype == "bfloat16") | .path'
+
+    Exit codes: 0 nothing suspicious, 1 findings, 2 error.
+    """
+    summary = ckpt.inspect(path, allow=allow, filter=pattern)
+    if as_json:
+        json.dump(summary.as_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        render(summary, depth=depth, show_all=show_all, max_rows=max_rows)
+    sys.exit(EXIT_FINDINGS if summary.findings else EXIT_OK)
+
+
+def render(summary: ckpt.Summary, *, depth: int | None, show_all: bool, max_rows: int) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    facts = summary.facts
+    head = Text()
+    head.append(f"{facts.get('format')}", style="bold")
+    details = [f"archive {facts.get('archive_name')!r}"] if facts.get("archive_name") else []
+    for label, key in (("version", "version"), ("pickle protocol", "pickle_protocol")):
+        if facts.get(key) is not None:
+            details.append(f"{label} {facts[key]}")
+    if facts.get("byteorder"):
+        details.append(f"{facts['byteorder']}-endian")
+    details.append(f"CRC-32 {facts.get('crc32')}")
+    head.append(f"  {human_bytes(summary.file_size)}; " + ", ".join(details))
+    head.append(f"\nholds: {summary.kind.replace('_', ' ')}")
+    for row in summary.structure:
+        head.append("\n  " + _structure_line(row))
+    for note in facts.get("notes") or []:
+        head.append(f"\nnote: {note}", style="yellow")
+    console.print(Panel(head, title=summary.path, title_align="left"))
+
+    tensors = summary.tensors
+    if tensors:
+        shared = {k for k, row in summary.storages.items() if len(row["tensors"]) > 1}
+        table = Table(title=f"Tensors ({len(tensors)})", title_justify="left", show_edge=False, pad_edge=False)
+        for col, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"), ("numel", "right"),
+                             ("size", "right"), ("device", "left"), ("storage", "left")):
+            table.add_column(col, justify=justify, overflow="fold")
+        level = depth if depth is not None else (None if show_all else group_depth([t.keys for t in tensors], max_rows))
+        if level is None:
+            for t in tensors:
+                storage = "-" if t.storage is None else t.storage + (" (shared)" if t.storage in shared else "")
+                if t.same_as:
+                    storage = f"= {t.same_as}"
+                name = t.path or "(root)"
+                if t.parameter:
+                    name += " [param]"
+                table.add_row(name, t.dtype, shape_str(t.shape), human_count(t.numel), human_bytes(t.nbytes),
+                              t.device, storage)
+        else:
+            for prefix, rows in _groups(tensors, level).items():
+                dtypes = sorted({t.dtype for t in rows})
+                devices = sorted({t.device for t in rows})
+                numel = sum(t.numel for t in rows)
+                nbytes = sum(t.nbytes for t in rows)
+                name = (prefix + ".*" if len(rows) > 1 or rows[0].path != prefix else prefix) or "(root)"
+                shape = shape_str(rows[0].shape) if len(rows) == 1 else f"{len(rows)} tensors"
+                table.add_row(name, ",".join(dtypes), shape, human_count(numel), human_bytes(nbytes),
+                              ",".join(devices), "")
+            table.caption = f"grouped at depth {level}; --depth N to choose, --all for every tensor"
+        console.print(table)
+
+    values = summary.values
+    if values:
+        vt = Table(title=f"Values ({len(values)})", title_justify="left", show_edge=False, pad_edge=False)
+        vt.add_column("name", overflow="fold")
+        vt.add_column("type")
+        vt.add_column("value", overflow="fold")
+        shown = values if show_all else values[:max_rows]
+        for v in shown:
+            vt.add_row(v.path or "(root)", v.type, v.repr)
+        if len(shown) < len(values):
+            vt.caption = f"{len(values) - len(shown)} more; --all to list every value"
+        console.print(vt)
+
+    totals = summary.totals
+    line = Text()
+    line.append("Totals: ", style="bold")
+    line.append(
+        f"{totals['tensors']} tensors, {human_count(totals['numel'])} elements, {human_bytes(totals['nbytes'])}"
+        f" in {totals['storages']} storages ({human_bytes(totals['storage_bytes'])} stored)"
+    )
+    if totals["by_dtype"]:
+        line.append("\n  by dtype: " + ", ".join(
+            f"{d} {r['tensors']} ({human_bytes(r['nbytes'])})" for d, r in totals["by_dtype"].items()
+        ))
+    if totals["by_device"]:
+        line.append("\n  stored devices: " + ", ".join(f"{d} ({n})" for d, n in totals["by_device"].items()))
+    if summary.filter:
+        line.append(f"\n  filtered by {summary.filter!r}", style="yellow")
+    if summary.refs:
+        line.append(f"\n  {len(summary.refs)} objects are referenced from more than one place (shown once)")
+    if summary.elided:
+        line.append(f"\n  {len(summary.elided)} subtrees nest too deeply to show", style="yellow")
+    console.print(line)
+
+    if summary.findings:
+        body = Text()
+        for f in summary.findings:
+            style = "bold red" if f.verdict == "dangerous" else "yellow"
+            body.append(f"{f.verdict.upper():9} {f.name}", style=style)
+            where = f" in {f.record}" + (f" at offset {f.offset}" if f.offset is not None else "")
+            body.append(where + "\n")
+            body.append(f"          {f.message}\n")
+        body.append("Nothing was executed. ckpt.load refuses these unless allowed (--allow / allow=[...]).")
+        console.print(Panel(body, title=f"Findings ({len(summary.findings)})", border_style="red", title_align="left"))
+
+
+def _structure_line(row: dict[str, Any]) -> str:
+    where = row["path"] or "(root)"
+    kind = row["kind"]
+    if kind == "state_dict":
+        return f"{where}: model state_dict, {row['tensors']} tensors, {human_count(row['numel'])} elements"
+    if kind == "optimizer":
+        name = row.get("optimizer") or "unknown optimizer"
+        text = f"{where}: {name} optimizer state, {row['parameters']} parameters ({row['parameters_with_state']} with state"
+        if row["state_keys"]:
+            text += ": " + ", ".join(row["state_keys"])
+        text += ")"
+        for i, group in enumerate(row["param_groups"]):
+            hp = group["hyper_parameters"]
+            shown = ", ".join(f"{k}={hp[k]}" for k in ("lr", "betas", "momentum", "weight_decay", "eps") if k in hp)
+            text += f"\n    group {i}: {len(group['params'])} params" + (f"; {shown}" if shown else "")
+        return text
+    if kind == "training_checkpoint":
+        parts = []
+        if row.get("framework"):
+            parts.append(row["framework"])
+        if row["model"]:
+            parts.append("model at " + ", ".join(row["model"]))
+        if row["optimizer"]:
+            parts.append("optimizer at " + ", ".join(row["optimizer"]))
+        for k in ("epoch", "global_step", "step", "iteration"):
+            if k in row:
+                parts.append(f"{k} {row[k]}")
+        return f"{where}: training checkpoint; " + "; ".join(parts)
+    return f"{where}: {kind}"
+
+
+def _groups(tensors: list[ckpt.summary.TensorInfo], level: int) -> dict[str, list[Any]]:
+    from ckpt.walk import join_path
+
+    groups: dict[str, list[Any]] = {}
+    for t in tensors:
+        groups.setdefault(join_path(t.keys[:level]), []).append(t)
+    return groups

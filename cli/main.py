@@ -1,0 +1,71 @@
+"""Entry point of the ``ckpt`` command: the command group, error handling and exit codes.
+
+Exit codes, for every command: 0 ok / clean / same, 1 findings or differences, 2 error.
+Errors print one line (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ckpt import CheckpointError, __version__
+
+
+from .exit_codes import EXIT_ERROR, EXIT_OK
+
+
+class CkptGroup(click.Group):
+    """Turns library errors into one clear line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CheckpointError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"ckpt: error: {e}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except (OSError, ValueError) as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"ckpt: error: {e}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=CkptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ckpt")
+@click.option("--debug", is_flag=True, help="Show a full traceback on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Safe inspection and handling of PyTorch checkpoints.
+
+    Nothing in a file is ever executed: pickles run through ckpt's own restricted interpreter.
+
+    \b
+    Examples:
+      ckpt inspect model.pt
+      ckpt inspect model.pt --json | jq .totals
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register() -> None:
+    from .inspect_cmd import inspect_command
+
+    cli.add_command(inspect_command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line (``argv`` defaults to ``sys.argv[1:]``); exits with the command's code."""
+    try:
+        cli.main(args=argv, prog_name="ckpt", standalone_mode=True)
+    except BrokenPipeError:  # `ckpt inspect big.pt | head`
+        sys.stderr.close()
+        sys.exit(EXIT_OK)
