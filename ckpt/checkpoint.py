@@ -104,7 +104,7 @@ def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> TorchZipR
         kind = sniff(head, file.size)
         if kind == "zip":
             archive = ZipArchive(file, name=name, limits=limits)
-            if archive.entries and all(e.name.endswith(".npy") for e in archive.entries):
+            if len(archive) and all(raw.endswith(b".npy") for raw in archive.raw_names()):
                 raise NotACheckpointError("this is a numpy .npz archive, not a torch checkpoint", path=name)
             return TorchZipReader(archive, path=name, limits=limits)
         if kind == "torch-legacy":

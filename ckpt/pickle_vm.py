@@ -19,6 +19,7 @@ allocate), lengths are checked against the bytes that remain, nothing recurses.
 from __future__ import annotations
 
 import codecs
+import re
 import struct
 from collections import Counter, OrderedDict
 from typing import Any, Callable
@@ -71,12 +72,81 @@ class Trusted:
         self.obj = obj
 
 
-class _Mark:
-    pass
+_NO_MATCH = object()
 
-
+# One dense tensor as CPython's pickler writes ``torch._utils._rebuild_tensor_v2(...)`` for
+# torch.save (protocol 2), once the record's globals and strings are in the memo and the memo
+# has passed 256 entries (so its own PUTs take the 4-byte form):
+#   GET rebuild MARK MARK GET 'storage' GET <X>Storage BINUNICODE key LONG_BINPUT GET location
+#   INT numel TUPLE LONG_BINPUT BINPERSID INT offset <size tuple> <stride tuple>
+#   NEWFALSE|NEWTRUE GET OrderedDict EMPTY_TUPLE REDUCE LONG_BINPUT TUPLE LONG_BINPUT REDUCE LONG_BINPUT
+# where GET is BINGET or LONG_BINGET, INT is BININT1/BININT2/BININT and a tuple is EMPTY_TUPLE,
+# 1-3 INTs + TUPLE1/2/3 + LONG_BINPUT, or MARK INTs TUPLE LONG_BINPUT. The regex checks the exact
+# byte structure; the decoder performs the same stack and memo operations, in the same order, as
+# the opcode-by-opcode loop would, so the fast path changes speed, never results.
+_GET_OP = rb"(h.|j....)"
+_INT_OP = rb"(K.|M..|J....)"
+_INT_RUN = rb"(?:K.|M..|J....)"
+_TUPLE_OPS = rb"(?:(\))|(" + _INT_RUN + rb"{1,3}[\x85-\x87]|\(" + _INT_RUN + rb"*t)r(....))"
+_TENSOR_RECORD = re.compile(
+    rb"(?:h.|j....)\(\(" + _GET_OP + _GET_OP + rb"X[\x01-\x14]\x00\x00\x00([0-9]+)r(....)" + _GET_OP
+    + _INT_OP + rb"tr(....)Q" + _INT_OP + _TUPLE_OPS + _TUPLE_OPS + rb"([\x88\x89])" + _GET_OP
+    + rb"\)Rr(....)tr(....)Rr(....)",
+    re.DOTALL,
+)
+_FAST_CACHE_LIMIT = 1 << 14
+_small_ints: dict[bytes, int] = {}
+_small_tuples: dict[bytes, tuple[int, ...] | None] = {}
+_TUPLE_ARITY = {0x85: 1, 0x86: 2, 0x87: 3}
 _DICT_TYPES = (dict, OrderedDict, Counter)
 _SCALAR_KEYS = (str, int, float, bool, type(None), bytes)
+
+
+def _small_int(raw: bytes) -> int:
+    """The int a matched BINGET/LONG_BINGET/BININT1/BININT2/BININT opcode and argument encode
+    (cached: the same few encodings recur for every tensor)."""
+    value = _small_ints.get(raw)
+    if value is None:
+        op = raw[0]
+        if op == 104 or op == 75:
+            value = raw[1]
+        elif op == 77:
+            value = raw[1] | (raw[2] << 8)
+        elif op == 106:
+            value = _unpack_I(raw, 1)[0]
+        else:
+            value = _unpack_i(raw, 1)[0]
+        if len(_small_ints) < _FAST_CACHE_LIMIT:
+            _small_ints[raw] = value
+    return value
+
+
+def _small_tuple(raw: bytes) -> tuple[int, ...] | None:
+    """The tuple a matched run of INT opcodes and TUPLE1/2/3 (or MARK ... TUPLE) leaves on the
+    stack, or None if it would not leave exactly that one tuple (e.g. ``K1 K2 TUPLE1``)."""
+    value = _small_tuples.get(raw, _NO_MATCH)
+    if value is not _NO_MATCH:
+        return value  # type: ignore[return-value]
+    marked = raw[0] == 40
+    i = 1 if marked else 0
+    items = []
+    while True:
+        c = raw[i]
+        if c == 75:
+            items.append(raw[i + 1])
+            i += 2
+        elif c == 77:
+            items.append(raw[i + 1] | (raw[i + 2] << 8))
+            i += 3
+        elif c == 74:
+            items.append(_unpack_i(raw, i + 1)[0])
+            i += 5
+        else:
+            break
+    result = tuple(items) if marked == (c == 116) and (marked or _TUPLE_ARITY[c] == len(items)) else None
+    if len(_small_tuples) < _FAST_CACHE_LIMIT:
+        _small_tuples[raw] = result
+    return result
 
 
 def check_hashable(key: Any, max_nesting: int) -> None:
@@ -133,6 +203,8 @@ class Unpickler:
         self.allow_trailing = allow_trailing
         self.protocol = 0
         self._trusted: dict[int, Any] = {}
+        self.fast_tensor_op: Op | None = None
+        """The Op for ``torch._utils._rebuild_tensor_v2``; set it to enable the tensor-record fast path."""
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -272,6 +344,56 @@ class Unpickler:
                 self._check_key(x, pos)
         return items
 
+    # -- the tensor-record fast path ---------------------------------------------------------
+
+    def _tensor_record(self, m: re.Match[bytes], memo: dict[int, Any], at: int) -> Any:
+        """Decode one matched tensor record (see ``_TENSOR_RECORD``); ``_NO_MATCH`` if the ints
+        before a tuple opcode do not match its arity (then the opcode loop handles it)."""
+        (name_op, type_op, key_b, key_put, location_op, numel_op, pid_put, offset_op,
+         size_empty, size_ops, size_put, stride_empty, stride_ops, stride_put, grad, od_op,
+         hooks_put, args_put, result_put) = m.groups()
+        value = _small_int
+        size = () if size_empty is not None else _small_tuple(size_ops)
+        stride = () if stride_empty is not None else _small_tuple(stride_ops)
+        if size is None or stride is None or m.string[m.start(3) - 4] != len(key_b):
+            return _NO_MATCH
+        persistent_load = self.persistent_load
+        if persistent_load is None:
+            raise self._error("a persistent id appears where none is allowed", at)
+        fb = int.from_bytes
+        try:
+            storage_name = memo[value(name_op)]
+            storage_type = memo[value(type_op)]
+            key = key_b.decode("ascii")
+            memo[fb(key_put, "little")] = key
+            location = memo[value(location_op)]
+            pid = (storage_name, storage_type, key, location, value(numel_op))
+            memo[fb(pid_put, "little")] = pid
+            storage = persistent_load(pid)
+            if size_put is not None:
+                memo[fb(size_put, "little")] = size
+            if stride_put is not None:
+                memo[fb(stride_put, "little")] = stride
+            ordered_dict = memo[value(od_op)]
+        except KeyError as e:
+            raise self._error(f"memo key {e.args[0]} used before it was set", at) from None
+        if type(ordered_dict) is Op and ordered_dict.name == "collections.OrderedDict":
+            hooks: Any = OrderedDict()
+        else:
+            hooks = self._call(ordered_dict, (), at)
+        memo[fb(hooks_put, "little")] = hooks
+        args = (storage, value(offset_op), size, stride, grad == b"\x88", hooks)
+        memo[fb(args_put, "little")] = args
+        rebuild = self.fast_tensor_op  # the rebuild function the record began with
+        try:
+            result = rebuild.fn(*args)  # type: ignore[union-attr]
+        except CheckpointError as e:
+            raise e.with_context(path=self.path, record=self.record)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise self._error(f"{rebuild.name} called with bad arguments ({e})", at) from None  # type: ignore[union-attr]
+        memo[fb(result_put, "little")] = result
+        return result
+
     # -- the interpreter ---------------------------------------------------------------------
 
     def load(self) -> Any:
@@ -301,315 +423,326 @@ class Unpickler:
         call = self._call
         persistent = self.persistent_load
         error = self._error
-        while True:
-            if pos >= n:
-                self.end = pos
-                raise error("the pickle ends before its STOP opcode (truncated?)", pos)
-            op = data[pos]
-            self.end = at = pos
-            pos += 1
-            # Ordered by how often torch checkpoints use each opcode.
-            if op == 113:  # BINPUT
-                memo[data[pos]] = stack[-1]
+        fast_op = self.fast_tensor_op
+        fast_match = _TENSOR_RECORD.match
+        at = pos
+        try:
+            while True:
+                at = pos
+                op = data[pos]
                 pos += 1
-            elif op == 104:  # BINGET
-                try:
-                    push(memo[data[pos]])
-                except KeyError:
-                    raise error(f"memo key {data[pos]} used before it was set", at) from None
-                pos += 1
-            elif op == 88:  # BINUNICODE
-                (ln,) = _unpack_I(data, pos)
-                pos += 4
-                if pos + ln > n:
-                    raise error(f"a string declares {ln:,} bytes but only {n - pos:,} remain", at)
-                push(str(data[pos : pos + ln], "utf-8", "surrogatepass"))
-                pos += ln
-            elif op == 40:  # MARK
-                metastack.append(stack)
-                stack = []
-                push = stack.append
-            elif op == 116:  # TUPLE
-                items = tuple(stack)
-                stack = metastack.pop()
-                push = stack.append
-                push(items)
-            elif op == 75:  # BININT1
-                push(data[pos])
-                pos += 1
-            elif op == 82:  # REDUCE
-                args = stack.pop()
-                stack[-1] = call(stack[-1], args, at)
-            elif op == 133:  # TUPLE1
-                stack[-1] = (stack[-1],)
-            elif op == 134:  # TUPLE2
-                b = stack.pop()
-                stack[-1] = (stack[-1], b)
-            elif op == 135:  # TUPLE3
-                c = stack.pop()
-                b = stack.pop()
-                stack[-1] = (stack[-1], b, c)
-            elif op == 81:  # BINPERSID
-                if persistent is None:
-                    raise error("a persistent id appears where none is allowed", at)
-                stack[-1] = persistent(stack[-1])
-            elif op == 137:  # NEWFALSE
-                push(False)
-            elif op == 136:  # NEWTRUE
-                push(True)
-            elif op == 41:  # EMPTY_TUPLE
-                push(())
-            elif op == 117:  # SETITEMS
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                self._setitems(stack[-1], items, at)
-            elif op == 99:  # GLOBAL
-                nl = data.find(b"\n", pos)
-                nl2 = data.find(b"\n", nl + 1) if nl >= 0 else -1
-                if nl2 < 0:
-                    raise error("GLOBAL without its two newline-terminated names", at)
-                module = str(data[pos:nl], "utf-8", "strict")
-                name = str(data[nl + 1 : nl2], "utf-8", "strict")
-                pos = nl2 + 1
-                push(resolve_global(module, name, at))
-            elif op == 74:  # BININT
-                push(_unpack_i(data, pos)[0])
-                pos += 4
-            elif op == 77:  # BININT2
-                push(_unpack_H(data, pos)[0])
-                pos += 2
-            elif op == 114:  # LONG_BINPUT
-                memo[_unpack_I(data, pos)[0]] = stack[-1]
-                pos += 4
-            elif op == 106:  # LONG_BINGET
-                key = _unpack_I(data, pos)[0]
-                try:
-                    push(memo[key])
-                except KeyError:
-                    raise error(f"memo key {key} used before it was set", at) from None
-                pos += 4
-            elif op == 148:  # MEMOIZE
-                memo[len(memo)] = stack[-1]
-            elif op == 125:  # EMPTY_DICT
-                push({})
-            elif op == 93:  # EMPTY_LIST
-                push([])
-            elif op == 115:  # SETITEM
-                value = stack.pop()
-                key = stack.pop()
-                self._setitems(stack[-1], [key, value], at)
-            elif op == 97:  # APPEND
-                value = stack.pop()
-                self._append(stack[-1], [value], at)
-            elif op == 101:  # APPENDS
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                self._append(stack[-1], items, at)
-            elif op == 140:  # SHORT_BINUNICODE
-                ln = data[pos]
-                pos += 1
-                if pos + ln > n:
-                    raise error("a string runs past the end of the pickle", at)
-                push(str(data[pos : pos + ln], "utf-8", "surrogatepass"))
-                pos += ln
-            elif op == 78:  # NONE
-                push(None)
-            elif op == 71:  # BINFLOAT
-                push(_unpack_d(data, pos)[0])
-                pos += 8
-            elif op == 138:  # LONG1
-                ln = data[pos]
-                pos += 1
-                if pos + ln > n:
-                    raise error("a LONG1 integer runs past the end of the pickle", at)
-                push(int.from_bytes(data[pos : pos + ln], "little", signed=True))
-                pos += ln
-            elif op == 98:  # BUILD
-                state = stack.pop()
-                self._build(stack[-1], state, at)
-            elif op == 128:  # PROTO
-                proto = data[pos]
-                pos += 1
-                if proto > HIGHEST_PROTOCOL:
+                # Ordered by how often torch checkpoints use each opcode.
+                if op == 113:  # BINPUT
+                    memo[data[pos]] = stack[-1]
+                    pos += 1
+                elif op == 104 or op == 106:  # BINGET, LONG_BINGET
+                    if op == 104:
+                        key = data[pos]
+                        pos += 1
+                    else:
+                        key = _unpack_I(data, pos)[0]
+                        pos += 4
+                    try:
+                        value = memo[key]
+                    except KeyError:
+                        raise error(f"memo key {key} used before it was set", at) from None
+                    if value is fast_op and fast_op is not None:
+                        m = fast_match(data, at)
+                        if m is not None:
+                            result = self._tensor_record(m, memo, at)
+                            if result is not _NO_MATCH:
+                                push(result)
+                                pos = m.end()
+                                continue
+                    push(value)
+                elif op == 88:  # BINUNICODE
+                    (ln,) = _unpack_I(data, pos)
+                    pos += 4
+                    if pos + ln > n:
+                        raise error(f"a string declares {ln:,} bytes but only {n - pos:,} remain", at)
+                    push(str(data[pos : pos + ln], "utf-8", "surrogatepass"))
+                    pos += ln
+                elif op == 40:  # MARK
+                    metastack.append(stack)
+                    stack = []
+                    push = stack.append
+                elif op == 116:  # TUPLE
+                    items = tuple(stack)
+                    stack = metastack.pop()
+                    push = stack.append
+                    push(items)
+                elif op == 75:  # BININT1
+                    push(data[pos])
+                    pos += 1
+                elif op == 82:  # REDUCE
+                    args = stack.pop()
+                    stack[-1] = call(stack[-1], args, at)
+                elif op == 133:  # TUPLE1
+                    stack[-1] = (stack[-1],)
+                elif op == 134:  # TUPLE2
+                    b = stack.pop()
+                    stack[-1] = (stack[-1], b)
+                elif op == 135:  # TUPLE3
+                    c = stack.pop()
+                    b = stack.pop()
+                    stack[-1] = (stack[-1], b, c)
+                elif op == 81:  # BINPERSID
+                    if persistent is None:
+                        raise error("a persistent id appears where none is allowed", at)
+                    stack[-1] = persistent(stack[-1])
+                elif op == 137:  # NEWFALSE
+                    push(False)
+                elif op == 136:  # NEWTRUE
+                    push(True)
+                elif op == 41:  # EMPTY_TUPLE
+                    push(())
+                elif op == 117:  # SETITEMS
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    self._setitems(stack[-1], items, at)
+                elif op == 99:  # GLOBAL
+                    nl = data.find(b"\n", pos)
+                    nl2 = data.find(b"\n", nl + 1) if nl >= 0 else -1
+                    if nl2 < 0:
+                        raise error("GLOBAL without its two newline-terminated names", at)
+                    module = str(data[pos:nl], "utf-8", "strict")
+                    name = str(data[nl + 1 : nl2], "utf-8", "strict")
+                    pos = nl2 + 1
+                    push(resolve_global(module, name, at))
+                elif op == 74:  # BININT
+                    push(_unpack_i(data, pos)[0])
+                    pos += 4
+                elif op == 77:  # BININT2
+                    push(_unpack_H(data, pos)[0])
+                    pos += 2
+                elif op == 114:  # LONG_BINPUT
+                    memo[_unpack_I(data, pos)[0]] = stack[-1]
+                    pos += 4
+                elif op == 148:  # MEMOIZE
+                    memo[len(memo)] = stack[-1]
+                elif op == 125:  # EMPTY_DICT
+                    push({})
+                elif op == 93:  # EMPTY_LIST
+                    push([])
+                elif op == 115:  # SETITEM
+                    value = stack.pop()
+                    key = stack.pop()
+                    self._setitems(stack[-1], [key, value], at)
+                elif op == 97:  # APPEND
+                    value = stack.pop()
+                    self._append(stack[-1], [value], at)
+                elif op == 101:  # APPENDS
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    self._append(stack[-1], items, at)
+                elif op == 140:  # SHORT_BINUNICODE
+                    ln = data[pos]
+                    pos += 1
+                    if pos + ln > n:
+                        raise error("a string runs past the end of the pickle", at)
+                    push(str(data[pos : pos + ln], "utf-8", "surrogatepass"))
+                    pos += ln
+                elif op == 78:  # NONE
+                    push(None)
+                elif op == 71:  # BINFLOAT
+                    push(_unpack_d(data, pos)[0])
+                    pos += 8
+                elif op == 138:  # LONG1
+                    ln = data[pos]
+                    pos += 1
+                    if pos + ln > n:
+                        raise error("a LONG1 integer runs past the end of the pickle", at)
+                    push(int.from_bytes(data[pos : pos + ln], "little", signed=True))
+                    pos += ln
+                elif op == 98:  # BUILD
+                    state = stack.pop()
+                    self._build(stack[-1], state, at)
+                elif op == 128:  # PROTO
+                    proto = data[pos]
+                    pos += 1
+                    if proto > HIGHEST_PROTOCOL:
+                        raise UnsupportedFormatError(
+                            f"pickle protocol {proto} is newer than any Python writes (highest is 5)",
+                            path=self.path,
+                            record=self.record,
+                        )
+                    self.protocol = proto
+                elif op == 149:  # FRAME
+                    (ln,) = _unpack_Q(data, pos)
+                    pos += 8
+                    if pos + ln > n:
+                        raise error(f"a frame declares {ln:,} bytes but only {n - pos:,} remain", at)
+                elif op == 147:  # STACK_GLOBAL
+                    name = stack.pop()
+                    module = stack.pop()
+                    push(resolve_global(module, name, at))
+                elif op == 129:  # NEWOBJ
+                    args = stack.pop()
+                    stack[-1] = self._newobj(stack[-1], args, None, at)
+                elif op == 146:  # NEWOBJ_EX
+                    kwargs = stack.pop()
+                    args = stack.pop()
+                    stack[-1] = self._newobj(stack[-1], args, kwargs, at)
+                elif op == 46:  # STOP
+                    self.end = pos
+                    if metastack:
+                        raise error("the pickle stops inside an unclosed MARK", at)
+                    if len(stack) != 1:
+                        raise error(f"the pickle stops with {len(stack)} values on its stack, not 1", at)
+                    if pos != n and not self.allow_trailing:
+                        raise error(
+                            f"{n - pos:,} bytes follow the pickle's STOP opcode; the record is ambiguous "
+                            "(a second pickle or appended data)",
+                            at,
+                        )
+                    return stack[0]
+                elif op == 143:  # EMPTY_SET
+                    push(set())
+                elif op == 144:  # ADDITEMS
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    target = stack[-1]
+                    if type(target) is not set:
+                        raise error(f"ADDITEMS to a {type(target).__name__}; only sets take items", at)
+                    target.update(self._hashable_items(items, at))
+                elif op == 145:  # FROZENSET
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    push(frozenset(self._hashable_items(items, at)))
+                elif op == 67 or op == 66 or op == 142:  # SHORT_BINBYTES, BINBYTES, BINBYTES8
+                    ln, pos = self._length(op, 67, 66, pos, at)
+                    push(data[pos : pos + ln])
+                    pos += ln
+                elif op == 150:  # BYTEARRAY8
+                    (ln,) = _unpack_Q(data, pos)
+                    pos += 8
+                    if pos + ln > n:
+                        raise error("a bytearray runs past the end of the pickle", at)
+                    push(bytearray(data[pos : pos + ln]))
+                    pos += ln
+                elif op == 141:  # BINUNICODE8
+                    (ln,) = _unpack_Q(data, pos)
+                    pos += 8
+                    if pos + ln > n:
+                        raise error(f"a string declares {ln:,} bytes but only {n - pos:,} remain", at)
+                    push(str(data[pos : pos + ln], "utf-8", "surrogatepass"))
+                    pos += ln
+                elif op == 85 or op == 84:  # SHORT_BINSTRING, BINSTRING
+                    if op == 85:
+                        ln = data[pos]
+                        pos += 1
+                    else:
+                        (ln,) = _unpack_i(data, pos)
+                        pos += 4
+                        if ln < 0:
+                            raise error("negative BINSTRING length", at)
+                    if pos + ln > n:
+                        raise error("a string runs past the end of the pickle", at)
+                    push(self._decode_str(data[pos : pos + ln], at))
+                    pos += ln
+                elif op == 139:  # LONG4
+                    (ln,) = _unpack_i(data, pos)
+                    pos += 4
+                    if ln < 0 or pos + ln > n:
+                        raise error("a LONG4 integer runs past the end of the pickle", at)
+                    push(int.from_bytes(data[pos : pos + ln], "little", signed=True))
+                    pos += ln
+                elif op == 48:  # POP
+                    if stack:
+                        stack.pop()
+                    else:
+                        stack = metastack.pop()
+                        push = stack.append
+                elif op == 49:  # POP_MARK
+                    stack = metastack.pop()
+                    push = stack.append
+                elif op == 50:  # DUP
+                    push(stack[-1])
+                elif op == 108:  # LIST
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    push(items)
+                elif op == 100:  # DICT
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    d: dict[Any, Any] = {}
+                    self._setitems(d, items, at)
+                    push(d)
+                elif op in (73, 76, 70, 83, 86, 103, 112, 80):  # protocol-0 text opcodes
+                    nl = data.find(b"\n", pos)
+                    if nl < 0:
+                        raise error("a text opcode is not newline-terminated", at)
+                    line = data[pos:nl]
+                    pos = nl + 1
+                    if op == 112:  # PUT
+                        idx = self._text_int(line, at)
+                        if idx < 0:
+                            raise error("negative PUT index", at)
+                        memo[idx] = stack[-1]
+                    elif op == 103:  # GET
+                        idx = self._text_int(line, at)
+                        if idx not in memo:
+                            raise error(f"memo key {idx} used before it was set", at)
+                        push(memo[idx])
+                    elif op == 80:  # PERSID
+                        if persistent is None:
+                            raise error("a persistent id appears where none is allowed", at)
+                        try:
+                            pid = line.decode("ascii")
+                        except UnicodeDecodeError:
+                            raise error("a text persistent id is not ASCII", at) from None
+                        push(persistent(pid))
+                    else:
+                        push(self._text_value(op, line, at))
+                elif op == 105:  # INST
+                    nl = data.find(b"\n", pos)
+                    nl2 = data.find(b"\n", nl + 1) if nl >= 0 else -1
+                    if nl2 < 0:
+                        raise error("INST without its two newline-terminated names", at)
+                    module = str(data[pos:nl], "ascii", "strict")
+                    name = str(data[nl + 1 : nl2], "ascii", "strict")
+                    pos = nl2 + 1
+                    cls = resolve_global(module, name, at)
+                    args = tuple(stack)
+                    stack = metastack.pop()
+                    push = stack.append
+                    push(call(cls, args, at, "inst"))
+                elif op == 111:  # OBJ
+                    items = stack
+                    stack = metastack.pop()
+                    push = stack.append
+                    if not items:
+                        raise error("OBJ without a class", at)
+                    push(call(items[0], tuple(items[1:]), at, "inst"))
+                elif op in (130, 131, 132):  # EXT1, EXT2, EXT4
+                    if op == 130:
+                        code = data[pos]
+                        pos += 1
+                    elif op == 131:
+                        code = _unpack_H(data, pos)[0]
+                        pos += 2
+                    else:
+                        code = _unpack_i(data, pos)[0]
+                        pos += 4
+                    # The copyreg extension registry is process state, not file content: never consult it.
+                    push(resolve_global("copyreg.extension", str(code), at))
+                elif op == 151 or op == 152:  # NEXT_BUFFER, READONLY_BUFFER
                     raise UnsupportedFormatError(
-                        f"pickle protocol {proto} is newer than any Python writes (highest is 5)",
+                        "the pickle uses protocol-5 out-of-band buffers, which a file cannot carry",
                         path=self.path,
                         record=self.record,
                     )
-                self.protocol = proto
-            elif op == 149:  # FRAME
-                (ln,) = _unpack_Q(data, pos)
-                pos += 8
-                if pos + ln > n:
-                    raise error(f"a frame declares {ln:,} bytes but only {n - pos:,} remain", at)
-            elif op == 147:  # STACK_GLOBAL
-                name = stack.pop()
-                module = stack.pop()
-                push(resolve_global(module, name, at))
-            elif op == 129:  # NEWOBJ
-                args = stack.pop()
-                stack[-1] = self._newobj(stack[-1], args, None, at)
-            elif op == 146:  # NEWOBJ_EX
-                kwargs = stack.pop()
-                args = stack.pop()
-                stack[-1] = self._newobj(stack[-1], args, kwargs, at)
-            elif op == 46:  # STOP
-                self.end = pos
-                if metastack:
-                    raise error("the pickle stops inside an unclosed MARK", at)
-                if len(stack) != 1:
-                    raise error(f"the pickle stops with {len(stack)} values on its stack, not 1", at)
-                if pos != n and not self.allow_trailing:
-                    raise error(
-                        f"{n - pos:,} bytes follow the pickle's STOP opcode; the record is ambiguous "
-                        "(a second pickle or appended data)",
-                        at,
-                    )
-                return stack[0]
-            elif op == 143:  # EMPTY_SET
-                push(set())
-            elif op == 144:  # ADDITEMS
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                target = stack[-1]
-                if type(target) is not set:
-                    raise error(f"ADDITEMS to a {type(target).__name__}; only sets take items", at)
-                target.update(self._hashable_items(items, at))
-            elif op == 145:  # FROZENSET
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                push(frozenset(self._hashable_items(items, at)))
-            elif op == 67 or op == 66 or op == 142:  # SHORT_BINBYTES, BINBYTES, BINBYTES8
-                ln, pos = self._length(op, 67, 66, pos, at)
-                push(data[pos : pos + ln])
-                pos += ln
-            elif op == 150:  # BYTEARRAY8
-                (ln,) = _unpack_Q(data, pos)
-                pos += 8
-                if pos + ln > n:
-                    raise error("a bytearray runs past the end of the pickle", at)
-                push(bytearray(data[pos : pos + ln]))
-                pos += ln
-            elif op == 141:  # BINUNICODE8
-                (ln,) = _unpack_Q(data, pos)
-                pos += 8
-                if pos + ln > n:
-                    raise error(f"a string declares {ln:,} bytes but only {n - pos:,} remain", at)
-                push(str(data[pos : pos + ln], "utf-8", "surrogatepass"))
-                pos += ln
-            elif op == 85 or op == 84:  # SHORT_BINSTRING, BINSTRING
-                if op == 85:
-                    ln = data[pos]
-                    pos += 1
                 else:
-                    (ln,) = _unpack_i(data, pos)
-                    pos += 4
-                    if ln < 0:
-                        raise error("negative BINSTRING length", at)
-                if pos + ln > n:
-                    raise error("a string runs past the end of the pickle", at)
-                push(self._decode_str(data[pos : pos + ln], at))
-                pos += ln
-            elif op == 139:  # LONG4
-                (ln,) = _unpack_i(data, pos)
-                pos += 4
-                if ln < 0 or pos + ln > n:
-                    raise error("a LONG4 integer runs past the end of the pickle", at)
-                push(int.from_bytes(data[pos : pos + ln], "little", signed=True))
-                pos += ln
-            elif op == 48:  # POP
-                if stack:
-                    stack.pop()
-                else:
-                    stack = metastack.pop()
-                    push = stack.append
-            elif op == 49:  # POP_MARK
-                stack = metastack.pop()
-                push = stack.append
-            elif op == 50:  # DUP
-                push(stack[-1])
-            elif op == 108:  # LIST
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                push(items)
-            elif op == 100:  # DICT
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                d: dict[Any, Any] = {}
-                self._setitems(d, items, at)
-                push(d)
-            elif op in (73, 76, 70, 83, 86, 103, 112, 80):  # protocol-0 text opcodes
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    raise error("a text opcode is not newline-terminated", at)
-                line = data[pos:nl]
-                pos = nl + 1
-                if op == 112:  # PUT
-                    idx = self._text_int(line, at)
-                    if idx < 0:
-                        raise error("negative PUT index", at)
-                    memo[idx] = stack[-1]
-                elif op == 103:  # GET
-                    idx = self._text_int(line, at)
-                    if idx not in memo:
-                        raise error(f"memo key {idx} used before it was set", at)
-                    push(memo[idx])
-                elif op == 80:  # PERSID
-                    if persistent is None:
-                        raise error("a persistent id appears where none is allowed", at)
-                    try:
-                        pid = line.decode("ascii")
-                    except UnicodeDecodeError:
-                        raise error("a text persistent id is not ASCII", at) from None
-                    push(persistent(pid))
-                else:
-                    push(self._text_value(op, line, at))
-            elif op == 105:  # INST
-                nl = data.find(b"\n", pos)
-                nl2 = data.find(b"\n", nl + 1) if nl >= 0 else -1
-                if nl2 < 0:
-                    raise error("INST without its two newline-terminated names", at)
-                module = str(data[pos:nl], "ascii", "strict")
-                name = str(data[nl + 1 : nl2], "ascii", "strict")
-                pos = nl2 + 1
-                cls = resolve_global(module, name, at)
-                args = tuple(stack)
-                stack = metastack.pop()
-                push = stack.append
-                push(call(cls, args, at, "inst"))
-            elif op == 111:  # OBJ
-                items = stack
-                stack = metastack.pop()
-                push = stack.append
-                if not items:
-                    raise error("OBJ without a class", at)
-                push(call(items[0], tuple(items[1:]), at, "inst"))
-            elif op in (130, 131, 132):  # EXT1, EXT2, EXT4
-                if op == 130:
-                    code = data[pos]
-                    pos += 1
-                elif op == 131:
-                    code = _unpack_H(data, pos)[0]
-                    pos += 2
-                else:
-                    code = _unpack_i(data, pos)[0]
-                    pos += 4
-                # The copyreg extension registry is process state, not file content: never consult it.
-                push(resolve_global("copyreg.extension", str(code), at))
-            elif op == 151 or op == 152:  # NEXT_BUFFER, READONLY_BUFFER
-                raise UnsupportedFormatError(
-                    "the pickle uses protocol-5 out-of-band buffers, which a file cannot carry",
-                    path=self.path,
-                    record=self.record,
-                )
-            else:
-                raise error(f"unknown pickle opcode 0x{op:02x}", at)
+                    raise error(f"unknown pickle opcode 0x{op:02x}", at)
+        except BaseException:
+            self.end = at
+            raise
 
     def _length(self, op: int, short: int, mid: int, pos: int, at: int) -> tuple[int, int]:
         data = self.data

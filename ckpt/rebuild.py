@@ -42,6 +42,7 @@ UNSUPPORTED_REBUILDS = {
     "torch._utils._rebuild_device_tensor_from_numpy": "device tensors saved through numpy",
     "torch._utils._rebuild_device_tensor_from_cpu_tensor": "device tensors saved through a CPU copy",
 }
+_UNIT_STRIDE = (1,)
 _TENSOR_CLASS_NAMES = ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
 _LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
 
@@ -198,6 +199,8 @@ class Builder:
 
     def ordered_dict(self, items: Any = ()) -> OrderedDict[Any, Any]:
         out: OrderedDict[Any, Any] = OrderedDict()
+        if not items and type(items) in (tuple, list):
+            return out
         for k, v in _pairs(items):
             check_hashable(k, self.limits.max_key_nesting)
             out[k] = v
@@ -273,8 +276,18 @@ class Builder:
         self, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
         backward_hooks: Any, metadata: Any = None,
     ) -> Any:
-        ref = self.storage_ref(storage)
-        return self._tensor(storage, ref, ref.dtype, offset, size, stride, requires_grad, metadata)
+        ref = storage if type(storage) is StorageRef else self.storage_ref(storage)
+        dt = ref.dtype
+        if metadata is None and dt.storable:
+            if (
+                stride == _UNIT_STRIDE and type(size) is tuple and len(size) == 1 and type(offset) is int
+                and type(requires_grad) is bool and type(size[0]) is int and offset >= 0 and size[0] >= 0
+                and (offset + size[0]) * dt.itemsize <= ref.nbytes
+            ):  # the common 1-d contiguous view: the same checks as make_view, inline
+                t = TensorRef(ref, dt, size, _UNIT_STRIDE, offset, requires_grad)
+                return self.finish_tensor(t, storage)
+            return self.finish_tensor(make_view(ref, dt, offset, size, stride, requires_grad), storage)
+        return self._tensor(storage, ref, dt, offset, size, stride, requires_grad, metadata)
 
     def rebuild_tensor_v3(
         self, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
@@ -326,14 +339,14 @@ class Builder:
 
     def rebuild_meta_tensor(self, dtype: Any, size: Any, stride: Any, requires_grad: Any = False) -> Any:
         row = self._dtype_row(dtype)
-        empty = StorageRef("meta", row, "meta", numel=0)
+        empty = StorageRef("meta", row, "meta", 0)
         shape = tuple(size) if isinstance(size, (tuple, list)) else size
         strides = tuple(stride) if isinstance(stride, (tuple, list)) else stride
         # A meta tensor has no data: check its numbers as a view of an unbounded storage.
         empty.nbytes = 1 << 62
         t = make_view(empty, row, 0, shape, strides, requires_grad)
         t.storage = None
-        t._device = "meta"
+        t._set("device", "meta")
         return self.finish_tensor(t)
 
     def rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, state: Any) -> Any:
@@ -379,12 +392,11 @@ def _type_name(value: Any) -> str:
 
 
 def _copy_ref(ref: TensorRef) -> TensorRef:
-    out = TensorRef(ref.storage, ref.dtype, shape=ref.shape, stride=ref.stride, offset=ref.offset,
-                    requires_grad=ref.requires_grad, device=ref._device)
-    out.is_parameter = ref.is_parameter
-    out.attrs = dict(ref.attrs) if ref.attrs else None
-    out.subclass = ref.subclass
-    out.metadata = ref.metadata
+    out = TensorRef(ref.storage, ref.dtype, ref.shape, ref.stride, ref.offset, ref.requires_grad)
+    if ref._extra:
+        out._extra = dict(ref._extra)
+        if ref.attrs:
+            out.attrs = dict(ref.attrs)
     return out
 
 

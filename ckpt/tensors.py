@@ -5,8 +5,8 @@ the file declared; a :class:`TensorRef` is a strided view of one. Every view is 
 its storage when it is made, so reading it later can never run past the storage.
 
 >>> from ckpt.dtypes import DTYPES
->>> s = StorageRef("0", DTYPES["float32"], "cpu", numel=6, record="m/data/0")
->>> t = TensorRef(s, DTYPES["float32"], shape=(2, 3), stride=(3, 1), offset=0)
+>>> s = StorageRef("0", DTYPES["float32"], "cpu", 6, "m/data/0")
+>>> t = TensorRef(s, DTYPES["float32"], (2, 3), (3, 1), 0)
 >>> t.numel, t.nbytes, t.is_contiguous
 (6, 24, True)
 """
@@ -43,14 +43,13 @@ class StorageRef:
     the format reader and returns the bytes (``read()``) or fills a buffer (``readinto()``).
     """
 
-    __slots__ = ("key", "dtype", "location", "numel", "nbytes", "record", "reader", "offset")
+    __slots__ = ("key", "dtype", "location", "numel", "nbytes", "record", "reader")
 
     def __init__(
         self,
         key: str,
         dtype: DType,
         location: str,
-        *,
         numel: int,
         record: str | None = None,
         reader: StorageReader | None = None,
@@ -62,7 +61,6 @@ class StorageRef:
         self.nbytes = numel * dtype.itemsize
         self.record = record
         self.reader = reader
-        self.offset = -1
 
     def read(self) -> bytes:
         """The storage's bytes, exactly ``nbytes`` long (CRC-checked where the format has CRCs)."""
@@ -103,16 +101,13 @@ class TensorRef:
     ``metadata`` is torch's conj/neg bits.
     """
 
-    __slots__ = (
-        "storage", "dtype", "shape", "stride", "offset", "requires_grad", "is_parameter",
-        "attrs", "subclass", "metadata", "_device",
-    )
+    # The rare fields live in one dict so that making the common tensor stays cheap.
+    __slots__ = ("storage", "dtype", "shape", "stride", "offset", "requires_grad", "_extra")
 
     def __init__(
         self,
         storage: StorageRef | None,
         dtype: DType,
-        *,
         shape: tuple[int, ...],
         stride: tuple[int, ...],
         offset: int,
@@ -125,17 +120,27 @@ class TensorRef:
         self.stride = stride
         self.offset = offset
         self.requires_grad = requires_grad
-        self.is_parameter = False
-        self.attrs: dict[str, Any] | None = None
-        self.subclass: str | None = None
-        self.metadata: dict[str, bool] | None = None
-        self._device = device
+        self._extra: dict[str, Any] | None = None if device is None else {"device": device}
+
+    def _get(self, name: str, default: Any = None) -> Any:
+        return default if self._extra is None else self._extra.get(name, default)
+
+    def _set(self, name: str, value: Any) -> None:
+        if self._extra is None:
+            self._extra = {}
+        self._extra[name] = value
+
+    is_parameter = property(lambda self: self._get("is_parameter", False), lambda self, v: self._set("is_parameter", v))
+    attrs = property(lambda self: self._get("attrs"), lambda self, v: self._set("attrs", v))
+    subclass = property(lambda self: self._get("subclass"), lambda self, v: self._set("subclass", v))
+    metadata = property(lambda self: self._get("metadata"), lambda self, v: self._set("metadata", v))
 
     @property
     def device(self) -> str:
         """The stored device tag (what ``map_location`` would see)."""
-        if self._device is not None:
-            return self._device
+        device = self._get("device")
+        if device is not None:
+            return device  # type: ignore[no-any-return]
         return self.storage.location if self.storage is not None else "meta"
 
     @property
@@ -219,27 +224,36 @@ def make_view(
     stride: Any,
     requires_grad: Any = False,
 ) -> TensorRef:
-    """A checked :class:`TensorRef`: sizes, strides and offset must be non-negative and the view
+    """A checked :class:`TensorRef`: sizes, strides and offset must be non-negative ints and the view
     must lie inside the storage. Raises :class:`CorruptCheckpointError` otherwise."""
-    shape = _int_tuple(size, "size")
-    strides = _int_tuple(stride, "stride")
-    if type(offset) is not int:
-        raise CorruptCheckpointError(f"tensor storage offset must be an int, not {type(offset).__name__}")
-    if len(shape) != len(strides):
-        raise CorruptCheckpointError(f"tensor has {len(shape)} sizes but {len(strides)} strides")
-    if offset < 0 or any(s < 0 for s in shape) or any(s < 0 for s in strides):
-        raise CorruptCheckpointError(
-            f"tensor has a negative size, stride or offset (size {shape}, stride {strides}, offset {offset})"
-        )
+    if type(size) is not tuple:
+        size = _int_tuple(size, "size")
+    if type(stride) is not tuple:
+        stride = _int_tuple(stride, "stride")
+    if type(offset) is not int or offset < 0:
+        raise CorruptCheckpointError(f"tensor storage offset must be a non-negative int, not {offset!r}")
+    if len(size) != len(stride):
+        raise CorruptCheckpointError(f"tensor has {len(size)} sizes but {len(stride)} strides")
     if type(requires_grad) is not bool:
         raise CorruptCheckpointError("tensor requires_grad must be a bool")
-    ref = TensorRef(storage, dtype, shape=shape, stride=strides, offset=offset, requires_grad=requires_grad)
-    start, stop = ref.byte_range()
+    numel = 1
+    last = offset
+    for s, st in zip(size, stride):
+        if type(s) is not int or type(st) is not int or s < 0 or st < 0:
+            _int_tuple(size, "size")
+            _int_tuple(stride, "stride")
+            raise CorruptCheckpointError(
+                f"tensor has a negative size or stride (size {size}, stride {stride})"
+            )
+        numel *= s
+        if s:
+            last += (s - 1) * st
+    item = dtype.itemsize
+    stop = (last + 1) * item if numel else offset * item
     if stop > storage.nbytes:
         raise CorruptCheckpointError(
-            f"tensor view {dtype.name}{list(shape)} (stride {list(strides)}, offset {offset}) needs bytes "
-            f"[{start:,}, {stop:,}) of a storage that holds {storage.nbytes:,}: the view is out of bounds",
+            f"tensor view {dtype.name}{list(size)} (stride {list(stride)}, offset {offset}) needs "
+            f"{stop:,} bytes of a storage that holds {storage.nbytes:,}: the view is out of bounds",
             record=storage.record,
         )
-    return ref
-
+    return TensorRef(storage, dtype, size, stride, offset, requires_grad)

@@ -27,9 +27,9 @@ MAX_VERSION = 10  # highest file format version torch 2.13 reads (caffe2 kMaxSup
 
 def archive_prefix(archive: ZipArchive) -> str:
     """The archive's top folder (``name/``), taken from the first central-directory entry as torch does."""
-    if not archive.entries:
+    if not len(archive):
         raise CorruptCheckpointError("the zip archive is empty", path=archive.name)
-    first = archive.entries[0].name
+    first = archive.entry_at(0).name
     if "/" not in first:
         raise CorruptCheckpointError(
             "records are not inside a top folder, so this is not a torch checkpoint",
@@ -51,12 +51,13 @@ class TorchZipReader(StorageReader):
         self.path = path
         self.limits = limits
         self.prefix = archive_prefix(archive)
-        for entry in archive.entries:
-            if not entry.name.startswith(self.prefix):
+        raw_prefix = self.prefix.encode("utf-8", "surrogateescape")
+        for raw in archive.raw_names():
+            if not raw.startswith(raw_prefix):
                 raise CorruptCheckpointError(
                     f"record is outside the archive folder {self.prefix!r}; torch refuses such archives",
                     path=path,
-                    record=entry.name,
+                    record=raw.decode("utf-8", "replace"),
                 )
         if is_torchscript(archive, self.prefix):
             raise UnsupportedFormatError(
@@ -78,6 +79,8 @@ class TorchZipReader(StorageReader):
         self.serialization_id = self._small_text(".data/serialization_id")
         self._storages: dict[str, StorageRef] = {}
         self.pickle_protocol: int | None = None
+        self.fast_path = True
+        """Decode torch's usual tensor records in one step (tests turn it off to compare)."""
 
     # -- small records ---------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ class TorchZipReader(StorageReader):
             "storage_alignment": self.storage_alignment,
             "serialization_id": self.serialization_id,
             "pickle_protocol": self.pickle_protocol,
-            "records": len(self.archive.entries),
+            "records": len(self.archive),
             "zip64": self.archive.zip64,
             "crc32": "present" if self.archive.has_crcs else "absent",
             "notes": list(self.notes),
@@ -169,61 +172,62 @@ class TorchZipReader(StorageReader):
             record=entry.name,
             limits=self.limits,
         )
+        if self.fast_path:
+            vm.fast_tensor_op = builder.table.get("torch._utils._rebuild_tensor_v2")
         result = vm.load()
         self.pickle_protocol = vm.protocol
         return result
 
     def _storage_from_pid(self, pid: Any) -> StorageRef:
-        record = self.prefix + "data.pkl"
         if type(pid) is not tuple or len(pid) != 5:
-            raise CorruptCheckpointError(
-                f"a persistent id must be a 5-tuple ('storage', type, key, location, numel), got "
-                f"{type(pid).__name__}{'' if type(pid) is not tuple else f' of {len(pid)}'}",
-                path=self.path, record=record,
+            raise self._corrupt_pid(
+                f"a persistent id must be a 5-tuple ('storage', type, key, location, numel), got a "
+                f"{type(pid).__name__}" + (f" of {len(pid)}" if type(pid) is tuple else "")
             )
         typename, stype, key, location, numel = pid
-        if isinstance(typename, bytes):
-            typename = typename.decode("ascii", "replace")
+        if type(typename) is not str:
+            typename = typename.decode("ascii", "replace") if type(typename) is bytes else typename
         if typename != "storage":
-            raise CorruptCheckpointError(f"unknown persistent id kind {typename!r}", path=self.path, record=record)
+            raise self._corrupt_pid(f"unknown persistent id kind {typename!r}")
         if type(stype) is not StorageType:
-            raise CorruptCheckpointError("a persistent id's storage type is not a torch storage class",
-                                         path=self.path, record=record)
-        if isinstance(key, bytes):
+            raise self._corrupt_pid("a persistent id's storage type is not a torch storage class")
+        if type(key) is bytes:
             key = key.decode("ascii", "replace")
-        if isinstance(location, bytes):
+        if type(location) is bytes:
             location = location.decode("ascii", "replace")
         if type(key) is not str or type(location) is not str or type(numel) is not int:
-            raise CorruptCheckpointError("a persistent id has a malformed key, location or size",
-                                         path=self.path, record=record)
+            raise self._corrupt_pid("a persistent id has a malformed key, location or size")
         if numel < 0 or len(location) > 128 or not location.isprintable():
-            raise CorruptCheckpointError(f"storage {key!r} declares an invalid size or location",
-                                         path=self.path, record=record)
-        entry = self._entry(f"data/{key}")
-        if entry is None:
+            raise self._corrupt_pid(f"storage {key!r} declares an invalid size or location")
+        record = f"{self.prefix}data/{key}"
+        size = self.archive.size_of(record)
+        if size is None:
             raise CorruptCheckpointError(
                 f"the pickle refers to storage {key!r} but the archive has no record for it (truncated "
                 "or damaged file)",
-                path=self.path, record=f"{self.prefix}data/{key}",
+                path=self.path, record=record,
             )
-        ref = StorageRef(key, stype.dtype, location, numel=numel, record=entry.name, reader=self)
-        if entry.size != ref.nbytes:
+        ref = StorageRef(key, stype.dtype, location, numel, record, self)
+        if size != ref.nbytes:
             raise CorruptCheckpointError(
-                f"record holds {entry.size:,} bytes but the pickle declares {numel:,} × {stype.dtype.name} "
+                f"record holds {size:,} bytes but the pickle declares {numel:,} x {stype.dtype.name} "
                 f"= {ref.nbytes:,} bytes",
-                path=self.path, record=entry.name,
+                path=self.path, record=record,
             )
         known = self._storages.get(key)
         if known is not None:
-            if known.dtype is not ref.dtype or known.numel != ref.numel or known.location != location:
+            if known.dtype is not ref.dtype or known.numel != numel or known.location != location:
                 raise CorruptCheckpointError(
                     f"storage {key!r} is declared twice with different types, sizes or devices; the file "
                     "is ambiguous",
-                    path=self.path, record=entry.name,
+                    path=self.path, record=record,
                 )
             return known
         self._storages[key] = ref
         return ref
+
+    def _corrupt_pid(self, message: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(message, path=self.path, record=self.prefix + "data.pkl")
 
     @property
     def storages(self) -> dict[str, StorageRef]:

@@ -147,6 +147,10 @@ class ZipEntry:
     """Offset of the record's first data byte; -1 until the local header has been read."""
 
 
+def _decode_name(raw: bytes, flags: int) -> str:
+    return raw.decode("utf-8" if flags & 0x800 else "cp437", errors="surrogateescape")
+
+
 class ZipArchive:
     """The central directory of a zip file, with checked, lazy access to each record."""
 
@@ -154,13 +158,15 @@ class ZipArchive:
         self.file = file
         self.name = name
         self.limits = limits
-        self.entries: list[ZipEntry] = []
-        self._by_name: dict[str, ZipEntry] = {}
+        self._order: list[bytes] = []
+        self._raw: dict[bytes, tuple[int, ...]] = {}
+        self._entries: dict[bytes, ZipEntry] = {}
+        self._all: list[ZipEntry] | None = None
         self.zip64 = False
         self.comment = b""
         self.end_of_central_directory = 0
         self._read_directory()
-        self.has_crcs = any(e.crc for e in self.entries if e.size)
+        self.has_crcs = any(t[2] for t in self._raw.values() if t[4])
 
     # -- directory -------------------------------------------------------------------------
 
@@ -227,11 +233,13 @@ class ZipArchive:
         self._parse_central(cd, n_total, cd_offset)
 
     def _parse_central(self, cd: bytes, count: int, cd_offset: int) -> None:
+        # Only the fields needed to check and find records are kept, as tuples keyed by the raw
+        # name; ZipEntry objects are made when a record is asked for (archives may hold 100,000s).
         unpack = _CENTRAL.unpack_from
         hsize = _CENTRAL.size
         pos = 0
-        entries = self.entries
-        by_name = self._by_name
+        order = self._order
+        raw_entries = self._raw
         end = len(cd)
         for index in range(count):
             if pos + hsize > end:
@@ -240,32 +248,29 @@ class ZipArchive:
                 sig, _made, _need, flags, method, _time, _date, crc, csize, usize,
                 nlen, xlen, clen, _disk, _iattr, _eattr, offset,
             ) = unpack(cd, pos)
-            if sig != SIG_CENTRAL:
-                raise self._corrupt(f"bad central directory signature at record {index}")
             name_end = pos + hsize + nlen
-            if name_end + xlen + clen > end:
-                raise self._corrupt(f"central directory record {index} runs past the directory")
+            if sig != SIG_CENTRAL or name_end + xlen + clen > end:
+                raise self._corrupt(f"central directory record {index} is damaged or runs past the directory")
             raw = cd[pos + hsize : name_end]
-            name = raw.decode("utf-8" if flags & 0x800 else "cp437", errors="surrogateescape")
             if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
                 usize, csize, offset = self._zip64_extra(
-                    cd[name_end : name_end + xlen], usize, csize, offset, name
+                    cd[name_end : name_end + xlen], usize, csize, offset, _decode_name(raw, flags)
                 )
             if flags & 0x1:
                 raise UnsupportedFormatError(
-                    "record is encrypted; checkpoints are never encrypted", path=self.name, record=name
+                    "record is encrypted; checkpoints are never encrypted", path=self.name,
+                    record=_decode_name(raw, flags),
                 )
             if offset + 30 + nlen > cd_offset:
-                raise self._corrupt("local header offset points past the record area", record=name)
-            if name in by_name:
+                raise self._corrupt("local header offset points past the record area", record=_decode_name(raw, flags))
+            if raw in raw_entries:
                 raise self._corrupt(
                     "two records share this name; the archive is ambiguous (readers disagree on "
                     "which one counts)",
-                    record=name,
+                    record=_decode_name(raw, flags),
                 )
-            entry = ZipEntry(name, method, flags, crc, csize, usize, offset, index)
-            entries.append(entry)
-            by_name[name] = entry
+            raw_entries[raw] = (method, flags, crc, csize, usize, offset, index)
+            order.append(raw)
             pos = name_end + xlen + clen
         if pos != end:
             raise self._corrupt("central directory holds more bytes than its records")
@@ -296,20 +301,63 @@ class ZipArchive:
 
     # -- access ------------------------------------------------------------------------------
 
+    def _make_entry(self, raw: bytes) -> ZipEntry:
+        entry = self._entries.get(raw)
+        if entry is None:
+            method, flags, crc, csize, usize, offset, index = self._raw[raw]
+            entry = ZipEntry(_decode_name(raw, flags), method, flags, crc, csize, usize, offset, index)
+            self._entries[raw] = entry
+        return entry
+
+    @property
+    def entries(self) -> list[ZipEntry]:
+        """Every record, in central-directory order."""
+        if self._all is None:
+            self._all = [self._make_entry(raw) for raw in self._order]
+        return self._all
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def entry_at(self, index: int) -> ZipEntry:
+        """The ``index``-th record of the central directory."""
+        return self._make_entry(self._order[index])
+
+    def raw_names(self) -> list[bytes]:
+        """Record names as stored (bytes), in central-directory order; cheap for huge archives."""
+        return self._order
+
     def names(self) -> list[str]:
         return [e.name for e in self.entries]
 
-    def entry(self, name: str) -> ZipEntry:
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise self._corrupt("record is missing from the archive", record=name) from None
-
     def get(self, name: str) -> ZipEntry | None:
-        return self._by_name.get(name)
+        """The record called ``name``, or None."""
+        raw = name.encode("utf-8", "surrogateescape")
+        if raw not in self._raw:
+            try:
+                raw = name.encode("cp437")
+            except UnicodeEncodeError:
+                return None
+            if raw not in self._raw or _decode_name(raw, self._raw[raw][1]) != name:
+                return None
+        return self._make_entry(raw)
+
+    def size_of(self, name: str) -> int | None:
+        """The uncompressed size of record ``name`` (None if absent), without building its entry."""
+        raw = self._raw.get(name.encode("utf-8", "surrogateescape"))
+        if raw is None:
+            found = self.get(name)
+            return None if found is None else found.size
+        return raw[4]
+
+    def entry(self, name: str) -> ZipEntry:
+        found = self.get(name)
+        if found is None:
+            raise self._corrupt("record is missing from the archive", record=name)
+        return found
 
     def __contains__(self, name: object) -> bool:
-        return name in self._by_name
+        return isinstance(name, str) and self.get(name) is not None
 
     def data_offset(self, entry: ZipEntry) -> int:
         """Offset of the record's data, after checking its local header against the central one."""
