@@ -67,7 +67,7 @@ class Checkpoint:
         A tensor object reachable by several paths is yielded at each path; an object shared
         between containers is walked once.
         """
-        for path, _keys, ref in iter_tensors(self.root):
+        for path, _keys, ref in iter_tensors(self.root, max_depth=self.reader.limits.max_walk_depth):
             yield path, ref
 
     def close(self) -> None:

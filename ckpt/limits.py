@@ -26,6 +26,10 @@ class Limits:
     max_central_directory_bytes: int = 1 << 30
     """Largest zip central directory ckpt will read."""
 
+    max_compression_ratio: int = 100
+    """Largest size/compressed-size ratio accepted for a deflated record over 1 MiB (torch never
+    compresses records; a record that inflates far beyond its compressed size is a zip bomb)."""
+
     max_key_nesting: int = 100
     """Deepest tuple nesting accepted inside a dict key or set member (hashing recurses in C)."""
 

@@ -191,6 +191,8 @@ class Builder:
         ref = self.tensor_ref(obj)
         if name == "torch.nn.parameter.Parameter":
             return self.parameter(ref, obj, ref.requires_grad)
+        if type(obj) is not TensorRef:
+            return obj  # torch/numpy flavours: an allowed (not trusted) subclass loads as a plain tensor
         out = _copy_ref(ref)
         out.subclass = name
         return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .jsonable import finite_number, json_scalar
 from .tensors import TensorRef
 
 MODEL_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net", "network", "module", "ema", "model_ema", "ema_state_dict")
@@ -93,8 +94,8 @@ def recognize_optimizer(obj: Mapping[Any, Any]) -> dict[str, Any] | None:
         if not isinstance(entry, dict):
             continue
         state_keys.update(k for k in entry if isinstance(k, str))
-        step = entry.get("step")
-        if isinstance(step, (int, float)):
+        step = finite_number(entry.get("step"))
+        if step is not None:
             steps.add(step)
         per_param.append({
             "index": index,
@@ -108,7 +109,7 @@ def recognize_optimizer(obj: Mapping[Any, Any]) -> dict[str, Any] | None:
     for g in groups:
         group_keys.update(k for k in g if isinstance(k, str))
         decoupled = decoupled or g.get("decoupled_weight_decay") is True
-        hyper = {k: _json_scalar(v) for k, v in g.items() if k not in ("params", "param_names")}
+        hyper = {k: json_scalar(v) for k, v in g.items() if k not in ("params", "param_names")}
         info: dict[str, Any] = {"params": list(g["params"]), "hyper_parameters": hyper}
         if isinstance(g.get("param_names"), list):
             info["param_names"] = list(g["param_names"])
@@ -165,25 +166,13 @@ def recognize_training(obj: Mapping[Any, Any], children: dict[str, dict[str, Any
         "optimizer": optimizers,
     }
     for k in ("epoch", "global_step", "step", "iteration"):
-        if k in obj and isinstance(obj[k], (int, float)):
-            info[k] = obj[k]
+        number = finite_number(obj.get(k))
+        if number is not None:
+            info[k] = number
     return info
 
 
 def _describe_brief(value: Any) -> Any:
     if is_tensor(value):
         return {"dtype": value.dtype.name, "shape": list(value.shape)}
-    return _json_scalar(value)
-
-
-def _json_scalar(value: Any) -> Any:
-    if value is None or type(value) in (bool, int, str):
-        return value
-    if type(value) is float:
-        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
-    if isinstance(value, (list, tuple)) and len(value) <= 16:
-        return [_json_scalar(v) for v in value]
-    if is_tensor(value):
-        return {"dtype": value.dtype.name, "shape": list(value.shape)}
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return json_scalar(value)

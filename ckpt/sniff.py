@@ -53,7 +53,7 @@ def sniff(head: bytes, size: int) -> str:
     lower = stripped[:64].lower()
     if lower.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in head[:512].lower():
         return "html"
-    if stripped[:1] in (b"{", b"["):
+    if stripped[:1] in (b"{", b"[") and _looks_textual(head):
         return "json"
     if stripped[:1] in (b"(", b"c", b"]", b"}") and head.rstrip().endswith(b"."):
         return "pickle"

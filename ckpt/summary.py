@@ -24,47 +24,58 @@ from .policy import Finding
 from .recognize import recognize_optimizer, recognize_state_dict, recognize_training
 from .tensors import StorageRef, TensorRef
 from .values import Device, GlobalRef, InertObject, Size, TorchConstant
-from .walk import MAPPINGS, SCALARS, is_scalar_collection, join_path, walk
+from .jsonable import brief, json_scalar
+from .walk import MAPPINGS, is_scalar_collection, join_path, walk
 
 SCHEMA = "ckpt.inspect/1"
 
 
-@dataclass(slots=True)
 class TensorInfo:
-    path: str
-    keys: tuple[Any, ...]
-    dtype: str
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    offset: int
-    storage: str | None
-    device: str
-    numel: int
-    nbytes: int
-    requires_grad: bool
-    parameter: bool
-    contiguous: bool
-    subclass: str | None = None
-    same_as: str | None = None
+    """One tensor of a summary, at one dotted path (``same_as`` names the first path of a tensor
+    object reachable from several places)."""
+
+    __slots__ = ("path", "keys", "ref", "numel", "same_as")
+
+    def __init__(self, path: str, keys: tuple[Any, ...], ref: TensorRef, same_as: str | None) -> None:
+        self.path = path
+        self.keys = keys
+        self.ref = ref
+        self.numel = ref.numel
+        self.same_as = same_as
+
+    dtype = property(lambda self: self.ref.dtype.name)
+    shape = property(lambda self: self.ref.shape)
+    stride = property(lambda self: self.ref.stride)
+    offset = property(lambda self: self.ref.offset)
+    device = property(lambda self: self.ref.device)
+    requires_grad = property(lambda self: self.ref.requires_grad)
+    parameter = property(lambda self: self.ref.is_parameter)
+    subclass = property(lambda self: self.ref.subclass)
+    nbytes = property(lambda self: self.numel * self.ref.dtype.itemsize)
+
+    @property
+    def storage(self) -> str | None:
+        return self.ref.storage.key if self.ref.storage is not None else None
 
     def as_json(self) -> dict[str, Any]:
+        ref = self.ref
         out = {
             "path": self.path,
-            "keys": [_json_key(k) for k in self.keys],
-            "dtype": self.dtype,
-            "shape": list(self.shape),
-            "stride": list(self.stride),
-            "offset": self.offset,
-            "storage": self.storage,
-            "device": self.device,
+            "keys": [k if type(k) is str or type(k) is int else repr(k) for k in self.keys],
+            "dtype": ref.dtype.name,
+            "shape": list(ref.shape),
+            "stride": list(ref.stride),
+            "offset": ref.offset,
+            "storage": ref.storage.key if ref.storage is not None else None,
+            "device": ref.device,
             "numel": self.numel,
-            "nbytes": self.nbytes,
-            "requires_grad": self.requires_grad,
-            "parameter": self.parameter,
-            "contiguous": self.contiguous,
+            "nbytes": self.numel * ref.dtype.itemsize,
+            "requires_grad": ref.requires_grad,
+            "parameter": ref.is_parameter,
+            "contiguous": ref.is_contiguous,
         }
-        if self.subclass:
-            out["subclass"] = self.subclass
+        if ref.subclass:
+            out["subclass"] = ref.subclass
         if self.same_as:
             out["same_as"] = self.same_as
         return out
@@ -164,17 +175,21 @@ def summarize(
     elided: list[str] = []
     mappings: list[tuple[tuple[Any, ...], Any]] = [((), root)] if type(root) in MAPPINGS else []
     first_path: dict[int, str] = {}
+    views: dict[str, int] = {}
     for event in walk(root, max_depth=limits.max_walk_depth, atomic=is_scalar_collection):
         kind = event.kind
         if kind == "tensor":
-            path_s = event.path
+            path_s = join_path(event.keys)
             if match is not None and not match(path_s):
                 continue
             ref: TensorRef = event.value
             same = first_path.get(id(ref))
             if same is None:
                 first_path[id(ref)] = path_s
-            tensors.append(_tensor_info(path_s, event.keys, ref, same))
+                if ref.storage is not None:
+                    key = ref.storage.key
+                    views[key] = views.get(key, 0) + 1
+            tensors.append(TensorInfo(path_s, event.keys, ref, same))
         elif kind == "value":
             path_s = event.path
             if match is not None and not match(path_s):
@@ -191,12 +206,12 @@ def summarize(
             elided.append(event.path)
 
     structure = _structure(mappings)
-    totals = _totals(tensors, storages)
-    storage_rows = _storage_rows(tensors, storages)
+    totals = _totals(tensors, storages, views)
+    shared = _shared_storages(tensors, storages, {k for k, n in views.items() if n > 1})
     kind = _root_kind(root, structure)
     return Summary(
         path=path, file_size=file_size, facts=facts, kind=kind, structure=structure,
-        tensors=tensors, values=values, storages=storage_rows, totals=totals, findings=list(findings),
+        tensors=tensors, values=values, storages=shared, totals=totals, findings=list(findings),
         refs=refs, elided=elided, filter=filter,
     )
 
@@ -209,15 +224,6 @@ def _matcher(pattern: str | None) -> Any:
 
     compiled = re.compile(regex)
     return lambda p: compiled.match(p) is not None
-
-
-def _tensor_info(path: str, keys: tuple[Any, ...], ref: TensorRef, same: str | None) -> TensorInfo:
-    return TensorInfo(
-        path=path, keys=keys, dtype=ref.dtype.name, shape=ref.shape, stride=ref.stride,
-        offset=ref.offset, storage=ref.storage.key if ref.storage is not None else None,
-        device=ref.device, numel=ref.numel, nbytes=ref.nbytes, requires_grad=ref.requires_grad,
-        parameter=ref.is_parameter, contiguous=ref.is_contiguous, subclass=ref.subclass, same_as=same,
-    )
 
 
 def describe_type(value: Any) -> str:
@@ -241,35 +247,6 @@ def describe_type(value: Any) -> str:
     return t.__name__
 
 
-def brief(value: Any, limit: int = 80) -> str:
-    """A short, safe, one-line rendering of a value (never recursing without bound)."""
-    t = type(value)
-    if t is str:
-        text = repr(value)
-    elif t in (int, float, bool, complex) or value is None:
-        text = repr(value)
-    elif t is bytes or t is bytearray:
-        text = f"{t.__name__}[{len(value)}] {bytes(value[:16])!r}" + ("..." if len(value) > 16 else "")
-    elif t is DType:
-        text = value.torch_name
-    elif t is Device:
-        text = f"device({str(value)!r})"
-    elif t is GlobalRef:
-        text = value.qualname
-    elif t is InertObject:
-        text = repr(value)
-    elif t in (list, tuple, set, frozenset) and len(value) <= 8 and all(type(v) in SCALARS for v in value):
-        text = repr(value)
-    elif t in (list, tuple, set, frozenset, dict, OrderedDict, Counter):
-        text = f"{describe_type(value)} of {len(value)}"
-    else:
-        try:
-            text = repr(value)
-        except Exception:  # a repr must never break a summary
-            text = f"<{t.__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _value_info(path: str, keys: tuple[Any, ...], value: Any) -> ValueInfo:
     t = type(value)
     json_value: Any = None
@@ -290,17 +267,8 @@ def _value_info(path: str, keys: tuple[Any, ...], value: Any) -> ValueInfo:
     elif t is GlobalRef:
         json_value = value.qualname
     elif (t is list or t is tuple) and len(value) <= 1000:
-        json_value = [_json_value(v) for v in value]
+        json_value = [json_scalar(v, 3) for v in value]
     return ValueInfo(path=path, keys=keys, type=describe_type(value), value=json_value, repr=brief(value))
-
-
-def _json_value(v: Any) -> Any:
-    t = type(v)
-    if v is None or t in (bool, int, str):
-        return v
-    if t is float and v == v and abs(v) != float("inf"):
-        return v
-    return repr(v)
 
 
 def _structure(mappings: list[tuple[tuple[Any, ...], Any]]) -> list[dict[str, Any]]:
@@ -324,45 +292,55 @@ def _structure(mappings: list[tuple[tuple[Any, ...], Any]]) -> list[dict[str, An
     return rows
 
 
-def _totals(tensors: list[TensorInfo], storages: dict[str, StorageRef]) -> dict[str, Any]:
+def _totals(tensors: list[TensorInfo], storages: dict[str, StorageRef], views: dict[str, int]) -> dict[str, Any]:
     by_dtype: dict[str, dict[str, int]] = {}
     by_device: dict[str, int] = {}
-    numel = nbytes = 0
-    used: set[str] = set()
+    numel = nbytes = count = 0
     for t in tensors:
         if t.same_as:
             continue
-        numel += t.numel
-        nbytes += t.nbytes
-        row = by_dtype.setdefault(t.dtype, {"tensors": 0, "numel": 0, "nbytes": 0})
+        ref = t.ref
+        dt = ref.dtype
+        n = t.numel
+        b = n * dt.itemsize
+        count += 1
+        numel += n
+        nbytes += b
+        row = by_dtype.get(dt.name)
+        if row is None:
+            row = by_dtype[dt.name] = {"tensors": 0, "numel": 0, "nbytes": 0}
         row["tensors"] += 1
-        row["numel"] += t.numel
-        row["nbytes"] += t.nbytes
-        by_device[t.device] = by_device.get(t.device, 0) + 1
-        if t.storage is not None:
-            used.add(t.storage)
-    storage_bytes = sum(storages[k].nbytes for k in used if k in storages)
+        row["numel"] += n
+        row["nbytes"] += b
+        device = ref.device
+        by_device[device] = by_device.get(device, 0) + 1
     return {
-        "tensors": sum(1 for t in tensors if not t.same_as),
+        "tensors": count,
         "numel": numel,
         "nbytes": nbytes,
-        "storages": len(used),
-        "storage_bytes": storage_bytes,
+        "storages": len(views),
+        "storage_bytes": sum(storages[k].nbytes for k in views if k in storages),
         "by_dtype": by_dtype,
         "by_device": by_device,
     }
 
 
-def _storage_rows(tensors: list[TensorInfo], storages: dict[str, StorageRef]) -> dict[str, dict[str, Any]]:
+def _shared_storages(
+    tensors: list[TensorInfo], storages: dict[str, StorageRef], shared: set[str]
+) -> dict[str, dict[str, Any]]:
+    """Storages viewed by more than one tensor, with the paths of those tensors."""
     rows: dict[str, dict[str, Any]] = {}
+    if not shared:
+        return rows
     for t in tensors:
-        if t.storage is None or t.same_as:
+        key = t.storage
+        if key not in shared or t.same_as:
             continue
-        row = rows.get(t.storage)
+        row = rows.get(key)
         if row is None:
-            s = storages.get(t.storage)
-            row = rows[t.storage] = {
-                "key": t.storage,
+            s = storages.get(key)
+            row = rows[key] = {
+                "key": key,
                 "dtype": s.dtype.name if s else None,
                 "nbytes": s.nbytes if s else None,
                 "device": s.location if s else None,

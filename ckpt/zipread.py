@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass
 from typing import IO
 
-from .errors import CorruptCheckpointError, ResourceLimitError, UnsupportedFormatError
+from .errors import CheckpointError, CorruptCheckpointError, ResourceLimitError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
 
 _EOCD = struct.Struct("<4s4H2LH")  # sig, disk, cd disk, entries here, entries, cd size, cd off, comment len
@@ -92,7 +92,8 @@ class RangedFile:
                 parts.append(more)
                 got += len(more)
             return b"".join(parts)
-        assert self._file is not None
+        if self._file is None:
+            raise CheckpointError("the checkpoint was closed; open it again to read tensor data")
         with self._lock:
             self._file.seek(offset)
             return self._file.read(length)
@@ -100,6 +101,8 @@ class RangedFile:
     def readinto(self, offset: int, buf: memoryview) -> int:
         """Fill ``buf`` from ``offset``; returns the number of bytes read."""
         n = len(buf)
+        if self._data is None and self._file is None:
+            raise CheckpointError("the checkpoint was closed; open it again to read tensor data")
         if self._data is not None:
             chunk = self._data[offset : offset + n]
             buf[: len(chunk)] = chunk
@@ -186,6 +189,13 @@ class ZipArchive:
                     break
             pos = tail.rfind(SIG_EOCD, 0, pos)
         if pos < 0:
+            last = tail.rfind(SIG_EOCD)
+            if last >= 0 and last + _EOCD.size <= len(tail):
+                extra = len(tail) - last - _EOCD.size - _EOCD.unpack_from(tail, last)[7]
+                if extra > 0:
+                    raise self._corrupt(
+                        f"{extra:,} bytes follow the end of the zip archive (data appended to the file)"
+                    )
             raise self._corrupt(
                 "no zip end-of-central-directory record: the file is truncated "
                 "(an incomplete download?) or is not a zip archive"
@@ -385,6 +395,16 @@ class ZipArchive:
         return start
 
     def _check_method(self, entry: ZipEntry) -> None:
+        if (
+            entry.method == DEFLATED and entry.size > 1 << 20
+            and entry.size > self.limits.max_compression_ratio * max(entry.compressed_size, 1)
+        ):
+            raise ResourceLimitError(
+                f"compressed record would inflate {entry.compressed_size:,} bytes to {entry.size:,} "
+                f"(over {self.limits.max_compression_ratio}:1; a zip bomb?). Raise "
+                "Limits.max_compression_ratio if you trust this file",
+                path=self.name, record=entry.name,
+            )
         if entry.method not in (STORED, DEFLATED):
             raise UnsupportedFormatError(
                 f"compression method {entry.method} is not supported (torch writes stored records)",

@@ -11,7 +11,7 @@ import click
 import ckpt
 
 from .exit_codes import EXIT_FINDINGS, EXIT_OK
-from .render import group_depth, human_bytes, human_count, shape_str
+from .render import group_tensors, human_bytes, human_count, shape_str
 
 DEFAULT_MAX_ROWS = 60
 
@@ -20,7 +20,7 @@ DEFAULT_MAX_ROWS = 60
 @click.argument("path", type=click.Path(dir_okay=True, allow_dash=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (schema ckpt.inspect/1).")
 @click.option("--filter", "pattern", metavar="GLOB", help="Only tensors and values whose dotted path matches, e.g. 'model.layers.*.weight'.")
-@click.option("--depth", type=click.IntRange(min=1), metavar="N", help="Collapse tensors below N levels of nesting into one row per group.")
+@click.option("--depth", type=click.IntRange(min=1), metavar="N", help="Group tensors by the first N parts of their dotted names (model.layers.3 is depth 3).")
 @click.option("--all", "show_all", is_flag=True, help="List every tensor and value, however many.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=DEFAULT_MAX_ROWS, show_default=True, help="Collapse the tensor list to fit this many rows unless --all or --depth.")
 @click.option("--allow", "allow", multiple=True, metavar="MODULE.NAME", help="Accept this global as inert data instead of reporting it (repeatable).")
@@ -44,7 +44,7 @@ def inspect_command(
     """
     summary = ckpt.inspect(path, allow=allow, filter=pattern)
     if as_json:
-        json.dump(summary.as_json(), sys.stdout, indent=1)
+        json.dump(summary.as_json(), sys.stdout, separators=(",", ":"), allow_nan=False)
         sys.stdout.write("\n")
     else:
         render(summary, depth=depth, show_all=show_all, max_rows=max_rows)
@@ -58,6 +58,8 @@ def render(summary: ckpt.Summary, *, depth: int | None, show_all: bool, max_rows
     from rich.text import Text
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
     facts = summary.facts
     head = Text()
     head.append(f"{facts.get('format')}", style="bold")
@@ -78,34 +80,7 @@ def render(summary: ckpt.Summary, *, depth: int | None, show_all: bool, max_rows
 
     tensors = summary.tensors
     if tensors:
-        shared = {k for k, row in summary.storages.items() if len(row["tensors"]) > 1}
-        table = Table(title=f"Tensors ({len(tensors)})", title_justify="left", show_edge=False, pad_edge=False)
-        for col, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"), ("numel", "right"),
-                             ("size", "right"), ("device", "left"), ("storage", "left")):
-            table.add_column(col, justify=justify, overflow="fold")
-        level = depth if depth is not None else (None if show_all else group_depth([t.keys for t in tensors], max_rows))
-        if level is None:
-            for t in tensors:
-                storage = "-" if t.storage is None else t.storage + (" (shared)" if t.storage in shared else "")
-                if t.same_as:
-                    storage = f"= {t.same_as}"
-                name = t.path or "(root)"
-                if t.parameter:
-                    name += " [param]"
-                table.add_row(name, t.dtype, shape_str(t.shape), human_count(t.numel), human_bytes(t.nbytes),
-                              t.device, storage)
-        else:
-            for prefix, rows in _groups(tensors, level).items():
-                dtypes = sorted({t.dtype for t in rows})
-                devices = sorted({t.device for t in rows})
-                numel = sum(t.numel for t in rows)
-                nbytes = sum(t.nbytes for t in rows)
-                name = (prefix + ".*" if len(rows) > 1 or rows[0].path != prefix else prefix) or "(root)"
-                shape = shape_str(rows[0].shape) if len(rows) == 1 else f"{len(rows)} tensors"
-                table.add_row(name, ",".join(dtypes), shape, human_count(numel), human_bytes(nbytes),
-                              ",".join(devices), "")
-            table.caption = f"grouped at depth {level}; --depth N to choose, --all for every tensor"
-        console.print(table)
+        console.print(_tensor_table(summary, depth=depth, show_all=show_all, max_rows=max_rows))
 
     values = summary.values
     if values:
@@ -184,10 +159,50 @@ def _structure_line(row: dict[str, Any]) -> str:
     return f"{where}: {kind}"
 
 
-def _groups(tensors: list[ckpt.summary.TensorInfo], level: int) -> dict[str, list[Any]]:
-    from ckpt.walk import join_path
+def _tensor_table(summary: ckpt.Summary, *, depth: int | None, show_all: bool, max_rows: int) -> Any:
+    """Every tensor when they fit (or --all); else one row per name pattern (``layers.*.weight``),
+    per --depth prefix, or the first rows with a count of the rest."""
+    from rich.table import Table
 
-    groups: dict[str, list[Any]] = {}
-    for t in tensors:
-        groups.setdefault(join_path(t.keys[:level]), []).append(t)
-    return groups
+    tensors = summary.tensors
+    table = Table(title=f"Tensors ({len(tensors)})", title_justify="left", show_edge=False, pad_edge=False)
+    if depth is None and (show_all or len(tensors) <= max_rows):
+        for col, justify in (("name", "left"), ("dtype", "left"), ("shape", "left"), ("numel", "right"),
+                             ("size", "right"), ("device", "left"), ("storage", "left")):
+            table.add_column(col, justify=justify, overflow="fold")
+        shared = set(summary.storages)
+        for t in tensors:
+            _tensor_row(table, t, shared)
+        return table
+    groups, how = group_tensors([t.path for t in tensors], depth=depth, max_rows=max_rows)
+    for col, justify in (("name", "left"), ("count", "right"), ("dtype", "left"), ("shape", "left"),
+                         ("numel", "right"), ("size", "right"), ("device", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    shown = 0
+    for name, members in groups.items():
+        if shown == max_rows and depth is None:
+            table.add_row(f"... {len(groups) - shown} more groups", "", "", "", "", "", "")
+            break
+        rows = [tensors[i] for i in members]
+        shapes = {t.shape for t in rows}
+        table.add_row(
+            name or "(root)", str(len(rows)), ",".join(sorted({t.dtype for t in rows})),
+            shape_str(rows[0].shape) if len(shapes) == 1 else "various",
+            human_count(sum(t.numel for t in rows)), human_bytes(sum(t.nbytes for t in rows)),
+            ",".join(sorted({t.device for t in rows})),
+        )
+        shown += 1
+    table.caption = f"{how}; --all lists every tensor, --filter GLOB selects some"
+    return table
+
+
+def _tensor_row(table: Any, t: Any, shared: set[str]) -> None:
+    storage = "-" if t.storage is None else t.storage + (" (shared)" if t.storage in shared else "")
+    if t.same_as:
+        storage = f"= {t.same_as}"
+    name = t.path or "(root)"
+    if t.parameter:
+        name += " [param]"
+    table.add_row(name, t.dtype, shape_str(t.shape), human_count(t.numel), human_bytes(t.nbytes), t.device, storage)
+
+

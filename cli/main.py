@@ -6,7 +6,9 @@ Errors print one line (``--debug`` shows the traceback).
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -23,15 +25,13 @@ class CkptGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except CheckpointError as e:
+        except BrokenPipeError:
+            raise
+        except (CheckpointError, OSError, ValueError) as e:
             if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"ckpt: error: {e}", err=True)
-            ctx.exit(EXIT_ERROR)
-        except (OSError, ValueError) as e:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"ckpt: error: {e}", err=True)
+                traceback.print_exc()
+            else:
+                click.echo(f"ckpt: error: {e}", err=True)
             ctx.exit(EXIT_ERROR)
 
 
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the command line (``argv`` defaults to ``sys.argv[1:]``); exits with the command's code."""
     try:
         cli.main(args=argv, prog_name="ckpt", standalone_mode=True)
-    except BrokenPipeError:  # `ckpt inspect big.pt | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `ckpt inspect big.pt | head`: the reader left, nothing went wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         sys.exit(EXIT_OK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,13 +35,40 @@ def shape_str(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-def group_depth(keys_list: Sequence[Sequence[Any]], max_rows: int) -> int | None:
-    """The deepest prefix length at which the rows fit in ``max_rows`` groups (None if all fit)."""
-    if len(keys_list) <= max_rows:
-        return None
-    deepest = max((len(k) for k in keys_list), default=0)
-    for depth in range(deepest - 1, 0, -1):
-        groups = {tuple(k[:depth]) for k in keys_list}
-        if len(groups) <= max_rows:
-            return depth
-    return 1
+_NUMBER_SEGMENT = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)")
+_DIGITS = re.compile(r"\d+")
+
+
+def group_tensors(paths: Sequence[str], *, depth: int | None, max_rows: int) -> tuple[dict[str, list[int]], str]:
+    """Group dotted paths for a compact table: ``({group name: [indices]}, how it grouped)``.
+
+    With ``depth``, by the first ``depth`` parts of the name. Otherwise the first of these that
+    fits ``max_rows``: numbered parts replaced by ``*`` (``layers.3.mlp.weight`` ->
+    ``layers.*.mlp.weight``), every digit run replaced (``conv2`` -> ``conv*``), the deepest prefix
+    that fits; failing all, the finest grouping (the caller shows its first rows).
+
+    >>> groups, how = group_tensors(["l.0.w", "l.1.w", "l.0.b", "head"], depth=None, max_rows=3)
+    >>> list(groups), how
+    (['l.*.w', 'l.*.b', 'head'], 'numbered parts shown as *')
+    """
+    def by(key_of: Any) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, p in enumerate(paths):
+            out.setdefault(key_of(p), []).append(i)
+        return out
+
+    if depth is not None:
+        return by(lambda p: ".".join(p.split(".")[:depth])), f"grouped by the first {depth} name parts"
+    groups = by(lambda p: _NUMBER_SEGMENT.sub("*", p))
+    if len(groups) <= max_rows:
+        return groups, "numbered parts shown as *"
+    finer = groups
+    groups = by(lambda p: _DIGITS.sub("*", p))
+    if len(groups) <= max_rows:
+        return groups, "numbers shown as *"
+    deepest = max((p.count(".") + 1 for p in paths), default=1)
+    for level in range(deepest - 1, 0, -1):
+        grouped = by(lambda p, n=level: ".".join(p.split(".")[:n]))
+        if len(grouped) <= max_rows:
+            return grouped, f"grouped by the first {level} name parts"
+    return finer, f"numbered parts shown as *; first {max_rows} of {len(finer)} groups"

@@ -1,0 +1,72 @@
+"""Safe, short, JSON-ready renderings of arbitrary checkpoint values.
+
+Values come from untrusted files: they may nest deeply, contain cycles or non-finite floats.
+Nothing here recurses without bound, and the results always serialise as valid JSON.
+
+>>> json_scalar(float("nan")), json_scalar((0.9, 0.999)), brief(list(range(100)))
+('nan', [0.9, 0.999], 'list of 100')
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from typing import Any
+
+from .dtypes import DType
+from .tensors import TensorRef
+from .values import Device, GlobalRef, InertObject, Size, TorchConstant
+
+SCALARS = (str, int, float, bool, complex, type(None), bytes)
+_CONTAINERS = (list, tuple, set, frozenset, dict, OrderedDict, Counter)
+
+
+def json_scalar(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe rendering: plain scalars as themselves (non-finite floats as strings), short
+    lists of scalars as lists, tensors as ``{"dtype", "shape"}``, anything else as :func:`brief`."""
+    t = type(value)
+    if value is None or t is bool or t is int or t is str:
+        return value
+    if t is float:
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    if (t is list or t is tuple) and len(value) <= 16 and depth < 3:
+        return [json_scalar(v, depth + 1) for v in value]
+    if t is TensorRef:
+        return {"dtype": value.dtype.name, "shape": list(value.shape)}
+    return brief(value)
+
+
+def finite_number(value: Any) -> int | float | None:
+    """``value`` if it is an int or a finite float, else None."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value == value and abs(value) != float("inf"):
+        return value
+    return None
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """A short, safe, one-line rendering of a value (never recursing without bound)."""
+    t = type(value)
+    if t in (str, int, float, bool, complex) or value is None:
+        text = repr(value)
+    elif t is bytes or t is bytearray:
+        text = f"{t.__name__}[{len(value)}] {bytes(value[:16])!r}" + ("..." if len(value) > 16 else "")
+    elif t is DType:
+        text = value.torch_name
+    elif t is Device:
+        text = f"device({str(value)!r})"
+    elif t is Size:
+        text = f"torch.Size({list(value)})" if len(value) <= 16 else f"torch.Size of {len(value)} dims"
+    elif t is GlobalRef:
+        text = value.qualname
+    elif t is TorchConstant or t is TensorRef:
+        text = repr(value)
+    elif t is InertObject:
+        text = f"<inert {value.global_name}>"
+    elif t in (list, tuple, set, frozenset) and len(value) <= 8 and all(type(v) in SCALARS for v in value):
+        text = repr(value)
+    elif t in _CONTAINERS:
+        text = f"{'OrderedDict' if t is OrderedDict else t.__name__} of {len(value)}"
+    else:
+        text = f"<{t.__module__}.{t.__qualname__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
