@@ -21,6 +21,9 @@ from .torch_zip import TorchZipReader
 from .values import Device
 
 
+_SMALL = 1 << 20
+
+
 def _torch() -> Any:
     try:
         import torch
@@ -84,6 +87,7 @@ class TorchBuilder(Builder):
         self.meta = is_meta_location(map_location)
         self.byteswap = reader.needs_byteswap
         self._loaded: dict[str, Any] = {}
+        self._protos: dict[tuple[Any, Any], Any] = {}  # an empty tensor per (dtype, device) to make views from
         self._overall = None
         if mmap and not self.meta:
             path = reader.path
@@ -109,6 +113,14 @@ class TorchBuilder(Builder):
             offset = self.reader.data_offset(ref) if self._overall is not None else None
             if offset is not None:
                 ust = self._overall[offset : offset + ref.nbytes]
+            elif ref.nbytes < _SMALL:
+                # Python-owned memory: cheaper to make than a torch tensor for small storages.
+                raw = bytearray(ref.nbytes)
+                self.reader.readinto(ref, memoryview(raw))
+                if raw:
+                    ust = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage()
+                else:
+                    ust = torch.UntypedStorage(0)
             else:
                 buf = torch.empty(ref.nbytes, dtype=torch.uint8)
                 self.reader.readinto(ref, memoryview(buf.numpy()))
@@ -127,7 +139,10 @@ class TorchBuilder(Builder):
             t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
         else:
             ust = storage._untyped_storage
-            t = torch.empty((0,), dtype=dtype, device=ust.device).set_(ust, ref.offset, ref.shape, ref.stride)
+            proto = self._protos.get((dtype, ust.device))
+            if proto is None:
+                proto = self._protos[(dtype, ust.device)] = torch.empty((0,), dtype=dtype, device=ust.device)
+            t = proto.new().set_(ust, ref.offset, ref.shape, ref.stride)
         if ref.requires_grad:
             try:
                 t.requires_grad = True

@@ -45,6 +45,8 @@ SIG_ZIP64_LOCATOR = b"PK\x06\x07"
 STORED = 0
 DEFLATED = 8
 _CHUNK = 1 << 24
+_WINDOW = 1 << 18
+_SMALL_READ = 1 << 15
 
 
 class RangedFile:
@@ -165,6 +167,7 @@ class ZipArchive:
         self._raw: dict[bytes, tuple[int, ...]] = {}
         self._entries: dict[bytes, ZipEntry] = {}
         self._all: list[ZipEntry] | None = None
+        self._window: tuple[int, bytes] = (0, b"")
         self.zip64 = False
         self.comment = b""
         self.end_of_central_directory = 0
@@ -373,11 +376,13 @@ class ZipArchive:
         """Offset of the record's data, after checking its local header against the central one."""
         if entry.data_offset >= 0:
             return entry.data_offset
-        head = self.file.pread(entry.header_offset, _LOCAL.size)
+        head = self._read_small(entry.header_offset, _LOCAL.size + len(entry.name))
         if len(head) < _LOCAL.size or head[:4] != SIG_LOCAL:
             raise self._corrupt("local header is missing or damaged", record=entry.name)
-        _, _need, _flags, method, _t, _d, _crc, _cs, _us, nlen, xlen = _LOCAL.unpack(head)
-        raw_name = self.file.pread(entry.header_offset + _LOCAL.size, nlen)
+        _, _need, _flags, method, _t, _d, _crc, _cs, _us, nlen, xlen = _LOCAL.unpack_from(head)
+        raw_name = head[_LOCAL.size : _LOCAL.size + nlen]
+        if len(raw_name) != nlen:
+            raw_name = self.file.pread(entry.header_offset + _LOCAL.size, nlen)
         names = {raw_name.decode("utf-8", "surrogateescape"), raw_name.decode("cp437")}
         if method != entry.method or entry.name not in names:
             raise self._corrupt(
@@ -437,7 +442,12 @@ class ZipArchive:
                 f"record holds {entry.size:,} bytes where {len(out):,} are needed", record=entry.name
             )
         start = self.data_offset(entry)
-        if entry.method == STORED:
+        if entry.method == STORED and entry.size <= _SMALL_READ:
+            chunk = self._read_small(start, entry.size)
+            out[: len(chunk)] = chunk
+            if len(chunk) != entry.size:
+                raise self._corrupt("record is truncated", record=entry.name)
+        elif entry.method == STORED:
             got = self.file.readinto(start, out)
             if got != entry.size:
                 raise self._corrupt("record is truncated", record=entry.name)
@@ -445,6 +455,16 @@ class ZipArchive:
             self._inflate_into(entry, start, out)
         if verify_crc and self.has_crcs:
             self.check_crc(entry, out)
+
+    def _read_small(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` through a read-ahead window: checkpoints with many small
+        tensors read their local headers and records in file order, one syscall per window."""
+        start, window = self._window
+        if start <= offset and offset + length <= start + len(window):
+            return window[offset - start : offset - start + length]
+        window = self.file.pread(offset, max(length, _WINDOW))
+        self._window = (offset, window)
+        return window[:length]
 
     def check_crc(self, entry: ZipEntry, data: memoryview | bytes) -> None:
         crc = 0
