@@ -136,12 +136,13 @@ def _float_bits(x: float) -> bytes:
 class _TorchComparer:
     """Deep comparison of two torch.load-like results; identities must correspond one to one."""
 
-    def __init__(self, *, check_bytes: bool, check_storage_identity: bool) -> None:
+    def __init__(self, *, check_bytes: bool, check_storage_identity: bool, check_empty_storages: bool) -> None:
         import torch
 
         self.torch = torch
         self.check_bytes = check_bytes
         self.check_storage_identity = check_storage_identity
+        self.check_empty_storages = check_empty_storages
         self.a_to_b: dict[int, int] = {}
         self.b_to_a: dict[int, int] = {}
         self.st_a_to_b: dict[int, int] = {}
@@ -161,7 +162,7 @@ class _TorchComparer:
         return False
 
     def _storage_pair(self, sa: Any, sb: Any, path: tuple[Any, ...]) -> None:
-        if not self.check_storage_identity:
+        if not self.check_storage_identity or (not self.check_empty_storages and sa.nbytes() == 0):
             return
         ca, cb = sa._cdata, sb._cdata
         if self.st_a_to_b.get(ca, cb) != cb or self.st_b_to_a.get(cb, ca) != ca:
@@ -267,16 +268,23 @@ class _TorchComparer:
         self.cmp_attrs(dict(a.__dict__), dict(b.__dict__), path)
 
 
-def compare_loaded(actual: Any, reference: Any, *, check_bytes: bool = True, check_storage_identity: bool = True) -> None:
+def compare_loaded(
+    actual: Any, reference: Any, *, check_bytes: bool = True, check_storage_identity: bool = True,
+    check_empty_storages: bool = True,
+) -> None:
     """Raise :class:`Difference` at the first way ``actual`` differs from ``reference``.
 
     Both are torch.load-like results: same types (dict vs OrderedDict, list vs tuple, Parameter
     vs Tensor), keys in order, attributes (``_metadata``), floats bitwise, tensors' dtype/shape/
     stride/offset/device/requires_grad/conj/neg/values bitwise, and identities: an object shared
     (or cyclic) on one side is shared exactly alike on the other, and two tensors share a storage
-    on one side exactly where they do on the other.
+    on one side exactly where they do on the other. ``check_empty_storages=False`` ignores the
+    sharing of empty storages (torch shares them under mmap=True only).
     """
-    _TorchComparer(check_bytes=check_bytes, check_storage_identity=check_storage_identity).cmp(actual, reference)
+    _TorchComparer(
+        check_bytes=check_bytes, check_storage_identity=check_storage_identity,
+        check_empty_storages=check_empty_storages,
+    ).cmp(actual, reference)
 
 
 # -- a result against the recorded JSON -------------------------------------------------------------
@@ -286,13 +294,15 @@ class _ExpectedComparer:
     """Compares a ckpt result (torch or numpy flavour) with the recorded encoding of torch's."""
 
     def __init__(self, exp: dict[str, Any], flavor: str, *, unsupported_dtype: str = "upcast",
-                 check_bytes: bool = True, original: dict[str, dict[str, Any]] | None = None) -> None:
+                 check_bytes: bool = True, original: dict[str, dict[str, Any]] | None = None,
+                 check_empty_storages: bool = True) -> None:
         self.exp = exp
         self.rows = exp["tensors"]
         self.flavor = flavor
         self.unsupported_dtype = unsupported_dtype
         self.check_bytes = check_bytes
         self.original = original or {}
+        self.check_empty_storages = check_empty_storages
         self.ids: dict[int, Any] = {}
         self.objects: dict[int, Any] = {}
         self.group_of: dict[int, int] = {}
@@ -472,7 +482,7 @@ class _ExpectedComparer:
             _fail(path, "storage bytes differ from the recorded ones")
 
     def _group(self, group: int | None, storage: Any, path: tuple[Any, ...]) -> None:
-        if group is None:
+        if group is None or (not self.check_empty_storages and storage.nbytes() == 0):
             return
         cdata = storage._cdata
         known = self.group_of.get(cdata)
@@ -593,7 +603,8 @@ def compare_to_expected(actual: Any, exp: dict[str, Any], flavor: str = "torch",
     ``flavor`` is ``torch`` (``ckpt.load``) or ``numpy`` (``ckpt.load(as_="numpy")``, with
     ``unsupported_dtype=``). ``check_bytes=False`` skips values (meta tensors);
     ``original`` maps tensor paths to ``{"data": hex, "upcast": {...}}`` that replace the
-    recorded values (numpy flavour only).
+    recorded values (numpy flavour only). ``check_empty_storages=False`` ignores the sharing of
+    empty storages (torch shares them under mmap=True only).
     """
     _ExpectedComparer(exp, flavor, **kw).cmp(actual, exp["root"])
 
