@@ -76,10 +76,11 @@ def fp8_table(name: str) -> np.ndarray:
 
 def decode_bits(raw: np.ndarray, dtype_name: str) -> np.ndarray:
     """Exact numpy values of raw stored bits of a dtype numpy lacks (see module docs)."""
+    # np.asarray: on a 0-d array, shifts and fancy indexing return numpy scalars, not arrays
     if dtype_name == "bfloat16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        return np.asarray(raw.astype(np.uint32) << 16).view(np.float32)
     if dtype_name in _FP8 or dtype_name == "float8_e8m0fnu":
-        return fp8_table(dtype_name)[raw]
+        return np.asarray(fp8_table(dtype_name)[raw])
     if dtype_name == "complex32":
         halves = raw.view(np.float16).astype(np.float32)
         return halves.view(np.complex64)
