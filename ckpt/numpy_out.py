@@ -127,6 +127,14 @@ def view_array(ref: TensorRef, base: np.ndarray, *, byteorder: str, unsupported_
         )
         pairs = np.ascontiguousarray(halves.astype(np.float32))
         return pairs.view(np.complex64).reshape(ref.shape)
+    if dt.kind == "complex" and exotic and byteorder != sys.byteorder:
+        # raw complex32 from a foreign byte order: swap each 2-byte half (torch's swap unit for
+        # complex), not the whole 4-byte word, which would exchange the real and imaginary parts
+        halves = np.ndarray(
+            (*ref.shape, 2), dtype=np.dtype("<u2" if byteorder == "little" else ">u2"),
+            buffer=base, offset=offset, strides=(*strides, 2),
+        )
+        return np.ascontiguousarray(halves.astype("=u2")).view(np.uint32).reshape(ref.shape)
     arr = np.ndarray(ref.shape, dtype=stored_dtype(dt, byteorder), buffer=base, offset=offset, strides=strides)
     arr = _native(arr)
     if upcast and (dt.name == "bfloat16" or dt.name in _FP8 or dt.name == "float8_e8m0fnu"):
