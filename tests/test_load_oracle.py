@@ -25,7 +25,7 @@ REFUSED = {
 # ckpt reads these where torch's safe loader refuses them (pickle protocols other than 2)
 READ_WHERE_TORCH_REFUSES = {"protocol_1", "protocol_3", "protocol_4", "protocol_5", "protocol_0_values"}
 # ckpt.load(..., allow=...) reads these as inert data
-ALLOWED_READS = {"unknown_global": ["argparse.Namespace"]}
+ALLOWED_READS = {"unknown_global": ["argparse.Namespace"], "empty_bytes": ["builtins.bytes"]}
 
 
 def _load_kwargs(exp: dict[str, Any]) -> dict[str, Any]:
@@ -157,25 +157,34 @@ def test_refused_files_fail_cleanly_and_name_the_reason(oracle_name, helpers):
         assert isinstance(info.value, ckpt.CheckpointError)
 
 
-def test_allow_reads_unknown_globals_as_inert_data(helpers):
-    """ckpt.load(allow=[...]) reads the file torch only reads with safe_globals, as inert data."""
+@pytest.mark.parametrize("name", sorted(ALLOWED_READS))
+def test_allow_reads_unknown_globals_as_inert_data(name, helpers):
+    """ckpt.load(allow=[...]) reads what torch only reads under safe_globals, as inert data."""
     from ckpt.values import InertObject
 
-    exp = helpers.expected("unknown_global")
-    path = helpers.fixture_path("unknown_global")
-    arrays = ckpt.load(path, allow=ALLOWED_READS["unknown_global"], as_="numpy")
+    exp = helpers.expected(name)
+    path = helpers.fixture_path(name)
+    allow = ALLOWED_READS[name]
+    arrays = ckpt.load(path, allow=allow, as_="numpy")
     helpers.compare_to_expected(arrays, exp, "numpy")
-    assert type(arrays["args"]) is InertObject and arrays["args"].how == "newobj"
-    if helpers.HAS_TORCH:
-        import argparse
+    inert = [v for v in arrays.values() if type(v) is InertObject]
+    assert [i.global_name for i in inert] == allow
+    if not helpers.HAS_TORCH:
+        return
+    import argparse
 
-        torch = helpers.require_torch()
-        loaded = ckpt.load(path, allow=ALLOWED_READS["unknown_global"])
-        helpers.compare_to_expected(loaded, exp, "torch")
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            reference = torch.load(path, weights_only=True)
-        assert vars(reference["args"]) == loaded["args"].state
-        helpers.compare_loaded(loaded["w"], reference["w"])
+    torch = helpers.require_torch()
+    loaded = ckpt.load(path, allow=allow)
+    helpers.compare_to_expected(loaded, exp, "torch")
+    with torch.serialization.safe_globals([{"argparse.Namespace": argparse.Namespace, "builtins.bytes": bytes}[allow[0]]]):
+        reference = torch.load(path, weights_only=True)
+    for key, value in reference.items():
+        if isinstance(value, torch.Tensor):
+            helpers.compare_loaded(loaded[key], value)
+        elif type(value) is argparse.Namespace:
+            assert loaded[key].state == vars(value) and loaded[key].how == "newobj"
+        else:
+            assert value == b"" and loaded[key].args == () and loaded[key].how == "reduce"
 
 
 def test_big_endian_values_as_torch_gives_them(helpers):
