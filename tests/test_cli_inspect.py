@@ -196,7 +196,7 @@ def test_python_dash_m_ckpt(helpers):
     assert missing.returncode == EXIT_ERROR and missing.stderr.startswith("ckpt: error:")
 
 
-@pytest.mark.parametrize("fixture", ["training", "dtypes", "cuda_tagged", "unknown_global", "meta", "sample"])
+@pytest.mark.parametrize("fixture", ["training", "dtypes", "cuda_tagged", "unknown_global", "tensor_subclass", "meta", "sample"])
 def test_inspect_never_imports_torch(fixture, helpers):
     """With ``sys.modules['torch'] = None`` any import of torch raises; inspect works all the same."""
     path = helpers.fixture_path(fixture)

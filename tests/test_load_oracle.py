@@ -24,11 +24,16 @@ REFUSED = {
     "quantized": (ckpt.UnsupportedFeatureError, "quantized"),
     "unknown_global": (ckpt.UnsafeGlobalError, "argparse.Namespace"),
     "empty_bytes": (ckpt.UnsafeGlobalError, "builtins.bytes"),
+    "tensor_subclass": (ckpt.UnsafeGlobalError, "__main__.TaggedTensor"),
 }
 # ckpt reads these where torch's safe loader refuses them (pickle protocols other than 2)
 READ_WHERE_TORCH_REFUSES = {"protocol_1", "protocol_3", "protocol_4", "protocol_5", "protocol_0_values"}
 # ckpt.load(..., allow=...) reads these as inert data
-ALLOWED_READS = {"unknown_global": ["argparse.Namespace"], "empty_bytes": ["builtins.bytes"]}
+ALLOWED_READS = {
+    "unknown_global": ["argparse.Namespace"],
+    "empty_bytes": ["builtins.bytes"],
+    "tensor_subclass": ["__main__.TaggedTensor"],
+}
 
 
 def _load_kwargs(exp: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +71,7 @@ def test_torch_refusals_are_as_recorded(oracle_name, helpers):
         "protocol_5": "Unsupported operand 149",
         "unknown_global": "argparse.Namespace",
         "empty_bytes": "GLOBAL bytes",
+        "tensor_subclass": "GLOBAL __main__.TaggedTensor",
     }
     if oracle_name in expected_messages:
         assert status != "ok" and expected_messages[oracle_name] in status["message"], status
@@ -159,9 +165,24 @@ def test_refused_files_fail_cleanly_and_name_the_reason(name, helpers):
         assert isinstance(info.value, ckpt.CheckpointError)
 
 
+def _safe_globals(torch: Any, name: str) -> list[Any]:
+    """What torch needs allowlisted to load fixture ``name`` (classes stand in for __main__ ones)."""
+    import argparse
+
+    class TaggedTensor(torch.Tensor):
+        pass
+
+    return {
+        "unknown_global": [argparse.Namespace],
+        "empty_bytes": [bytes],
+        "tensor_subclass": [(TaggedTensor, "__main__.TaggedTensor")],
+    }[name]
+
+
 @pytest.mark.parametrize("name", sorted(ALLOWED_READS))
 def test_allow_reads_unknown_globals_as_inert_data(name, helpers):
-    """ckpt.load(allow=[...]) reads what torch only reads under safe_globals, as inert data."""
+    """ckpt.load(allow=[...]) reads what torch only reads under safe_globals, as inert data:
+    a record of the call for objects, the plain tensor (attributes kept) for a tensor subclass."""
     from ckpt.values import InertObject
 
     exp = helpers.expected(name)
@@ -169,8 +190,8 @@ def test_allow_reads_unknown_globals_as_inert_data(name, helpers):
     allow = ALLOWED_READS[name]
     arrays = ckpt.load(path, allow=allow, as_="numpy")
     helpers.compare_to_expected(arrays, exp, "numpy")
-    inert = [v for v in arrays.values() if type(v) is InertObject]
-    assert [i.global_name for i in inert] == allow
+    inert = [v.global_name for v in arrays.values() if type(v) is InertObject]
+    assert inert == ([] if name == "tensor_subclass" else allow)
     if not helpers.HAS_TORCH:
         return
     import argparse
@@ -178,15 +199,32 @@ def test_allow_reads_unknown_globals_as_inert_data(name, helpers):
     torch = helpers.require_torch()
     loaded = ckpt.load(path, allow=allow)
     helpers.compare_to_expected(loaded, exp, "torch")
-    with torch.serialization.safe_globals([{"argparse.Namespace": argparse.Namespace, "builtins.bytes": bytes}[allow[0]]]):
+    with torch.serialization.safe_globals(_safe_globals(torch, name)):
         reference = torch.load(path, weights_only=True)
+    assert list(loaded) == list(reference)
     for key, value in reference.items():
-        if isinstance(value, torch.Tensor):
+        if type(value) is torch.Tensor:
             helpers.compare_loaded(loaded[key], value)
+        elif isinstance(value, torch.Tensor):  # the subclass: same data and attributes, plain type
+            assert type(loaded[key]) is torch.Tensor
+            assert helpers.torch_view_bytes(loaded[key]) == helpers.torch_view_bytes(value)
+            assert loaded[key].__dict__ == value.__dict__
         elif type(value) is argparse.Namespace:
             assert loaded[key].state == vars(value) and loaded[key].how == "newobj"
         else:
             assert value == b"" and loaded[key].args == () and loaded[key].how == "reduce"
+
+
+def test_trust_rebuilds_a_tensor_subclass_like_torch(helpers):
+    """trust={name: cls} is the explicit choice to run cls: the result is torch's, type included."""
+    torch = helpers.require_torch()
+    path = helpers.fixture_path("tensor_subclass")
+    (cls, name), = _safe_globals(torch, "tensor_subclass")
+    with torch.serialization.safe_globals([(cls, name)]):
+        reference = torch.load(path, weights_only=True)
+    loaded = ckpt.load(path, trust={name: cls})
+    assert type(loaded["t"]) is cls
+    helpers.compare_loaded(loaded, reference)
 
 
 def test_big_endian_values_as_torch_gives_them(helpers):

@@ -22,7 +22,11 @@ from ckpt.tensors import StorageRef, TensorRef
 # inspect reads every fixture except this one (its persistent ids are not tuples; nobody can read it)
 UNREADABLE = {"protocol_0": (ckpt.CorruptCheckpointError, "persistent id")}
 # ckpt.open's strict policy refuses these; the inspect policy reads them
-STRICT_REFUSES = {"unknown_global": "argparse.Namespace", "empty_bytes": "builtins.bytes"}
+STRICT_REFUSES = {
+    "unknown_global": "argparse.Namespace",
+    "empty_bytes": "builtins.bytes",
+    "tensor_subclass": "__main__.TaggedTensor",
+}
 # tensors ckpt shows as inert records (rebuilt by torch, not by ckpt yet)
 INERT_TENSORS = {"quantized": {"q": "torch._utils._rebuild_qtensor"}}
 
