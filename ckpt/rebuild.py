@@ -190,6 +190,10 @@ class Builder:
         ref = self.tensor_ref(obj)
         if name == "torch.nn.parameter.Parameter":
             return self.parameter(ref, obj, ref.requires_grad)
+        if type(obj) is not TensorRef:
+            # an allowed (not trusted) subclass in the torch/numpy flavours: its class is never
+            # run, so the tensor stays the plain tensor that holds its data
+            return obj
         out = _copy_ref(ref)
         out.subclass = name
         return out
