@@ -269,6 +269,16 @@ def test_map_location_on_cuda_tagged_storages(case, mmap, helpers):
     helpers.compare_to_expected(result, helpers.expected("cuda_tagged"), "torch", check_empty_storages=not mmap)
 
 
+def test_map_location_dict_to_meta(helpers):
+    """A dict that sends tags to 'meta': storages read, then restored on meta (never shared)."""
+    torch = helpers.require_torch()
+    path = helpers.fixture_path("cuda_tagged")
+    map_location = {"cuda:0": "meta", "cuda:1": "cpu", "cpu": "meta"}
+    reference = torch.load(path, weights_only=True, map_location=map_location)
+    assert reference["w0"].device.type == "meta" and reference["w1"].device.type == "cpu"
+    helpers.compare_loaded(ckpt.load(path, map_location=map_location), reference)
+
+
 def test_map_location_bytes_is_read_as_text(helpers):
     """A documented leniency: map_location=b'cpu' works in ckpt; torch 2.13 raises TypeError
     (its tag regex is a str pattern) although its docs accept bytes."""
