@@ -76,10 +76,11 @@ def fp8_table(name: str) -> np.ndarray:
 
 def decode_bits(raw: np.ndarray, dtype_name: str) -> np.ndarray:
     """Exact numpy values of raw stored bits of a dtype numpy lacks (see module docs)."""
+    # np.asarray: on a 0-d array, shifts and fancy indexing return numpy scalars, not arrays
     if dtype_name == "bfloat16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
+        return np.asarray(raw.astype(np.uint32) << 16).view(np.float32)
     if dtype_name in _FP8 or dtype_name == "float8_e8m0fnu":
-        return fp8_table(dtype_name)[raw]
+        return np.asarray(fp8_table(dtype_name)[raw])
     if dtype_name == "complex32":
         halves = raw.view(np.float16).astype(np.float32)
         return halves.view(np.complex64)
@@ -126,6 +127,14 @@ def view_array(ref: TensorRef, base: np.ndarray, *, byteorder: str, unsupported_
         )
         pairs = np.ascontiguousarray(halves.astype(np.float32))
         return pairs.view(np.complex64).reshape(ref.shape)
+    if dt.kind == "complex" and exotic and byteorder != sys.byteorder:
+        # raw complex32 from a foreign byte order: swap each 2-byte half (torch's swap unit for
+        # complex), not the whole 4-byte word, which would exchange the real and imaginary parts
+        halves = np.ndarray(
+            (*ref.shape, 2), dtype=np.dtype("<u2" if byteorder == "little" else ">u2"),
+            buffer=base, offset=offset, strides=(*strides, 2),
+        )
+        return np.ascontiguousarray(halves.astype("=u2")).view(np.uint32).reshape(ref.shape)
     arr = np.ndarray(ref.shape, dtype=stored_dtype(dt, byteorder), buffer=base, offset=offset, strides=strides)
     arr = _native(arr)
     if upcast and (dt.name == "bfloat16" or dt.name in _FP8 or dt.name == "float8_e8m0fnu"):

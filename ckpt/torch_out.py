@@ -99,7 +99,9 @@ class TorchBuilder(Builder):
         typed = self._loaded.get(ref.key)
         if typed is None:
             typed = self._load_storage(ref)
-            if ref.nbytes:  # torch does not share empty storages between tensors either
+            # torch's own rule: a storage without data (empty, or on meta) is not shared between
+            # tensors, while an empty mmap slice (a real pointer) is
+            if typed._data_ptr() != 0:
                 self._loaded[ref.key] = typed
             self.remember(typed, ref)
         return typed

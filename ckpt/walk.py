@@ -99,6 +99,12 @@ def _inert_children(obj: InertObject) -> Iterator[tuple[Any, Any]]:
         yield k, v
 
 
+def _children_or_attrs(value: Any) -> Iterator[tuple[Any, Any]]:
+    if type(value) is TensorRef:
+        return iter((value.attrs or {}).items())
+    return children(value)
+
+
 SCALARS = (str, int, float, bool, complex, type(None), bytes)
 
 
@@ -124,19 +130,27 @@ def walk(
     if not is_container(root):
         if type(root) is TensorRef:
             yield Event("tensor", (), root)
+            if not root.attrs:
+                return
         else:
             yield Event("value", (), root)
-        return
+            return
     seen[id(root)] = ()
-    if include_root:
+    if include_root and type(root) is not TensorRef:
         yield Event("container", (), root)
-    stack: list[tuple[tuple[Any, ...], Iterator[tuple[Any, Any]]]] = [((), children(root))]
+    stack: list[tuple[tuple[Any, ...], Iterator[tuple[Any, Any]]]] = [((), _children_or_attrs(root))]
     while stack:
         prefix, it = stack[-1]
         for key, value in it:
             keys = (*prefix, key)
             if type(value) is TensorRef:
                 yield Event("tensor", keys, value)
+                if value.attrs and id(value) not in seen:
+                    # Python attributes saved with a tensor (``p.mask = tensor``) belong to the
+                    # file like any other value: walk them once, under the tensor's path
+                    seen[id(value)] = keys
+                    stack.append((keys, iter(value.attrs.items())))
+                    break
             elif is_container(value):
                 if atomic is not None and atomic(value):
                     yield Event("value", keys, value)
