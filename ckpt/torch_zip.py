@@ -254,7 +254,7 @@ class TorchZipReader(StorageReader):
 
     def readinto(self, storage: StorageRef, buf: memoryview, *, verify_crc: bool = True) -> None:
         entry = self.archive.entry(storage.record or "")
-        self.archive.readinto(entry, buf, verify_crc=verify_crc)
+        self.archive.readinto(entry, buf, verify_crc=verify_crc, readahead=True)
 
     def data_offset(self, storage: StorageRef) -> int | None:
         entry = self.archive.entry(storage.record or "")

@@ -181,9 +181,15 @@ class ZipArchive:
 
     def _read_directory(self) -> None:
         size = self.file.size
-        tail_len = min(size, _EOCD.size + 0xFFFF)
+        # Most archives (torch's among them) have no comment: try the last bytes alone first, so
+        # opening a small checkpoint does not read its tensor data.
+        tail_len = min(size, _EOCD.size + _ZIP64_LOCATOR.size)
         tail_start = size - tail_len
         tail = self.file.pread(tail_start, tail_len)
+        if tail[-_EOCD.size : -_EOCD.size + 4] != SIG_EOCD or tail[-2:] != b"\0\0":
+            tail_len = min(size, _EOCD.size + 0xFFFF)
+            tail_start = size - tail_len
+            tail = self.file.pread(tail_start, tail_len)
         pos = tail.rfind(SIG_EOCD)
         while pos >= 0:
             if pos + _EOCD.size <= len(tail):
@@ -372,11 +378,15 @@ class ZipArchive:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
-    def data_offset(self, entry: ZipEntry) -> int:
-        """Offset of the record's data, after checking its local header against the central one."""
+    def data_offset(self, entry: ZipEntry, *, readahead: bool = False) -> int:
+        """Offset of the record's data, after checking its local header against the central one.
+
+        ``readahead`` serves the header from a window that also covers the records after it
+        (for reading many small records in file order)."""
         if entry.data_offset >= 0:
             return entry.data_offset
-        head = self._read_small(entry.header_offset, _LOCAL.size + len(entry.name))
+        want = _LOCAL.size + len(entry.name)
+        head = self._read_small(entry.header_offset, want) if readahead else self.file.pread(entry.header_offset, want)
         if len(head) < _LOCAL.size or head[:4] != SIG_LOCAL:
             raise self._corrupt("local header is missing or damaged", record=entry.name)
         _, _need, _flags, method, _t, _d, _crc, _cs, _us, nlen, xlen = _LOCAL.unpack_from(head)
@@ -434,15 +444,19 @@ class ZipArchive:
         self.readinto(entry, memoryview(buf), verify_crc=verify_crc)
         return bytes(buf)
 
-    def readinto(self, entry: ZipEntry, out: memoryview, *, verify_crc: bool = True) -> None:
-        """Fill ``out`` (exactly ``entry.size`` bytes long) with the record's bytes."""
+    def readinto(
+        self, entry: ZipEntry, out: memoryview, *, verify_crc: bool = True, readahead: bool = False
+    ) -> None:
+        """Fill ``out`` (exactly ``entry.size`` bytes long) with the record's bytes.
+
+        ``readahead``: small records are served from a read-ahead window (see :meth:`data_offset`)."""
         self._check_method(entry)
         if len(out) != entry.size:
             raise self._corrupt(
                 f"record holds {entry.size:,} bytes where {len(out):,} are needed", record=entry.name
             )
-        start = self.data_offset(entry)
-        if entry.method == STORED and entry.size <= _SMALL_READ:
+        start = self.data_offset(entry, readahead=readahead)
+        if readahead and entry.method == STORED and entry.size <= _SMALL_READ:
             chunk = self._read_small(start, entry.size)
             out[: len(chunk)] = chunk
             if len(chunk) != entry.size:

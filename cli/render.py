@@ -57,8 +57,15 @@ def group_tensors(paths: Sequence[str], *, depth: int | None, max_rows: int) -> 
             out.setdefault(key_of(p), []).append(i)
         return out
 
+    def by_prefix(level: int) -> dict[str, list[int]]:
+        grouped = by(lambda p: ".".join(p.split(".")[:level]))
+        return {
+            (prefix + ".*" if any(paths[i] != prefix for i in members) else prefix): members
+            for prefix, members in grouped.items()
+        }
+
     if depth is not None:
-        return by(lambda p: ".".join(p.split(".")[:depth])), f"grouped by the first {depth} name parts"
+        return by_prefix(depth), f"grouped by the first {depth} name parts"
     groups = by(lambda p: _NUMBER_SEGMENT.sub("*", p))
     if len(groups) <= max_rows:
         return groups, "numbered parts shown as *"
@@ -68,7 +75,7 @@ def group_tensors(paths: Sequence[str], *, depth: int | None, max_rows: int) -> 
         return groups, "numbers shown as *"
     deepest = max((p.count(".") + 1 for p in paths), default=1)
     for level in range(deepest - 1, 0, -1):
-        grouped = by(lambda p, n=level: ".".join(p.split(".")[:n]))
+        grouped = by_prefix(level)
         if len(grouped) <= max_rows:
             return grouped, f"grouped by the first {level} name parts"
     return finer, f"numbered parts shown as *; first {max_rows} of {len(finer)} groups"

@@ -13,6 +13,8 @@ A test that asks for an ``oracle_name`` argument runs once per recorded fixture.
 
 from __future__ import annotations
 
+collect_ignore = ["fixtures/make_fixtures.py"]  # a script that regenerates fixtures, not tests
+
 import importlib.util
 import json
 import math
