@@ -18,9 +18,10 @@ from .policy import Finding, Policy
 from .rebuild import Builder
 from .sniff import HEAD_BYTES, explain, sniff
 from .tensors import StorageRef, TensorRef
-from .torch_zip import TorchZipReader
+from . import torch_zip  # noqa: F401  (registers the zip reader)
+from .reader import READERS, Reader
 from .walk import iter_tensors
-from .zipread import RangedFile, ZipArchive
+from .zipread import RangedFile
 
 PathLike = str | os.PathLike[str]
 
@@ -38,7 +39,7 @@ class Checkpoint:
     def __init__(
         self,
         path: str,
-        reader: TorchZipReader,
+        reader: Reader,
         root: Any,
         findings: list[Finding],
         policy: Policy,
@@ -71,7 +72,7 @@ class Checkpoint:
             yield path, ref
 
     def close(self) -> None:
-        self.reader.archive.close()
+        self.reader.close()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -83,7 +84,7 @@ class Checkpoint:
         return f"<Checkpoint {self.path!r} {self.format}, {len(self.storages)} storages>"
 
 
-def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> TorchZipReader:
+def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Reader:
     """Detect the format of ``path`` by content and return its reader (the file stays open)."""
     name = os.fspath(path)
     if os.path.isdir(name):
@@ -102,11 +103,9 @@ def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> TorchZipR
     try:
         head = file.pread(0, HEAD_BYTES)
         kind = sniff(head, file.size)
-        if kind == "zip":
-            archive = ZipArchive(file, name=name, limits=limits)
-            if len(archive) and all(raw.endswith(b".npy") for raw in archive.raw_names()):
-                raise NotACheckpointError("this is a numpy .npz archive, not a torch checkpoint", path=name)
-            return TorchZipReader(archive, path=name, limits=limits)
+        factory = READERS.get(kind)
+        if factory is not None:
+            return factory(file, name, limits, head)
         if kind == "torch-legacy":
             raise UnsupportedFormatError(
                 "this is a legacy (pre-1.6, non-zip) torch checkpoint; reading it is not supported yet",
@@ -149,6 +148,6 @@ def open(
         findings: list[Finding] = []
         root = reader.load(Builder(mode=pol.mode, limits=limits), pol, findings)
     except BaseException:
-        reader.archive.close()
+        reader.close()
         raise
     return Checkpoint(os.fspath(path), reader, root, findings, pol)

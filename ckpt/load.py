@@ -61,4 +61,4 @@ def load(
         findings: list[Finding] = []
         return reader.load(builder, policy, findings)
     finally:
-        reader.archive.close()
+        reader.close()

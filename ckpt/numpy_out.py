@@ -31,7 +31,7 @@ from .errors import UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 from .rebuild import Builder
 from .tensors import StorageRef, TensorRef
-from .torch_zip import TorchZipReader
+from .reader import Reader
 
 UNSUPPORTED_DTYPE_CHOICES = ("upcast", "raw", "error")
 
@@ -164,7 +164,7 @@ class NumpyBuilder(Builder):
 
     def __init__(
         self,
-        reader: TorchZipReader,
+        reader: Reader,
         *,
         mmap: bool = False,
         unsupported_dtype: str = "upcast",
@@ -179,8 +179,8 @@ class NumpyBuilder(Builder):
         self._loaded: dict[str, np.ndarray] = {}
         self._map: Any = None
         if mmap:
-            fd = reader.archive.file.fileno()
-            if fd is not None and reader.archive.file.size:
+            fd = reader.fileno()
+            if fd is not None and reader.file_size:
                 self._map = _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
 
     def finish_storage(self, ref: StorageRef) -> Any:

@@ -153,7 +153,7 @@ def inspect(
     with open(path, policy="inspect", allow=allow, limits=limits) as ck:
         return summarize(ck.root, path=os.fspath(path), facts=ck.facts, findings=ck.findings,
                          storages=ck.storages, filter=filter, limits=limits,
-                         file_size=ck.reader.archive.file.size)
+                         file_size=ck.reader.file_size)
 
 
 def summarize(

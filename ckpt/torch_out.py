@@ -17,7 +17,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .pickle_vm import Trusted
 from .rebuild import Builder
 from .tensors import StorageRef, TensorRef
-from .torch_zip import TorchZipReader
+from .reader import Reader
 from .values import Device
 
 
@@ -73,7 +73,7 @@ class TorchBuilder(Builder):
 
     def __init__(
         self,
-        reader: TorchZipReader,
+        reader: Reader,
         *,
         map_location: Any = None,
         mmap: bool = False,

@@ -11,7 +11,6 @@ before any tensor is made and reads tensor bytes only when asked.
 from __future__ import annotations
 
 import gc
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,8 +20,10 @@ from .limits import Limits
 from .pickle_vm import Unpickler
 from .policy import Finding, Policy, Resolver
 from .rebuild import Builder
-from .tensors import StorageReader, StorageRef, StorageType
-from .zipread import STORED, ZipArchive, ZipEntry
+from .errors import NotACheckpointError
+from .reader import Reader, register
+from .tensors import StorageRef, StorageType
+from .zipread import STORED, RangedFile, ZipArchive, ZipEntry
 
 FORMAT = "torch-zip"
 MAX_VERSION = 10  # highest file format version torch 2.13 reads (caffe2 kMaxSupportedFileFormatVersion)
@@ -59,7 +60,7 @@ def is_torchscript(archive: ZipArchive, prefix: str) -> bool:
     return f"{prefix}constants.pkl" in archive
 
 
-class TorchZipReader(StorageReader):
+class TorchZipReader(Reader):
     """One opened torch zip checkpoint: its facts, its pickle, and positioned access to storages."""
 
     def __init__(self, archive: ZipArchive, *, path: str, limits: Limits) -> None:
@@ -263,6 +264,21 @@ class TorchZipReader(StorageReader):
         return self.archive.data_offset(entry)
 
     @property
-    def needs_byteswap(self) -> bool:
-        return self.byteorder != sys.byteorder
+    def file_size(self) -> int:
+        return self.archive.file.size
+
+    def fileno(self) -> int | None:
+        return self.archive.file.fileno()
+
+    def close(self) -> None:
+        self.archive.close()
+
+
+@register("zip")
+def open_zip(file: RangedFile, path: str, limits: Limits, head: bytes) -> Reader:
+    """A zip file: a torch checkpoint unless it is plainly something else (an .npz)."""
+    archive = ZipArchive(file, name=path, limits=limits)
+    if len(archive) and all(raw.endswith(b".npy") for raw in archive.raw_names()):
+        raise NotACheckpointError("this is a numpy .npz archive, not a torch checkpoint", path=path)
+    return TorchZipReader(archive, path=path, limits=limits)
 

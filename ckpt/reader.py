@@ -1,0 +1,73 @@
+"""The interface every format reader implements, and the table that picks one by content.
+
+A reader turns one file (or folder) into the middle model of ckpt: it runs the file's pickle or
+header through a :class:`~ckpt.rebuild.Builder` (lazy references, torch or numpy objects) and
+serves storage bytes by offset. ``ckpt.open``, ``ckpt.load`` and ``ckpt.inspect`` only talk to
+this interface, so a new format is a new reader registered in :data:`READERS`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .limits import Limits
+from .tensors import StorageReader, StorageRef
+
+if TYPE_CHECKING:
+    from .policy import Finding, Policy
+    from .rebuild import Builder
+    from .zipread import RangedFile
+
+
+class Reader(StorageReader):
+    """One opened checkpoint file, as a format reader sees it."""
+
+    path: str
+    limits: Limits
+    byteorder: str = "little"
+
+    def facts(self) -> dict[str, Any]:
+        """Format details for ``Checkpoint.facts`` and inspect's ``format`` object (``format`` key first)."""
+        raise NotImplementedError
+
+    def load(self, builder: Builder, policy: Policy, findings: list[Finding]) -> Any:
+        """The object the file holds, built by ``builder``; findings (inspect policy) are appended."""
+        raise NotImplementedError
+
+    @property
+    def storages(self) -> dict[str, StorageRef]:
+        """Every storage the last :meth:`load` referenced, by key."""
+        raise NotImplementedError
+
+    @property
+    def file_size(self) -> int:
+        raise NotImplementedError
+
+    def fileno(self) -> int | None:
+        """A file descriptor to memory-map the file with, or None if it cannot be mapped."""
+        return None
+
+    @property
+    def needs_byteswap(self) -> bool:
+        return self.byteorder != sys.byteorder
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+ReaderFactory = Callable[["RangedFile", str, Limits, bytes], Reader]
+
+READERS: dict[str, ReaderFactory] = {}
+"""Reader factories by the kind :func:`ckpt.sniff.sniff` gives a file: ``(file, path, limits, head)``."""
+
+
+def register(kind: str) -> Callable[[ReaderFactory], ReaderFactory]:
+    """Decorator: make ``factory`` the reader for files :func:`~ckpt.sniff.sniff` calls ``kind``."""
+
+    def add(factory: ReaderFactory) -> ReaderFactory:
+        READERS[kind] = factory
+        return factory
+
+    return add
