@@ -150,21 +150,39 @@ class Run:
 
 @dataclass
 class Measured:
+    """The runs of one command line (shared by every case that renders to it)."""
+
     argv: list[str]
-    shown: str
-    timing: str
     runs: list[Run] = field(default_factory=list)
-    skipped: str | None = None  # why the case was not run
+    skipped: str | None = None  # why the command was not run
     error: str | None = None  # why it stopped
 
     @property
     def good(self) -> list[Run]:
         return [r for r in self.runs if r.error is None]
 
+
+@dataclass
+class Result:
+    """A case's view of its command's runs: judged by its own timing (process or call)."""
+
+    m: Measured
+    timing: str
+    shown: str
+
+    argv = property(lambda self: self.m.argv)
+    runs = property(lambda self: self.m.runs)
+    good = property(lambda self: self.m.good)
+    skipped = property(lambda self: self.m.skipped)
+    error = property(lambda self: self.m.error)
+
     def seconds(self) -> list[float]:
         if self.timing == "call":
             return [r.call for r in self.good if r.call is not None]
         return [r.wall for r in self.good]
+
+    def run_seconds(self, run: Run) -> float | None:
+        return run.call if self.timing == "call" else run.wall
 
     def median(self, metric: str = "seconds") -> float | None:
         if metric == "seconds":
@@ -203,7 +221,15 @@ class Runner:
         self.log = log
         self.ckpt = self._find_tool("ckpt") or "ckpt"
         self.cache: dict[tuple[str, ...], Measured] = {}
+        self.capture: set[tuple[str, ...]] = set()
         self._have: dict[str, bool] = {}
+
+    def plan(self, benches: Sequence[Bench]) -> None:
+        """Note which command lines some case times by the seconds they print (stdout is read)."""
+        for b in benches:
+            for c in b.cases:
+                if c.timing == "call":
+                    self.capture.add(tuple(self.render(c)))
 
     # --- commands
 
@@ -263,7 +289,7 @@ class Runner:
         fd, timefile = tempfile.mkstemp(prefix="time-", dir=self.workdir)
         os.close(fd)
         argv = self.render(case, tmp=str(scratch))
-        capture = case.timing == "call"
+        capture = case.timing == "call" or tuple(self.render(case)) in self.capture
         try:
             t0 = time.perf_counter()
             proc = subprocess.Popen(
@@ -297,23 +323,24 @@ class Runner:
             shutil.rmtree(scratch, ignore_errors=True)
             Path(timefile).unlink(missing_ok=True)
 
-    def measure(self, bench: Bench, repeat: int, warmup: int) -> dict[str, Measured]:
-        """Measure every case of ``bench`` (interleaved), reusing cases measured before."""
-        results: dict[str, Measured] = {}
+    def measure(self, bench: Bench, repeat: int, warmup: int) -> dict[str, Result]:
+        """Measure every case of ``bench`` (interleaved), reusing commands measured before."""
+        results: dict[str, Result] = {}
         todo: list[tuple[Case, Measured]] = []
         for case in bench.cases:
             argv = tuple(self.render(case))
             if argv in self.cache:
-                results[case.label] = self.cache[argv]
+                results[case.label] = Result(self.cache[argv], case.timing, self.shown(case))
                 continue
-            m = Measured(list(argv), self.shown(case), case.timing)
+            m = Measured(list(argv))
             lacking = self.missing(case)
             if lacking:
                 m.skipped = f"skipped: {', '.join(lacking)} not installed"
                 self.log(f"  {case.label}: {m.skipped}")
             else:
                 todo.append((case, m))
-            self.cache[argv] = results[case.label] = m
+            self.cache[argv] = m
+            results[case.label] = Result(m, case.timing, self.shown(case))
         spent = {id(m): 0.0 for _, m in todo}
         for _ in range(warmup):
             for case, m in todo:
@@ -326,9 +353,9 @@ class Runner:
                 run = self.run_once(case)
                 spent[id(m)] += run.wall
                 m.runs.append(run)
-                t = run.call if case.timing == "call" else run.wall
                 rss = f"{run.rss_kb / 1024:.0f} MB" if run.rss_kb else "?"
-                status = f"ERROR {run.error}" if run.error else f"{t:.3f} s, {rss}"
+                call = f"call {run.call:.3f} s, " if run.call is not None else ""
+                status = f"ERROR {run.error}" if run.error else f"{call}process {run.wall:.3f} s, {rss}"
                 self.log(f"  run {i + 1}/{repeat}  {case.label}: {status}")
                 if run.error:
                     m.error = run.error
@@ -339,7 +366,7 @@ class Runner:
 # Judging and reporting
 
 
-def ratio(results: Mapping[str, Measured], case: str, vs: str | None, metric: str = "seconds") -> float | None:
+def ratio(results: Mapping[str, Result], case: str, vs: str | None, metric: str = "seconds") -> float | None:
     if vs is None:
         return None
     a, b = results[case].median(metric), results[vs].median(metric)
@@ -348,7 +375,7 @@ def ratio(results: Mapping[str, Measured], case: str, vs: str | None, metric: st
     return a / b
 
 
-def judge(bench: Bench, results: Mapping[str, Measured], inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+def judge(bench: Bench, results: Mapping[str, Result], inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for f in bench.floors:
         limit = f.limit(inputs) if callable(f.limit) else float(f.limit)
@@ -399,7 +426,7 @@ HEADER = ("benchmark", "case", "command", "timed", "n", "median s", "min-max s",
           "vs", "ratio", "floor")
 
 
-def report_rows(bench: Bench, results: Mapping[str, Measured], verdicts: list[dict[str, Any]]) -> list[list[str]]:
+def report_rows(bench: Bench, results: Mapping[str, Result], verdicts: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for c in bench.cases:
         m = results[c.label]

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs_mod.warm(p)
     runner = harness.Runner(python=a.python, workdir=workdir, inputs=paths, timeout=a.timeout,
                             budget=a.budget, repo=repo)
+    runner.plan(benches)
     # Untimed: put the interpreter, torch's and ckpt's modules in the page cache, compile .pyc files.
     for warm in ([a.python, "-c", "import torch, numpy"], [a.python, "-c", "import ckpt, ckpt_cli.main"]):
         subprocess_run(warm)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 "skipped": results[c.label].skipped, "error": results[c.label].error,
                 **results[c.label].summary(),
                 "ratio": harness.ratio(results, c.label, b.vs_of(c)),
-                "runs": [{"seconds": r.call if c.timing == "call" else r.wall, "process_seconds": r.wall,
+                "runs": [{"seconds": results[c.label].run_seconds(r), "process_seconds": r.wall,
                           "rss_mb": r.rss_kb / 1024 if r.rss_kb else None, "rc": r.rc, "error": r.error,
                           **r.extra} for r in results[c.label].runs],
             } for c in b.cases],
