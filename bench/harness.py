@@ -459,7 +459,7 @@ def environment(python: str, repo: Path) -> dict[str, Any]:
                     "print(sys.version.split()[0], platform.platform(), v('torch'), v('numpy'), v('ckpt'),"
                     " v('safetensors'), v('picklescan'), sep='|')"]).split("|")
     keys = ("python", "platform", "torch", "numpy", "ckpt", "safetensors", "picklescan")
-    env: dict[str, Any] = dict(zip(keys, versions))
+    env: dict[str, Any] = {k: (None if v == "None" else v) for k, v in zip(keys, versions)}
     env["cpus"] = os.cpu_count()
     env["commit"] = out(["git", "rev-parse", "HEAD"])
     env["dirty"] = bool(out(["git", "status", "--porcelain", "--", "ckpt", "cli"]))
