@@ -1,0 +1,74 @@
+"""Write one benchmark input from its recipe, in a child process of the harness.
+
+    python bench/gen_input.py RECIPE_JSON OUT_PATH
+
+The harness (``inputs.py``) calls this with a temporary ``OUT_PATH`` and renames the result into
+place when it succeeds, so a killed generation never leaves a half-written input behind. Big
+inputs need about their own size in memory while torch.save writes them.
+
+Recipe kinds (``recipe["kind"]``); add a function to ``GENERATORS`` for a new one:
+
+* ``state_dict``: ``count`` tensors named by ``keys`` (a ``str.format`` template over ``n`` (the
+  index), ``i = n // group`` and ``j = n % group``), each of ``shape`` and ``dtype``, filled from
+  ``torch.randn`` seeded with ``seed``; saved as ``format``: ``torch-zip`` (torch.save's
+  default), ``torch-legacy`` (``_use_new_zipfile_serialization=False``) or ``safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import OrderedDict
+from typing import Any, Callable
+
+
+def _state_dict(recipe: dict[str, Any]) -> "OrderedDict[str, Any]":
+    import torch
+
+    dtype = getattr(torch, recipe.get("dtype", "float32"))
+    shape = tuple(recipe["shape"])
+    group = int(recipe.get("group", 1))
+    gen = torch.Generator().manual_seed(int(recipe.get("seed", 0)))
+    sd: OrderedDict[str, Any] = OrderedDict()
+    for n in range(int(recipe["count"])):
+        name = recipe["keys"].format(n=n, i=n // group, j=n % group)
+        sd[name] = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+    return sd
+
+
+def make_state_dict(recipe: dict[str, Any], out: str) -> None:
+    sd = _state_dict(recipe)
+    fmt = recipe.get("format", "torch-zip")
+    if fmt == "torch-zip":
+        import torch
+
+        torch.save(sd, out)
+    elif fmt == "torch-legacy":
+        import torch
+
+        torch.save(sd, out, _use_new_zipfile_serialization=False)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(dict(sd), out)
+    else:
+        raise SystemExit(f"gen_input: unknown format {fmt!r}")
+
+
+GENERATORS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "state_dict": make_state_dict,
+}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise SystemExit(__doc__)
+    recipe = json.loads(argv[0])
+    kind = recipe.get("kind")
+    if kind not in GENERATORS:
+        raise SystemExit(f"gen_input: unknown recipe kind {kind!r} (known: {', '.join(GENERATORS)})")
+    GENERATORS[kind](recipe, argv[1])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

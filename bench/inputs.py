@@ -1,0 +1,135 @@
+"""Benchmark inputs: named recipes, generated once into the work dir and cached.
+
+Each input is written by ``gen_input.py`` in a child process (big inputs hold the whole state
+dict in memory while torch.save writes it, and the harness itself should stay small). Beside
+each input lies ``<file>.recipe.json``: the recipe it was made from, the torch version that made
+it and its size. An input is reused when that sidecar matches the recipe and the file is still
+there with the same size; otherwise it is made again.
+
+To add an input, add an entry to ``INPUTS``; a new kind of recipe needs a function in
+``gen_input.GENERATORS``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "uint8": 1}
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file (or folder) the benchmarks read, and the recipe that makes it."""
+
+    name: str  # the placeholder benchmarks use: ``{big}``
+    filename: str  # under the work dir
+    recipe: dict[str, Any] = field(hash=False)
+    about: str = ""
+
+    @property
+    def largest_tensor_bytes(self) -> int:
+        """Bytes of the largest tensor (for floors such as "largest tensor + 100 MB")."""
+        r = self.recipe
+        return math.prod(r["shape"]) * ITEMSIZE[r.get("dtype", "float32")]
+
+    @property
+    def tensor_bytes(self) -> int:
+        return self.largest_tensor_bytes * int(self.recipe["count"])
+
+
+INPUTS: dict[str, Input] = {
+    i.name: i
+    for i in (
+        Input(
+            "big",
+            "big.pt",
+            {"kind": "state_dict", "count": 200, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+             "dtype": "float32", "seed": 0, "format": "torch-zip"},
+            "~1.6 GB: 200 float32 tensors of [2000, 1000] (8 MB each), torch.save zip format",
+        ),
+        Input(
+            "many",
+            "many.pt",
+            {"kind": "state_dict", "count": 100_000, "keys": "layers.{i}.sub{j}.weight", "group": 10,
+             "shape": [4], "dtype": "float32", "seed": 0, "format": "torch-zip"},
+            "100,000 float32 tensors of [4] in one state dict (layers.{i}.sub{j}.weight), ~30 MB",
+        ),
+    )
+}
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".recipe.json")
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _torch_version(python: str) -> str:
+    out = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def is_current(inp: Input, workdir: Path) -> bool:
+    path = workdir / inp.filename
+    side = _sidecar(path)
+    if not path.exists() or not side.exists():
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("recipe") == inp.recipe and meta.get("size") == _size(path)
+
+
+def ensure(inp: Input, workdir: Path, python: str = sys.executable, log=print) -> Path:
+    """The path of ``inp`` under ``workdir``, generating it first unless a matching one is cached."""
+    path = workdir / inp.filename
+    if is_current(inp, workdir):
+        return path
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    for stale in (tmp, path, _sidecar(path)):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+    log(f"generating {inp.filename}: {inp.about} ...")
+    t0 = time.perf_counter()
+    try:
+        subprocess.run([python, str(HERE / "gen_input.py"), json.dumps(inp.recipe), str(tmp)], check=True)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+    os.replace(tmp, path)
+    meta = {"recipe": inp.recipe, "size": _size(path), "torch": _torch_version(python),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    _sidecar(path).write_text(json.dumps(meta, indent=1) + "\n")
+    log(f"  wrote {path} ({meta['size'] / 1e6:.0f} MB) in {meta['seconds']} s")
+    return path
+
+
+def warm(path: Path, chunk: int = 8 << 20) -> None:
+    """Read a file (or every file of a folder) once so the runs find it in the page cache."""
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.read(chunk):
+                pass

@@ -1,0 +1,78 @@
+"""In-process timing: run one call in a fresh process and print its seconds as a JSON line.
+
+    python bench/timed.py ckpt-load  PATH [--mmap] [--as numpy] [--no-torch]
+    python bench/timed.py torch-load PATH [--mmap]
+
+Imports happen before the clock starts (torch first, then ckpt), so what is timed is the call
+alone; the harness still measures the whole process's wall time and peak RSS around it. The last
+line printed is ``{"seconds": ..., ...}``, which the harness parses.
+
+``--no-torch`` makes ``import torch`` fail for the whole process (the numpy flavour of
+``ckpt.load`` must not need it) and reports whether torch was imported anyway.
+
+To time another call, add a function to ``CALLS``: it gets the parsed arguments and returns a
+zero-argument callable (do imports and set-up there, outside the timed region).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import json
+import sys
+import time
+from typing import Any, Callable
+
+
+class _BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"bench/timed.py --no-torch: import of {name!r} blocked")
+        return None
+
+
+def ckpt_load(a: argparse.Namespace) -> Callable[[], Any]:
+    if a.as_ == "torch":
+        import torch  # noqa: F401  (imported before the clock starts)
+    import ckpt
+
+    return lambda: ckpt.load(a.path, mmap=a.mmap, as_=a.as_)
+
+
+def torch_load(a: argparse.Namespace) -> Callable[[], Any]:
+    import torch
+
+    return lambda: torch.load(a.path, mmap=a.mmap, weights_only=True)
+
+
+CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
+    "ckpt-load": ckpt_load,
+    "torch-load": torch_load,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("call", choices=sorted(CALLS))
+    p.add_argument("path")
+    p.add_argument("--mmap", action="store_true")
+    p.add_argument("--as", dest="as_", default="torch", choices=("torch", "numpy"))
+    p.add_argument("--no-torch", action="store_true")
+    a = p.parse_args(argv)
+    if a.no_torch:
+        sys.meta_path.insert(0, _BlockTorch())
+    fn = CALLS[a.call](a)
+    t0 = time.perf_counter()
+    obj = fn()
+    seconds = time.perf_counter() - t0
+    out = {
+        "seconds": seconds,
+        "call": a.call,
+        "items": len(obj) if hasattr(obj, "__len__") else None,
+        "torch_imported": "torch" in sys.modules,
+    }
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
