@@ -11,6 +11,7 @@ every global a file names resolves only to constructors ckpt owns.
 from .checkpoint import Checkpoint, open
 from .load import load
 from .summary import Summary, inspect
+from .scanner import FileReport, ScanReport, scan
 from .errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -30,8 +31,10 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CorruptCheckpointError",
+    "FileReport",
     "Finding",
     "Limits",
+    "ScanReport",
     "NotACheckpointError",
     "ResourceLimitError",
     "StorageRef",
@@ -43,4 +46,5 @@ __all__ = [
     "load",
     "inspect",
     "open",
+    "scan",
 ]

@@ -1,0 +1,515 @@
+"""A tolerant survey of a zip archive: every record and every anomaly, reported instead of raised.
+
+:class:`ckpt.zipread.ZipArchive` is strict: it refuses ambiguous or damaged archives, which is what
+loading needs. A scanner needs the opposite: go on past the anomaly, look at *everything* any zip
+reader might see, and say what is wrong. :func:`survey` reads the end records, the central directory
+and every local header (never record data), and returns a :class:`ZipSurvey` whose ``anomalies``
+name each problem: local and central headers that disagree, duplicate names, names that escape the
+archive folder when extracted, encryption flags, unknown compression methods, bytes that belong to
+no record (before the first record, between records, after the end record), overlapping records,
+and counts that disagree with the directory. Record bytes are read later, by offset, with
+:func:`read_record` (inflating at most ``max_size`` bytes).
+
+>>> import io, zipfile
+>>> buf = io.BytesIO()
+>>> with zipfile.ZipFile(buf, "w") as z:
+...     z.writestr("a/x", b"hello")
+>>> s = survey(RangedFile.from_bytes(buf.getvalue()))
+>>> [e.name for e in s.entries], s.anomalies
+(['a/x'], [])
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .limits import DEFAULT_LIMITS, Limits
+from .zipread import (
+    _CENTRAL, _EOCD, _LOCAL, _ZIP64_EOCD, _ZIP64_LOCATOR, SIG_CENTRAL, SIG_EOCD, SIG_LOCAL,
+    SIG_ZIP64_EOCD, SIG_ZIP64_LOCATOR, RangedFile,
+)
+
+STORED, DEFLATED, BZIP2, LZMA = 0, 8, 12, 14
+METHODS = {STORED: "stored", DEFLATED: "deflate", BZIP2: "bzip2", LZMA: "lzma"}
+SIG_DESCRIPTOR = b"PK\x07\x08"
+_COALESCE_GAP = 4096
+_COALESCE_MAX = 1 << 20
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_SUSPICIOUS_NAME = re.compile(r"\.\.|[\\\x00]|^/|^.:", re.S)
+suspicious = _SUSPICIOUS_NAME.search
+_LOCAL_UNPACK = _LOCAL.unpack_from
+_DESC16 = struct.Struct("<4xL2L").unpack_from
+_DESC = {16: _DESC16, 24: struct.Struct("<4xL2Q").unpack_from,
+         12: struct.Struct("<L2L").unpack_from, 20: struct.Struct("<L2Q").unpack_from}
+
+
+
+
+@dataclass(slots=True)
+class Record:
+    """One central-directory entry, with what its local header says."""
+
+    index: int
+    name: str
+    raw_name: bytes
+    flags: int
+    method: int
+    crc: int
+    compressed_size: int
+    size: int
+    header_offset: int
+    zip64: bool = False
+    data_offset: int = -1
+    """First data byte (from the local header's own name and extra lengths); -1 if unreadable."""
+    end: int = -1
+    """One past the record's last byte, data descriptor included; -1 if unknown."""
+    local_ok: bool = False
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & 0x41)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.name.endswith("/")
+
+
+@dataclass
+class ZipSurvey:
+    """What :func:`survey` found: the records in central-directory order and every anomaly."""
+
+    entries: list[Record]
+    anomalies: list[tuple[str, str | None, str]] = field(default_factory=list)
+    """``(code, record name or None, message)``; codes: see ``ckpt.scanner.RULES`` (``zip.*``)."""
+    eocd_offset: int = 0
+    cd_offset: int = 0
+    cd_size: int = 0
+    zip64: bool = False
+    comment: bytes = b""
+    declared_count: int = 0
+    start: int = 0
+    """Where the first record begins (bytes before it belong to no record)."""
+    complete: bool = True
+    """False when the directory could not be read whole (the entries are what could be read)."""
+    error: str | None = None
+
+    def note(self, code: str, record: str | None, message: str) -> None:
+        self.anomalies.append((code, record, message))
+
+    @property
+    def has_crcs(self) -> bool:
+        return any(e.crc for e in self.entries if e.size)
+
+
+def find_end(file: RangedFile) -> tuple[int, bytes] | None:
+    """``(offset, tail)`` of the last end-of-central-directory record whose comment length fits, or
+    None when the file has none (it is not a zip archive)."""
+    size = file.size
+    tail_len = min(size, _EOCD.size + 0xFFFF)
+    tail_start = size - tail_len
+    tail = file.pread(tail_start, tail_len)
+    pos = tail.rfind(SIG_EOCD)
+    best = None
+    while pos >= 0:
+        if pos + _EOCD.size <= len(tail):
+            comment_len = _EOCD.unpack_from(tail, pos)[7]
+            if pos + _EOCD.size + comment_len <= len(tail):
+                best = pos
+                if pos + _EOCD.size + comment_len == len(tail):
+                    break
+        pos = tail.rfind(SIG_EOCD, 0, pos)
+    if best is None:
+        return None
+    return tail_start + best, tail[best:]
+
+
+def survey(file: RangedFile, *, limits: Limits = DEFAULT_LIMITS) -> ZipSurvey | None:
+    """Survey the archive in ``file``; None when it has no end record (not a zip archive)."""
+    found = find_end(file)
+    if found is None:
+        return None
+    eocd_at, tail = found
+    s = ZipSurvey(entries=[], eocd_offset=eocd_at)
+    _, disk, cd_disk, n_here, n_total, cd_size, cd_offset, comment_len = _EOCD.unpack_from(tail, 0)
+    s.comment = tail[_EOCD.size : _EOCD.size + comment_len]
+    after = file.size - (eocd_at + _EOCD.size + comment_len)
+    if after:
+        s.note("zip.outside-data", None, f"{after:,} bytes follow the zip end record (data outside any record; a polyglot or appended payload?)")
+    if s.comment:
+        s.note("zip.comment", None, f"the archive carries a {len(s.comment):,}-byte comment (torch never writes one; bytes outside any record)")
+    if disk or cd_disk or n_here != n_total:
+        s.note("zip.multi-disk", None, "the end record describes a multi-disk (spanned) archive")
+    cd_end = eocd_at
+    if eocd_at >= _ZIP64_LOCATOR.size:
+        loc = file.pread(eocd_at - _ZIP64_LOCATOR.size, _ZIP64_LOCATOR.size)
+        if loc[:4] == SIG_ZIP64_LOCATOR:
+            _, _, z64_at, _ = _ZIP64_LOCATOR.unpack(loc)
+            rec = file.pread(z64_at, _ZIP64_EOCD.size) if z64_at + _ZIP64_EOCD.size <= eocd_at else b""
+            if rec[:4] != SIG_ZIP64_EOCD:
+                s.note("zip.bad-end-record", None, "the zip64 locator does not point to a zip64 end record")
+            else:
+                fields = _ZIP64_EOCD.unpack(rec)
+                n_total, cd_size, cd_offset = fields[7], fields[8], fields[9]
+                s.zip64 = True
+                cd_end = z64_at
+                if z64_at + _ZIP64_EOCD.size + fields[1] - 44 != eocd_at - _ZIP64_LOCATOR.size:
+                    s.note("zip.outside-data", None, "bytes between the zip64 end record and its locator")
+    s.declared_count = n_total
+    s.cd_offset, s.cd_size = cd_offset, cd_size
+    if n_total > limits.max_records:
+        s.complete = False
+        s.error = f"the archive declares {n_total:,} records (limit {limits.max_records:,})"
+        return s
+    if cd_size > limits.max_central_directory_bytes:
+        s.complete = False
+        s.error = f"central directory of {cd_size:,} bytes exceeds the limit"
+        return s
+    if cd_offset + cd_size > cd_end:
+        s.complete = False
+        s.error = "the central directory runs past its end record (truncated or damaged archive)"
+        return s
+    shift = 0
+    if cd_offset + cd_size < cd_end:
+        gap = cd_end - cd_offset - cd_size
+        if (n_total and file.pread(cd_offset, 4) != SIG_CENTRAL and file.pread(cd_offset + gap, 4) == SIG_CENTRAL):
+            # offsets relative to the archive's own start: it was appended to other data (Python's
+            # zipfile reads such archives; so does the scanner)
+            shift = gap
+            cd_offset += gap
+            s.cd_offset = cd_offset
+            s.note("zip.outside-data", None,
+                   f"the archive starts {gap:,} bytes into the file: it was appended to other data")
+        else:
+            s.note("zip.outside-data", None, f"{gap:,} bytes between the central directory and its end record")
+    cd = file.pread(cd_offset, cd_size)
+    _parse_central(s, cd, n_total, cd_offset)
+    if shift:
+        for e in s.entries:
+            e.header_offset += shift
+    _read_local_headers(s, file)
+    _coverage(s, file)
+    return s
+
+
+def _decode_name(raw: bytes, flags: int) -> str:
+    return raw.decode("utf-8" if flags & 0x800 else "cp437", errors="surrogateescape")
+
+
+def _parse_central(s: ZipSurvey, cd: bytes, count: int, cd_offset: int) -> None:
+    unpack = _CENTRAL.unpack_from
+    hsize = _CENTRAL.size
+    pos = 0
+    seen: set[bytes] = set()
+    entries = s.entries
+    end = len(cd)
+    for index in range(count):
+        if pos + hsize > end or cd[pos : pos + 4] != SIG_CENTRAL:
+            s.note("zip.count-mismatch", None, f"the end record declares {count:,} records but the directory holds {index:,}")
+            s.complete = False
+            s.error = f"the central directory is damaged after {index:,} of {count:,} records"
+            return
+        (_sig, _made, _need, flags, method, _time, _date, crc, csize, usize,
+         nlen, xlen, clen, _disk, _iattr, _eattr, offset) = unpack(cd, pos)
+        name_end = pos + hsize + nlen
+        if name_end + xlen + clen > end:
+            s.complete = False
+            s.error = f"central directory record {index} runs past the directory"
+            return
+        raw = cd[pos + hsize : name_end]
+        name = raw.decode("utf-8" if flags & 0x800 else "cp437", errors="surrogateescape")
+        rec = Record(index, name, raw, flags, method, crc, csize, usize, offset)
+        entries.append(rec)
+        pos = name_end + xlen + clen
+        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
+            if not _zip64_extra(rec, cd[name_end : name_end + xlen]):
+                s.note("zip.header-mismatch", name, "sizes are marked zip64 but the record has no zip64 extra field")
+        if suspicious(name) is not None:
+            _check_name(s, rec)
+        if flags & 0x41 or method or raw in seen:
+            _check_record(s, rec, raw in seen)
+        seen.add(raw)
+    if pos != end:
+        s.note("zip.outside-data", None, f"the central directory holds {end - pos:,} bytes more than its {count:,} records")
+
+
+def _check_record(s: ZipSurvey, rec: Record, duplicate: bool) -> None:
+    name = rec.name
+    if rec.encrypted:
+        s.note("zip.encrypted", name, "the record is encrypted (torch never encrypts; its contents cannot be checked)")
+    if rec.method not in METHODS:
+        s.note("zip.unsupported-method", name, f"compression method {rec.method} (not stored, deflate, bzip2 or lzma)")
+    elif rec.method == STORED and rec.compressed_size != rec.size:
+        s.note("zip.header-mismatch", name, f"a stored record with compressed size {rec.compressed_size:,} but size {rec.size:,}")
+    if duplicate:
+        s.note("zip.duplicate-name", name,
+               "two records share this name: zip readers disagree on which one counts (both were scanned)")
+
+
+def _zip64_extra(rec: Record, extra: bytes) -> bool:
+    p = 0
+    while p + 4 <= len(extra):
+        tag, ln = struct.unpack_from("<2H", extra, p)
+        body = extra[p + 4 : p + 4 + ln]
+        if tag == 1:
+            q = 0
+            try:
+                if rec.size == 0xFFFFFFFF:
+                    (rec.size,) = struct.unpack_from("<Q", body, q)
+                    q += 8
+                if rec.compressed_size == 0xFFFFFFFF:
+                    (rec.compressed_size,) = struct.unpack_from("<Q", body, q)
+                    q += 8
+                if rec.header_offset == 0xFFFFFFFF:
+                    (rec.header_offset,) = struct.unpack_from("<Q", body, q)
+            except struct.error:
+                return False
+            rec.zip64 = True
+            return True
+        p += 4 + ln
+    return False
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why extracting a record called ``name`` would write outside the target folder, or None."""
+    if ".." not in name and "\\" not in name and "\0" not in name and name[:1] != "/" and name[1:2] != ":":
+        return None
+    if "\0" in name:
+        return "contains a NUL byte"
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        return "is an absolute path"
+    parts = re.split(r"[\\/]", name)
+    if ".." in parts:
+        return "climbs out of the archive folder with '..'"
+    if "\\" in name:
+        return "uses backslashes (Windows tools read them as folders)"
+    return None
+
+
+def _check_name(s: ZipSurvey, rec: Record) -> None:
+    why = unsafe_name(rec.name)
+    if why:
+        s.note("zip.unsafe-name", rec.name, f"the record name {why}: extracting the archive writes outside its folder")
+
+
+def _read_local_headers(s: ZipSurvey, file: RangedFile) -> None:
+    """Read every local header and data descriptor (neighbouring small records in one read) and
+    compare them with the central directory. Record data is read only where it lies between
+    headers that are close together (small records), never for large records."""
+    order = sorted(s.entries, key=lambda e: e.header_offset)
+
+    # where each record ends at most, assuming a local extra field of under 128 bytes (torch pads
+    # with up to 64); a large record's data is not covered (its descriptor is read on its own)
+    reach = [
+        e.header_offset + 158 + len(e.raw_name) + (e.compressed_size + 24 if e.compressed_size < _COALESCE_GAP else 0)
+        for e in order
+    ]
+    i = 0
+    while i < len(order):
+        start = order[i].header_offset
+        stop = reach[i]
+        j = i
+        while j + 1 < len(order) and order[j + 1].header_offset - stop < _COALESCE_GAP and reach[j + 1] - start < _COALESCE_MAX:
+            j += 1
+            if reach[j] > stop:
+                stop = reach[j]
+        block = file.pread(start, stop - start)
+        size = len(block)
+        for rec in order[i : j + 1]:
+            # the usual record (torch's): a matching header with a data descriptor inside the block
+            at = rec.header_offset - start
+            if block[at : at + 4] == SIG_LOCAL and at + 30 <= size:
+                _, _need, flags, method, _t, _d, _crc, _cs, _us, nlen, xlen = _LOCAL_UNPACK(block, at)
+                if (
+                    flags & 0x8 and flags == rec.flags and method == rec.method and not rec.zip64
+                    and block[at + 30 : at + 30 + nlen] == rec.raw_name
+                ):
+                    data = rec.header_offset + 30 + nlen + xlen
+                    rel = data + rec.compressed_size - start
+                    if rel + 16 <= size and block[rel : rel + 4] == SIG_DESCRIPTOR and _DESC16(block, rel) == (rec.crc, rec.compressed_size, rec.size):
+                        rec.data_offset = data
+                        rec.end = data + rec.compressed_size + 16
+                        rec.local_ok = True
+                        continue
+            _check_local(s, rec, block, start, file)
+        i = j + 1
+
+
+def _check_local(s: ZipSurvey, rec: Record, block: bytes, block_start: int, file: RangedFile) -> None:
+    at = rec.header_offset - block_start
+    if block[at : at + 4] != SIG_LOCAL or len(block) < at + _LOCAL.size:
+        s.note("zip.header-mismatch", rec.name, "the local header is missing or damaged")
+        return
+    _, _need, flags, method, _t, _d, crc, csize, usize, nlen, xlen = _LOCAL_UNPACK(block, at)
+    raw = block[at + 30 : at + 30 + nlen]
+    if len(raw) != nlen:
+        raw = file.pread(rec.header_offset + 30, nlen)
+    ok = (
+        raw == rec.raw_name and method == rec.method and not (flags ^ rec.flags) & 0x49
+        and (flags & 0x8 or (crc == rec.crc and (usize == 0xFFFFFFFF or csize == 0xFFFFFFFF
+                                                 or (csize == rec.compressed_size and usize == rec.size))))
+    )
+    if not ok:
+        problems = []
+        if raw != rec.raw_name:
+            problems.append(f"name {raw.decode('utf-8', 'replace')!r}")
+        if method != rec.method:
+            problems.append(f"compression method {method}")
+        if (flags ^ rec.flags) & 0x49:
+            problems.append(f"flags 0x{flags:04x} (directory: 0x{rec.flags:04x})")
+        if not flags & 0x8:
+            if crc != rec.crc:
+                problems.append(f"CRC {crc:08x}")
+            if (csize, usize) != (rec.compressed_size, rec.size):
+                problems.append(f"sizes {csize:,}/{usize:,}")
+        s.note("zip.header-mismatch", rec.name,
+               "the local header disagrees with the central directory: " + ", ".join(problems))
+    rec.data_offset = start = rec.header_offset + 30 + nlen + xlen
+    end = start + rec.compressed_size
+    if end > file.size:
+        s.note("zip.truncated", rec.name, f"the record needs bytes up to {end:,} but the file ends at {file.size:,}")
+        rec.end = file.size
+        return
+    if flags & 0x8:
+        wide = rec.zip64 or usize == 0xFFFFFFFF
+        want = 24 if wide else 16
+        rel = end - block_start
+        desc = block[rel : rel + want] if rel + want <= len(block) else file.pread(end, want)
+        if desc[:4] != SIG_DESCRIPTOR:
+            want -= 4
+            desc = desc[: want]
+        if len(desc) < want:
+            s.note("zip.truncated", rec.name, "the data descriptor is cut off by the end of the file")
+            rec.end = file.size
+            return
+        if _DESC[want](desc) != (rec.crc, rec.compressed_size, rec.size):
+            s.note("zip.header-mismatch", rec.name, "the data descriptor disagrees with the central directory (CRC or sizes)")
+        end += want
+    rec.end = end
+    rec.local_ok = ok
+
+
+def _coverage(s: ZipSurvey, file: RangedFile) -> None:
+    """Bytes that belong to no record, and records that overlap."""
+    spans = sorted((e.header_offset, e.end, e.name) for e in s.entries if e.end >= 0)
+    s.start = spans[0][0] if spans else s.cd_offset
+    if s.start > 0:
+        s.note("zip.outside-data", None, f"{s.start:,} bytes come before the first record (data outside any record; a polyglot?)")
+    reach = s.start
+    last_name = None
+    for begin, end, name in spans:
+        if begin < reach:
+            s.note("zip.overlap", name, f"the record overlaps {last_name!r} (records sharing bytes: a zip bomb or an ambiguous archive)")
+        elif begin > reach:
+            s.note("zip.outside-data", name, f"{begin - reach:,} bytes before this record belong to no record")
+        if end > reach:
+            reach = end
+            last_name = name
+    if spans and reach < s.cd_offset:
+        s.note("zip.outside-data", None, f"{s.cd_offset - reach:,} bytes between the last record and the central directory")
+    elif spans and reach > s.cd_offset:
+        s.note("zip.overlap", None, "records run into the central directory")
+
+
+def outside_ranges(s: ZipSurvey, file_size: int) -> list[tuple[int, int]]:
+    """Byte ranges of the file that belong to no record and no directory structure."""
+    spans = sorted((e.header_offset, e.end) for e in s.entries if e.end >= 0)
+    out = []
+    reach = 0
+    for begin, end in spans:
+        if begin > reach:
+            out.append((reach, begin))
+        reach = max(reach, end)
+    if s.cd_offset > reach:
+        out.append((reach, s.cd_offset))
+    tail_end = s.eocd_offset + _EOCD.size + len(s.comment)
+    if file_size > tail_end:
+        out.append((tail_end, file_size))
+    return out
+
+
+class RecordError(Exception):
+    """A record cannot be read (encrypted, unknown method, damaged compressed data, too large)."""
+
+
+def read_record(file: RangedFile, rec: Record, *, max_size: int, limit_prefix: int | None = None) -> bytes:
+    """The record's bytes, decompressed. ``limit_prefix`` reads only the first bytes (a peek)."""
+    if rec.encrypted:
+        raise RecordError("the record is encrypted")
+    if rec.data_offset < 0:
+        raise RecordError("the record's local header is unreadable")
+    want = rec.size if limit_prefix is None else min(rec.size, limit_prefix)
+    if want > max_size:
+        raise RecordError(f"the record declares {rec.size:,} bytes, more than the {max_size:,} a scan reads")
+    if rec.method == STORED:
+        data = file.pread(rec.data_offset, want)
+        if len(data) != want:
+            raise RecordError("the record is truncated")
+        return data
+    if rec.method not in METHODS:
+        raise RecordError(f"compression method {rec.method} is not supported")
+    out = bytearray()
+    consumed = 0
+    try:
+        if rec.method == DEFLATED:
+            d = zlib.decompressobj(-15)
+            while consumed < rec.compressed_size and len(out) <= want and not d.eof:
+                buf = file.pread(rec.data_offset + consumed, min(1 << 20, rec.compressed_size - consumed))
+                if not buf:
+                    raise RecordError("the compressed record is truncated")
+                consumed += len(buf)
+                while buf and len(out) <= want and not d.eof:
+                    out += d.decompress(buf, want - len(out) + 1)
+                    buf = d.unconsumed_tail
+        else:
+            dec: Any = bz2.BZ2Decompressor() if rec.method == BZIP2 else _ZipLzma()
+            while consumed < rec.compressed_size and len(out) <= want and not dec.eof:
+                buf = file.pread(rec.data_offset + consumed, min(1 << 20, rec.compressed_size - consumed))
+                if not buf:
+                    raise RecordError("the compressed record is truncated")
+                consumed += len(buf)
+                out += dec.decompress(buf, want - len(out) + 1)
+                while not dec.needs_input and not dec.eof and len(out) <= want:
+                    out += dec.decompress(b"", want - len(out) + 1)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError) as e:
+        raise RecordError(f"the compressed record is damaged ({e})") from None
+    if limit_prefix is None:
+        if len(out) > want:
+            raise RecordError("the record inflates past its declared size (a zip bomb?)")
+        if len(out) != want:
+            raise RecordError(f"the record inflates to {len(out):,} bytes, not the {want:,} declared")
+    return bytes(out[:want])
+
+
+class _ZipLzma:
+    """LZMA as zip stores it: a 4-byte header (version, properties size) then raw LZMA1 data."""
+
+    def __init__(self) -> None:
+        self._d: lzma.LZMADecompressor | None = None
+        self._head = b""
+
+    @property
+    def eof(self) -> bool:
+        return self._d is not None and self._d.eof
+
+    @property
+    def needs_input(self) -> bool:
+        return self._d is None or self._d.needs_input
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        if self._d is None:
+            self._head += data
+            if len(self._head) < 4:
+                return b""
+            (psize,) = struct.unpack_from("<H", self._head, 2)
+            if len(self._head) < 4 + psize:
+                return b""
+            props = lzma._decode_filter_properties(lzma.FILTER_LZMA1, self._head[4 : 4 + psize])  # type: ignore[attr-defined]
+            self._d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[props])
+            data = self._head[4 + psize :]
+        return self._d.decompress(data, max_length)
