@@ -23,7 +23,7 @@ off; the tests compare both on the same inputs).
 
 >>> w = walk(b"cos\\nsystem\\n(S'echo hi'\\ntR.")
 >>> [(g.module, g.name, g.opcodes, g.called_at) for g in w.globals.values()]
-[('os', 'system', ('GLOBAL',), 23)]
+[('os', 'system', ('GLOBAL',), 24)]
 >>> w.error is None, w.end
 (True, 26)
 """

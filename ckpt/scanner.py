@@ -47,7 +47,7 @@ from .rebuild import Builder, canonical_name
 from .sniff import LEGACY_MAGIC_INT, _is_safetensors
 from .verdicts import VERDICTS, verdict_for, worst
 from .zipread import RangedFile
-from .zipsurvey import Record, RecordError, ZipSurvey, outside_ranges, read_record, survey, unsafe_name
+from .zipsurvey import Record, RecordError, ZipSurvey, outside_ranges, read_headers, read_record, survey, unsafe_name
 
 SCHEMA = "ckpt.scan/1"
 LEGACY_PROTOCOL_VERSION = 1001
@@ -191,7 +191,7 @@ class GlobalInfo:
 
 @dataclass
 class PickleInfo:
-    """One pickle stream the scanner walked."""
+    """One pickle stream the scanner walked (``record`` ``(file)`` is the file itself)."""
 
     record: str
     offset: int
@@ -266,6 +266,10 @@ class FileReport:
         r.notes = list(d["notes"])
         r.seconds = d["seconds"]
         return r
+
+
+def _shown(record: str | None) -> str:
+    return record if record is not None else "(file)"
 
 
 def finding_rule(f: Finding) -> str:
@@ -421,8 +425,9 @@ class _Abort(Exception):
 class _FileScan:
     """The state of one file's analysis: findings, globals, pickles, errors."""
 
-    def __init__(self, path: str, *, limits: Limits, allow: frozenset[str], fast: bool) -> None:
+    def __init__(self, path: str, *, limits: Limits, allow: frozenset[str], fast: bool, light: bool = False) -> None:
         self.path = path
+        self.light = light
         self.limits = limits
         self.allow = allow
         self.safe = allowlist() | allow
@@ -454,20 +459,20 @@ class _FileScan:
 
     # -- pickle streams ------------------------------------------------------------------------
 
-    def stream(self, data: Any, start: int, record: str, role: str, depth: int = 0) -> Walk:
+    def stream(self, data: Any, start: int, record: str | None, role: str, depth: int = 0) -> Walk:
         """Walk one pickle stream and record what it holds."""
         if len(data) - start > self.limits.max_pickle_bytes:
             self.error(record, f"the pickle may run for {len(data) - start:,} bytes, more than the "
                                f"{self.limits.max_pickle_bytes:,} a scan walks (Limits.max_pickle_bytes)", start)
         w = walk(data, start, fast=self.fast)
-        self.report.pickles.append(PickleInfo(record, start, w.end - start, w.protocol, w.complete,
+        self.report.pickles.append(PickleInfo(_shown(record), start, w.end - start, w.protocol, w.complete,
                                               len(w.globals), role))
         self.judge(w, record)
         if w.literals and depth < MAX_NESTING:
             self.nested(data, w, record, depth)
         return w
 
-    def judge(self, w: Walk, record: str) -> None:
+    def judge(self, w: Walk, record: str | None) -> None:
         for use in w.globals.values():
             self.judge_global(use.module, use.name, record, use.offset, use.opcodes, use.count,
                               use.called_at is not None, use.mutated_at is not None)
@@ -475,7 +480,7 @@ class _FileScan:
             self.add(f"pickle.{e.code}", record, e.detail, e.offset)
 
     def judge_global(
-        self, module: str, name: str, record: str, offset: int, opcodes: Iterable[str], count: int,
+        self, module: str, name: str, record: str | None, offset: int, opcodes: Iterable[str], count: int,
         called: bool, mutated: bool,
     ) -> None:
         if module == "copyreg.extension":
@@ -504,8 +509,8 @@ class _FileScan:
         for op in opcodes:
             if op not in info.opcodes:
                 info.opcodes.append(op)
-        if record not in info.records:
-            info.records.append(record)
+        if _shown(record) not in info.records:
+            info.records.append(_shown(record))
         if info.verdict != "safe":
             key = ("global", qualname, record)
             if key not in self._findings:
@@ -520,7 +525,7 @@ class _FileScan:
 
     # -- pickles inside literals ---------------------------------------------------------------
 
-    def nested(self, data: Any, w: Walk, record: str, depth: int) -> None:
+    def nested(self, data: Any, w: Walk, record: str | None, depth: int) -> None:
         literals = w.literals
         if len(literals) > MAX_LITERALS:
             self.report.notes.append(
@@ -531,7 +536,7 @@ class _FileScan:
         for at, pos, ln, kind in literals:
             raw = bytes(data[pos : pos + ln])
             for blob, how in _literal_candidates(raw, kind):
-                self._try_nested(blob, f"{record} > literal at {at}" + (f" ({how})" if how else ""), depth, how)
+                self._try_nested(blob, (f"{record} > " if record else "") + f"literal at {at}" + (f" ({how})" if how else ""), depth, how)
 
     def _try_nested(self, blob: bytes, label: str, depth: int, how: str) -> None:
         if not _looks_like_pickle(blob):
@@ -543,7 +548,7 @@ class _FileScan:
         w = walk(blob, 0, fast=self.fast)
         if not is_pickle(w, blob):
             return
-        self.report.pickles.append(PickleInfo(label, 0, w.end, w.protocol, w.complete, len(w.globals), "nested"))
+        self.report.pickles.append(PickleInfo(_shown(label), 0, w.end, w.protocol, w.complete, len(w.globals), "nested"))
         self.add("pickle.nested", label,
                  f"a {'encoded ' if how else ''}literal holds a pickle with {len(w.globals)} global(s)"
                  + (f" ({how})" if how else "") + ": code that unpickles it runs it")
@@ -735,7 +740,7 @@ class _Scanner(_FileScan):
             return
         zip_like = head[:4] in (b"PK\x03\x04", b"PK\x05\x06")
         # zip: an end record anywhere at the end (also after other data: a polyglot)
-        zs = survey(file, limits=self.limits)
+        zs = survey(file, limits=self.limits, headers=not (zip_like and self.light and not prefix))
         if zs is not None and (zip_like or (zs.complete and any(e.local_ok for e in zs.entries))):
             formats.append("zip")
         else:
@@ -801,12 +806,13 @@ class _Scanner(_FileScan):
     # -- bare pickles and legacy torch files -----------------------------------------------------
 
     def pickle_file(self, data: Any, first: Walk, prefix: str) -> None:
-        record = prefix.rstrip(" >") or "<file>"
+        record = prefix.rstrip(" >") or None
+        base = f"{record} > " if record else ""
 
         def label(off: int) -> str:
-            return f"{record}@{off}"
+            return f"{base}pickle at {off}"
 
-        self.report.pickles.append(PickleInfo(record, 0, first.end, first.protocol, first.complete,
+        self.report.pickles.append(PickleInfo(_shown(record), 0, first.end, first.protocol, first.complete,
                                               len(first.globals), "main"))
         self.judge(first, record)
         if first.literals:
@@ -845,7 +851,7 @@ class _Scanner(_FileScan):
                 return
             if pos < size:
                 self.add("legacy.trailing-data", record, f"{size - pos:,} bytes follow the last storage", pos)
-                self.embedded(data, pos, size, f"{record}@{pos}")
+                self.embedded(data, pos, size, label(pos).replace("pickle at", "bytes at"))
             return
         if len(walks) > 1:
             self.add("pickle.stacked", record,
@@ -857,7 +863,7 @@ class _Scanner(_FileScan):
                 return
             self.add("pickle.trailing-data", record, f"{size - pos:,} bytes follow the last pickle's STOP and are not a pickle", pos)
 
-    def legacy_storages(self, data: Any, walks: list[Walk], record: str) -> int | None:
+    def legacy_storages(self, data: Any, walks: list[Walk], record: str | None) -> int | None:
         """Account for the raw storages after a legacy file's pickles; returns where they end."""
         keys_walk = walks[4]
         try:
@@ -904,7 +910,7 @@ class _Scanner(_FileScan):
             return
         w = walk(chunk, 0, fast=self.fast)
         if is_pickle(w, chunk):
-            self.report.pickles.append(PickleInfo(label, 0, w.end, w.protocol, w.complete, len(w.globals), "embedded"))
+            self.report.pickles.append(PickleInfo(_shown(label), 0, w.end, w.protocol, w.complete, len(w.globals), "embedded"))
             self.judge(w, label)
             if w.literals:
                 self.nested(chunk, w, label, 0)
@@ -912,8 +918,6 @@ class _Scanner(_FileScan):
     # -- zip archives ----------------------------------------------------------------------------
 
     def zip(self, file: RangedFile, zs: ZipSurvey, prefix: str, depth: int) -> None:
-        for code, rec_name, message in zs.anomalies:
-            self.add(code, self.label(prefix, rec_name) if rec_name else (prefix.rstrip(" >") or None), message)
         if not zs.complete:
             self.error(prefix.rstrip(" >") or None, f"the zip archive cannot be read whole: {zs.error}")
         entries = [e for e in zs.entries if not e.is_dir]
@@ -932,32 +936,32 @@ class _Scanner(_FileScan):
             if self.report.formats and self.report.formats[0] == "zip":
                 self.report.formats[0] = kind
             self.report.format = self.report.formats[0] if self.report.formats else kind
-        # unreadable records: fail closed
-        for e in entries:
-            if e.encrypted or e.method not in (0, 8, 12, 14) or e.data_offset < 0:
-                why = "encrypted" if e.encrypted else f"compressed with method {e.method}" if e.data_offset >= 0 else "unreadable"
-                self.error(self.label(prefix, e.name), f"the record is {why}: its contents cannot be scanned")
         storages: dict[str, tuple[int | None, int]] = {}
         done: set[int] = set()
         if is_torch:
             main_records = ["data.pkl", "constants.pkl"] if self.torchscript else ["data.pkl"]
-            for rec_name in main_records:
-                for e in [x for x in entries if x.name == folder + rec_name]:
-                    w, data = self.zip_record(file, e, prefix, "main", depth, crcs=zs.has_crcs)
-                    done.add(e.index)
-                    if w is None:
-                        continue
-                    if not w.complete:
-                        self.error(self.label(prefix, e.name), f"the pickle cannot be parsed whole: {w.error}", w.error_offset)
-                    elif w.end < e.size:
-                        self.add("pickle.trailing-data", self.label(prefix, e.name),
-                                 f"{e.size - w.end:,} bytes follow the pickle's STOP", w.end)
-                        self.embedded(data, w.end, e.size, f"{self.label(prefix, e.name)}@{w.end}")
-                    base = "data/" if rec_name == "data.pkl" else "constants/"
-                    for pid in w.pids:
-                        found = _torch_storage_pid(pid)
-                        if found is not None:
-                            storages.setdefault(folder + base + found[0], (found[1], found[2]))
+            mains = [e for e in entries if e.name in {folder + r for r in main_records}]
+            if not zs.coverage:
+                read_headers(zs, file, mains)
+            for e in mains:
+                rec_name = e.name[len(folder):]
+                done.add(e.index)
+                if not self._readable(e, prefix):
+                    continue
+                w, data = self.zip_record(file, e, prefix, "main", depth, crcs=zs.has_crcs)
+                if w is None:
+                    continue
+                if not w.complete:
+                    self.error(self.label(prefix, e.name), f"the pickle cannot be parsed whole: {w.error}", w.error_offset)
+                elif w.end < e.size:
+                    self.add("pickle.trailing-data", self.label(prefix, e.name),
+                             f"{e.size - w.end:,} bytes follow the pickle's STOP", w.end)
+                    self.embedded(data, w.end, e.size, f"{self.label(prefix, e.name)} > bytes at {w.end}")
+                base = "data/" if rec_name == "data.pkl" else "constants/"
+                for pid in w.pids:
+                    found = _torch_storage_pid(pid)
+                    if found is not None:
+                        storages.setdefault(folder + base + found[0], (found[1], found[2]))
             for name, (itemsize, numel) in storages.items():
                 e = by_name.get(name)
                 if e is None:
@@ -966,15 +970,20 @@ class _Scanner(_FileScan):
                                  "the pickle refers to this storage but the archive has no record for it")
                     continue
                 done.add(e.index)
+                if e.encrypted or e.method not in (0, 8, 12, 14):
+                    self._readable(e, prefix)
                 if itemsize is not None and e.size != itemsize * numel:
                     self.add("zip.storage-mismatch", self.label(prefix, name),
                              f"the record holds {e.size:,} bytes but the pickle declares {numel:,} x {itemsize} bytes")
                 if e.method != 0 and e.size > (1 << 20) and e.size > self.limits.max_compression_ratio * max(e.compressed_size, 1):
                     self.add("zip.compression-bomb", self.label(prefix, name),
                              f"the record inflates {e.compressed_size:,} bytes to {e.size:,}")
+        rest = [e for e in entries if e.index not in done]
+        if not zs.coverage:
+            read_headers(zs, file, rest)
         code_files = 0
-        for e in entries:
-            if e.index in done or e.encrypted or e.data_offset < 0 or e.method not in (0, 8, 12, 14):
+        for e in rest:
+            if not self._readable(e, prefix):
                 continue
             rel = e.name[len(folder):] if folder and e.name.startswith(folder) else None
             if is_torch:
@@ -998,6 +1007,14 @@ class _Scanner(_FileScan):
         if code_files:
             self.add("torchscript.code", prefix.rstrip(" >") or None,
                      f"the archive holds {code_files} TorchScript source file(s) that torch.jit.load compiles and runs")
+        for code, rec_name, message in zs.anomalies:
+            self.add(code, self.label(prefix, rec_name) if rec_name else (prefix.rstrip(" >") or None), message)
+        if not zs.coverage:
+            self.report.notes.append(
+                f"{prefix.rstrip(' >') or 'the archive'}: the zip headers of storage records were not read "
+                "(they sit next to tensor data); `ckpt scan` reads them"
+            )
+            return
         # bytes outside any record: scan them for pickles
         for start, end in outside_ranges(zs, file.size):
             if start == 0 and not prefix and "pickle" in self.report.formats:
@@ -1005,6 +1022,14 @@ class _Scanner(_FileScan):
             if end - start >= 2 and end - start <= self.limits.max_pickle_bytes:
                 self.embedded(file.pread(start, end - start), 0, end - start,
                               f"{prefix}<bytes {start}-{end} outside any record>")
+
+    def _readable(self, e: Record, prefix: str) -> bool:
+        """Whether a record's bytes can be read; an error (fail closed) when not."""
+        if e.encrypted or e.method not in (0, 8, 12, 14) or e.data_offset < 0:
+            why = "encrypted" if e.encrypted else f"compressed with method {e.method}" if e.data_offset >= 0 else "unreadable (damaged local header)"
+            self.error(self.label(prefix, e.name), f"the record is {why}: its contents cannot be scanned")
+            return False
+        return True
 
     def salvage_zip(self, file: RangedFile, prefix: str) -> None:
         """A zip without its directory: find records by their local headers and walk the pickles
@@ -1022,7 +1047,7 @@ class _Scanner(_FileScan):
                     w = walk(data, start, fast=self.fast)
                     if is_pickle(w, data) and (w.globals or w.events or name.endswith(".pkl")):
                         label = self.label(prefix, name)
-                        self.report.pickles.append(PickleInfo(label, start, w.end - start, w.protocol, w.complete,
+                        self.report.pickles.append(PickleInfo(_shown(label), start, w.end - start, w.protocol, w.complete,
                                                               len(w.globals), "main" if name.endswith("data.pkl") else "extra"))
                         self.judge(w, label)
             pos = data.find(b"PK\x03\x04", pos + 4)
@@ -1060,7 +1085,7 @@ class _Scanner(_FileScan):
         w = walk(data, 0, fast=self.fast)
         if not is_pickle(w, data):
             return None, data
-        self.report.pickles.append(PickleInfo(label, 0, w.end, w.protocol, w.complete, len(w.globals), role))
+        self.report.pickles.append(PickleInfo(_shown(label), 0, w.end, w.protocol, w.complete, len(w.globals), role))
         self.judge(w, label)
         if w.literals:
             self.nested(data, w, label, 0)
@@ -1093,7 +1118,7 @@ class _Scanner(_FileScan):
     # -- numpy -----------------------------------------------------------------------------------
 
     def npy(self, file: RangedFile, prefix: str) -> None:
-        label = prefix.rstrip(" >") or "<file>"
+        label = prefix.rstrip(" >") or None
         head = file.pread(0, 1 << 16)
         parsed = _npy_header(head)
         if parsed is None:
@@ -1110,9 +1135,9 @@ class _Scanner(_FileScan):
             self.error(label, f"the object array's pickle cannot be parsed whole: {w.error}", w.error_offset)
         elif w.end < file.size:
             self.add("npy.size-mismatch", label, f"{file.size - w.end:,} bytes follow the object array's pickle", w.end)
-            self.embedded(data, w.end, file.size, f"{label}@{w.end}")
+            self.embedded(data, w.end, file.size, (f"{label} > " if label else "") + f"bytes at {w.end}")
 
-    def npy_size(self, parsed: tuple[int, bool, int | None, int], size: int, label: str) -> None:
+    def npy_size(self, parsed: tuple[int, bool, int | None, int], size: int, label: str | None) -> None:
         data_start, _obj, itemsize, count = parsed
         if itemsize is None:
             return
@@ -1124,7 +1149,7 @@ class _Scanner(_FileScan):
     # -- compressed copies ---------------------------------------------------------------------
 
     def compressed(self, file: RangedFile, kind: str, prefix: str, depth: int) -> None:
-        label = prefix.rstrip(" >") or "<file>"
+        label = prefix.rstrip(" >") or None
         if depth >= MAX_NESTING:
             self.error(label, f"{kind} data nested {depth} levels deep (not followed further)")
             return
@@ -1190,7 +1215,7 @@ class _Scanner(_FileScan):
 
         def next_pickle(role: str) -> Walk | None:
             nonlocal pos
-            w = self.stream(data, pos, f"{label}@{pos}", role)
+            w = self.stream(data, pos, f"{label} > pickle at {pos}", role)
             if not w.complete:
                 self.error(label, f"a pickle cannot be parsed whole: {w.error}", w.error_offset)
                 return None
@@ -1236,14 +1261,14 @@ class _Scanner(_FileScan):
                 return
         if pos < len(data):
             self.add("legacy.trailing-data", label, f"{len(data) - pos:,} bytes follow the member's last entry", pos)
-            self.embedded(data, pos, len(data), f"{label}@{pos}")
+            self.embedded(data, pos, len(data), f"{label} > bytes at {pos}")
 
     # -- safetensors -----------------------------------------------------------------------------
 
     def safetensors(self, file: RangedFile, prefix: str) -> None:
         import json
 
-        label = prefix.rstrip(" >") or "<file>"
+        label = prefix.rstrip(" >") or None
         (n,) = struct.unpack("<Q", file.pread(0, 8))
         if n > 100 << 20:
             self.error(label, f"a safetensors header of {n:,} bytes (over 100 MB)")
@@ -1457,9 +1482,12 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 def scan_file(
     path: str | os.PathLike[str], *, allow: Iterable[str] = (), limits: Limits = DEFAULT_LIMITS, fast: bool = True,
+    storage_headers: bool = True,
 ) -> FileReport:
-    """Scan one file (see :func:`scan`)."""
-    s = _Scanner(os.fspath(path), limits=limits, allow=frozenset(allow), fast=fast)
+    """Scan one file (see :func:`scan`). ``storage_headers=False`` (what ``ckpt.inspect`` uses) does
+    not read the zip headers of a torch checkpoint's storage records, which sit next to tensor data
+    (the checks that need them, such as bytes outside any record, are then skipped)."""
+    s = _Scanner(os.fspath(path), limits=limits, allow=frozenset(allow), fast=fast, light=not storage_headers)
     return s.scan_path()
 
 

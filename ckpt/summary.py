@@ -117,6 +117,9 @@ class Summary:
     refs: list[dict[str, str]] = field(default_factory=list)
     elided: list[str] = field(default_factory=list)
     filter: str | None = None
+    anomalies: list[Finding] = field(default_factory=list)
+    """What :func:`ckpt.scan` found about the file besides globals (container and pickle
+    anomalies: bytes outside any record, CRC mismatches, stacked or nested pickles, ...)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +137,7 @@ class Summary:
             "shared_objects": self.refs,
             "elided": self.elided,
             "findings": [f.as_json() for f in self.findings],
+            "anomalies": [_anomaly_json(f) for f in self.anomalies],
         }
 
 
@@ -143,17 +147,48 @@ def inspect(
     allow: Iterable[str] = (),
     filter: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    scan: bool = True,
 ) -> Summary:
     """Summarise a checkpoint without executing anything or reading tensor bytes.
 
     Globals outside the allowlist do not stop the summary: they become inert stand-ins and are
     listed in ``findings`` (unless named in ``allow``). ``filter`` is a glob on dotted paths
     (``model.layers.*.weight``) that limits the tensors and values listed and totalled.
+
+    ``scan`` (the default) also runs :func:`ckpt.scan`'s static analysis of the file, so inspect
+    shows the same findings ``ckpt scan`` does: globals in every pickle of the file (not only
+    ``data.pkl``) with the same verdicts, and the container and pickle ``anomalies``.
     """
     with open(path, policy="inspect", allow=allow, limits=limits) as ck:
-        return summarize(ck.root, path=os.fspath(path), facts=ck.facts, findings=ck.findings,
-                         storages=ck.storages, filter=filter, limits=limits,
-                         file_size=ck.reader.file_size)
+        summary = summarize(ck.root, path=os.fspath(path), facts=ck.facts, findings=ck.findings,
+                            storages=ck.storages, filter=filter, limits=limits,
+                            file_size=ck.reader.file_size)
+    if scan:
+        from .scanner import scan_file
+
+        merge_scan(summary, scan_file(path, allow=allow, limits=limits, storage_headers=False))
+    return summary
+
+
+def merge_scan(summary: Summary, report: Any) -> None:
+    """Add what :func:`ckpt.scan` found to ``summary``: its global findings (the worse verdict wins
+    where both analyses name a global in the same record), and its other findings and errors as
+    ``anomalies``."""
+    where = {(f.name, f.record): i for i, f in enumerate(summary.findings)}
+    order = ("unknown", "dangerous")
+    for f in report.findings:
+        if f.kind != "global":
+            summary.anomalies.append(f)
+            continue
+        i = where.get((f.name, f.record))
+        if i is None:
+            where[(f.name, f.record)] = len(summary.findings)
+            summary.findings.append(f)
+        elif order.index(f.verdict) > order.index(summary.findings[i].verdict):
+            summary.findings[i] = f
+    for e in report.errors:
+        summary.anomalies.append(Finding("unknown", "scan.error", e.get("record"), e.get("offset"),
+                                         f"the scan could not analyse the file whole: {e['message']}", "scan"))
 
 
 def summarize(
@@ -358,6 +393,11 @@ def _root_kind(root: Any, structure: list[dict[str, Any]]) -> str:
         if row["path"] == "":
             return str(row["kind"])
     return "other"
+
+
+def _anomaly_json(f: Finding) -> dict[str, Any]:
+    return {"kind": f.kind, "rule": f.name, "verdict": f.verdict, "record": f.record, "offset": f.offset,
+            "message": f.message}
 
 
 def _json_key(key: Any) -> Any:

@@ -24,7 +24,7 @@ import re
 # Whole modules, and every name inside them or their submodules.
 DANGEROUS_MODULES: dict[str, str] = {
     # running code, and the interpreter itself
-    "builtins": "Python's built-in functions (eval, exec, getattr, __import__, open, ...); its plain value types are listed apart",
+    "builtins": "built-in functions that run code, reach any attribute or open files (plain value types such as int and str are only unknown)",
     "sys": "interpreter internals (modules, hooks, exit)",
     "runpy": "runs Python modules",
     "code": "runs Python source",
@@ -193,6 +193,20 @@ DANGEROUS_MODULES: dict[str, str] = {
 
 # Single names outside those modules.
 DANGEROUS_NAMES: dict[str, str] = {
+    "builtins.eval": "evaluates Python source",
+    "builtins.exec": "runs Python source",
+    "builtins.compile": "compiles Python source",
+    "builtins.open": "opens files",
+    "builtins.__import__": "imports arbitrary modules",
+    "builtins.getattr": "reaches any attribute of any object",
+    "builtins.setattr": "changes any attribute of any object",
+    "builtins.delattr": "deletes attributes",
+    "builtins.globals": "exposes interpreter state",
+    "builtins.vars": "exposes interpreter state",
+    "builtins.breakpoint": "starts a debugger",
+    "builtins.input": "reads the terminal",
+    "builtins.type": "builds classes",
+    "builtins.memoryview": "exposes raw memory",
     "torch.load": "loads nested checkpoints without restrictions",
     "torch.save": "writes files",
     "torch.from_file": "reads arbitrary files",
@@ -295,7 +309,7 @@ def verdict_for(qualname: str, name: str | None = None) -> tuple[str, str]:
                 )
     last = qualname.rsplit(".", 1)[-1]
     if last in DANGEROUS_ATTRIBUTES:
-        return "dangerous", f"{qualname}: {last} {DANGEROUS_ATTRIBUTES[last]}"
+        return "dangerous", f"{qualname}: {last} usually {DANGEROUS_ATTRIBUTES[last]}"
     return "unknown", f"{qualname} is not on ckpt's allowlist; ckpt did not run it, pickle.load would import and call it"
 
 
@@ -306,14 +320,14 @@ def _judge(qualname: str) -> tuple[str, str] | None:
     if _EXCEPTION_CLASS.fullmatch(qualname):
         return "unknown", f"{qualname} is not on ckpt's allowlist (an exception class)"
     if qualname in DANGEROUS_NAMES:
-        return "dangerous", f"{qualname} {DANGEROUS_NAMES[qualname]}"
+        return "dangerous", f"{qualname}: {DANGEROUS_NAMES[qualname]}"
     module = qualname
     while "." in module:
         module = module.rsplit(".", 1)[0]
         if module in DANGEROUS_MODULES:
-            return "dangerous", f"{qualname}: module {module} {DANGEROUS_MODULES[module]}"
+            return "dangerous", f"{qualname} is in {module}: {DANGEROUS_MODULES[module]}"
         if module in DANGEROUS_NAMES:
-            return "dangerous", f"{qualname}: {module} {DANGEROUS_NAMES[module]}"
+            return "dangerous", f"{qualname} is part of {module}: {DANGEROUS_NAMES[module]}"
     if qualname in DANGEROUS_MODULES:
         return "dangerous", f"{qualname}: {DANGEROUS_MODULES[qualname]}"
     return None

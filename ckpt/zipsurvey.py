@@ -97,6 +97,8 @@ class ZipSurvey:
     """Where the first record begins (bytes before it belong to no record)."""
     complete: bool = True
     """False when the directory could not be read whole (the entries are what could be read)."""
+    coverage: bool = False
+    """Whether every local header was read and the byte-coverage checks ran."""
     error: str | None = None
 
     def note(self, code: str, record: str | None, message: str) -> None:
@@ -129,8 +131,12 @@ def find_end(file: RangedFile) -> tuple[int, bytes] | None:
     return tail_start + best, tail[best:]
 
 
-def survey(file: RangedFile, *, limits: Limits = DEFAULT_LIMITS) -> ZipSurvey | None:
-    """Survey the archive in ``file``; None when it has no end record (not a zip archive)."""
+def survey(file: RangedFile, *, limits: Limits = DEFAULT_LIMITS, headers: bool = True) -> ZipSurvey | None:
+    """Survey the archive in ``file``; None when it has no end record (not a zip archive).
+
+    ``headers=False`` reads the end records and the central directory only; call
+    :func:`read_headers` later for the records whose local headers are wanted (the byte-coverage
+    checks then do not run)."""
     found = find_end(file)
     if found is None:
         return None
@@ -192,9 +198,22 @@ def survey(file: RangedFile, *, limits: Limits = DEFAULT_LIMITS) -> ZipSurvey | 
     if shift:
         for e in s.entries:
             e.header_offset += shift
-    _read_local_headers(s, file)
-    _coverage(s, file)
+    if headers:
+        _read_local_headers(s, file, s.entries)
+        _coverage(s, file)
+        s.coverage = True
     return s
+
+
+def read_headers(s: ZipSurvey, file: RangedFile, records: list[Record]) -> None:
+    """Read and check the local headers (and data descriptors) of ``records`` only, one small read
+    each, never touching record data."""
+    for rec in records:
+        if rec.data_offset >= 0:
+            continue
+        want = _LOCAL.size + len(rec.raw_name)
+        head = file.pread(rec.header_offset, want)
+        _check_local(s, rec, head, rec.header_offset, file)
 
 
 def _decode_name(raw: bytes, flags: int) -> str:
@@ -297,11 +316,11 @@ def _check_name(s: ZipSurvey, rec: Record) -> None:
         s.note("zip.unsafe-name", rec.name, f"the record name {why}: extracting the archive writes outside its folder")
 
 
-def _read_local_headers(s: ZipSurvey, file: RangedFile) -> None:
+def _read_local_headers(s: ZipSurvey, file: RangedFile, entries: list[Record]) -> None:
     """Read every local header and data descriptor (neighbouring small records in one read) and
     compare them with the central directory. Record data is read only where it lies between
     headers that are close together (small records), never for large records."""
-    order = sorted(s.entries, key=lambda e: e.header_offset)
+    order = sorted(entries, key=lambda e: e.header_offset)
 
     # where each record ends at most, assuming a local extra field of under 128 bytes (torch pads
     # with up to 64); a large record's data is not covered (its descriptor is read on its own)
