@@ -55,8 +55,22 @@ def make_state_dict(recipe: dict[str, Any], out: str) -> None:
         raise SystemExit(f"gen_input: unknown format {fmt!r}")
 
 
+def make_folder(recipe: dict[str, Any], out: str) -> None:
+    """``count`` small checkpoints in one folder, each a state dict of ``tensors`` tensors of
+    ``shape`` (the ``state_dict`` recipe), named ``ckpt_00000.pt`` ... (issue 7's folder scan)."""
+    import os
+
+    os.makedirs(out)
+    for n in range(int(recipe["count"])):
+        one = {"kind": "state_dict", "count": recipe["tensors"], "keys": recipe.get("keys", "layer{n}.weight"),
+               "shape": recipe["shape"], "dtype": recipe.get("dtype", "float32"), "seed": n,
+               "format": recipe.get("format", "torch-zip")}
+        make_state_dict(one, os.path.join(out, f"ckpt_{n:05d}.pt"))
+
+
 GENERATORS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "state_dict": make_state_dict,
+    "folder": make_folder,
 }
 
 

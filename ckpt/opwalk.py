@@ -31,11 +31,13 @@ off; the tests compare both on the same inputs).
 from __future__ import annotations
 
 import codecs
+import gc
 import operator
 import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any
 
 from .pickle_vm import _NO_MATCH, _TENSOR_RECORD, _small_tuple
@@ -300,6 +302,8 @@ def walk(
     its end. Never raises for bad input: the result's ``error`` says why and where the walk stopped.
     """
     result = Walk(start=start)
+    collecting = gc.isenabled()
+    gc.disable()  # the walk builds millions of acyclic tuples: generational passes cost half its time
     try:
         _run(data, start, result, fast, keep_memo)
     except WalkError as e:
@@ -308,6 +312,9 @@ def walk(
     except MemoryError:
         result.error = "out of memory while walking the pickle"
         result.error_offset = result.end = start
+    finally:
+        if collecting:
+            gc.enable()
     return result
 
 
@@ -331,6 +338,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
     made_of_sym: dict[int, Made] = {}
     fast_ref: Any = _NO_MATCH
     shapes: list[_Shape] = []
+    eshapes: list[_EntryShape] = []
     tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
     generic = _TENSOR_RECORD.match
     if keep_memo:
@@ -350,12 +358,18 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
 
     def fast_run(at: int, rebuild: Ref) -> int:
         """Apply the torch tensor record at ``at`` in one step (see :class:`_Shape`), then every
-        ``key PUT record`` entry that follows it the same way; returns where the opcode loop goes
-        on, or -1 to let it take the first record opcode by opcode. Each step has exactly the
-        stack, memo and event effects of the opcodes it stands for, in their order."""
-        start = at
-        while True:
-            # -- one tensor record at `at` (its first opcode, a GET of `rebuild`, is already checked)
+        ``key PUT record`` entry that follows it; returns where the opcode loop goes on, or -1 to
+        let it take the first record opcode by opcode. Every step has exactly the stack, memo and
+        event effects of the opcodes it stands for; entries of one layout are applied in bulk when
+        that provably gives the same state (see ``bulk``), else one by one."""
+        last_fn: Any = _NO_MATCH
+        last_hooks: Any = None
+        result: Any = None
+        used: list[_Shape | None] = [None]
+
+        def record(at: int) -> int:
+            """One tensor record at ``at`` (its GET of ``rebuild`` already checked): its end, or -1."""
+            nonlocal last_fn, last_hooks, result
             shape = shapes[0] if shapes else None
             if shape is None or shape.match(data, at) is None:
                 for i, shape in enumerate(shapes):
@@ -366,7 +380,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
                     m = generic(data, at)
                     shape = _learn(m) if m is not None else None
                     if shape is None:
-                        return -1 if at == start else at
+                        return -1
                     shapes.insert(0, shape)
                     del shapes[64:]
             vals = shape.unpack(data, at)
@@ -392,31 +406,39 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
                     memo[stride_put] = stride
                 hooks_fn = memo[od_idx]
             except KeyError:
-                return -1 if at == start else at  # the loop reports the unset key at its opcode
+                return -1  # the loop reports the unset key at its opcode
             t = type(hooks_fn)
             if t is not Ref and t is not Made and hooks_fn is not STORAGE and hooks_fn is not BUFFER:
-                return -1 if at == start else at  # the loop reports the call of a non-callable
+                return -1  # the loop reports the call of a non-callable
             end = at + shape.length
             pids.append(pid)
-            # call(), without its bookkeeping once a global's first call is recorded
-            hooks = hooks_fn.made if t is Ref and hooks_fn.use is not None and hooks_fn.use.called_at is not None else None
-            if hooks is None:
+            # call(): a global's bookkeeping (its first call's offset) happens the first time only;
+            # calling a computed value is an event every time, as in the loop
+            if hooks_fn is not last_fn:
                 hooks = call(hooks_fn, end - 18, "REDUCE")
+                if t is Ref:
+                    last_fn, last_hooks = hooks_fn, hooks
+            else:
+                hooks = last_hooks
             memo[hooks_put] = hooks
             memo[args_put] = (STORAGE, offset, size, stride, grad == 0x88, hooks)
-            result = rebuild.made if rebuild.use.called_at is not None else None  # type: ignore[union-attr]
             if result is None:
                 result = call(rebuild, end - 6, "REDUCE")
             memo[result_put] = result
             push(result)
-            # -- the next entry: BINUNICODE key, BINPUT/LONG_BINPUT, GET of `rebuild`
-            at = end
+            used[0] = shape
+            return end
+
+        def entry(at: int) -> tuple[int, bool]:
+            """One ``BINUNICODE key, PUT, record`` entry at ``at``, opcode by opcode semantics:
+            where the loop goes on (``at`` itself if this is no entry) and whether the entry was
+            applied whole; learns its layout."""
             if at + 5 >= n or data[at] != 88:
-                return at
+                return at, False
             ln = _unpack_I(data, at + 1)[0]
             q = at + 5 + ln
             if q + 6 > n or ln < 2:
-                return at
+                return at, False
             c = data[q]
             if c == 114:
                 put_idx = _unpack_I(data, q + 1)[0]
@@ -425,26 +447,149 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
                 put_idx = data[q + 1]
                 r = q + 2
             else:
-                return at
+                return at, False
             try:
                 key = str(data[at + 5 : q], "utf-8", "surrogatepass")
             except UnicodeDecodeError:
-                return at
+                return at, False
             push(key)
             first = data[at + 5]
             if ln >= LONG_LITERAL or first == 0x80 or data[q - 1] == 0x2E or (first == 0xC2 and data[at + 6] == 0x80):
                 literals.append((at, at + 5, ln, "str"))
             memo[put_idx] = key
-            at = r
-            c = data[at]
+            c = data[r]
             if c == 104:
-                get_idx = data[at + 1]
-            elif c == 106 and at + 5 <= n:
-                get_idx = _unpack_I(data, at + 1)[0]
+                get_idx = data[r + 1]
+            elif c == 106 and r + 5 <= n:
+                get_idx = _unpack_I(data, r + 1)[0]
             else:
-                return at
+                return r, False
             if memo.get(get_idx, _NO_MATCH) is not rebuild:
-                return at
+                return r, False
+            end = record(r)
+            if end < 0:
+                return r, False
+            shape = used[0]
+            put_len = r - q
+            if not any(e.record is shape and e.key_len == ln and e.match(data, at) for e in eshapes):
+                eshapes.insert(0, _EntryShape(ln, put_len, shape))  # type: ignore[arg-type]
+                del eshapes[64:]
+            return end, True
+
+        def bulk(es: _EntryShape, rows: list[tuple[Any, ...]], starts: list[int]) -> bool:
+            """Apply entries of one layout at once when that gives exactly the one-by-one state:
+            every memo key they write is distinct and none is read by them, every key they read
+            is set (the rebuild function, the hooks' callable, storage name/type/location), and
+            every dict key is UTF-8. Returns False (nothing applied) otherwise."""
+            if result is None or last_fn is _NO_MATCH:
+                return False
+            rec = es.record
+            cols = list(zip(*rows))
+            get_col, key_col, put_col = cols[2], cols[0], cols[1]
+            r = cols[3:]
+            sp, tp, gi, oi, hi, ai, ri = rec.picks
+            reads = set(get_col) | set(r[0]) | set(r[1]) | set(r[4]) | set(r[oi])
+            writes = [put_col, r[3], r[6], r[hi], r[ai], r[ri]]
+            if sp is not None:
+                writes.append(r[sp])
+            if tp is not None:
+                writes.append(r[tp])
+            total = len(rows) * len(writes)
+            wset = set().union(*writes)
+            if len(wset) != total or not wset.isdisjoint(reads):
+                return False
+            for k in set(get_col):
+                if memo.get(k, _NO_MATCH) is not rebuild:
+                    return False
+            for k in set(r[oi]):
+                if memo.get(k, _NO_MATCH) is not last_fn:
+                    return False
+            if not all(k in memo for k in set(r[0]) | set(r[1]) | set(r[4])):
+                return False
+            m = len(rows)
+            try:
+                keys = list(map(str, key_col, repeat("utf-8", m), repeat("surrogatepass", m)))
+            except UnicodeDecodeError:
+                return False
+            get = memo.__getitem__
+            skeys = list(map(bytes.decode, r[2]))  # digits: the regex allows nothing else
+            new_pids = list(zip(map(get, r[0]), map(get, r[1]), skeys, map(get, r[4]), r[5]))
+            if rec.size is not None:
+                sizes = list(zip(*r[rec.size]))
+                sizes = list(map(tuples.setdefault, sizes, sizes))
+            else:
+                sizes = [()] * m
+            if rec.stride is not None:
+                strides = list(zip(*r[rec.stride]))
+                strides = list(map(tuples.setdefault, strides, strides))
+            else:
+                strides = [()] * m
+            args = list(zip(repeat(STORAGE, m), r[7], sizes, strides, map((0x88).__eq__, r[gi]), repeat(last_hooks, m)))
+            ln = es.key_len
+            joined = b"".join(key_col)  # the literal() test on every key, skipped when no key can pass it
+            if ln >= LONG_LITERAL or b"\x80" in joined[::ln] or b"\xc2" in joined[::ln] or b"." in joined[ln - 1 :: ln]:
+                for at, b in zip(starts, key_col):
+                    first = b[0]
+                    if ln >= LONG_LITERAL or first == 0x80 or b[-1] == 0x2E or (first == 0xC2 and b[1] == 0x80):
+                        literals.append((at, at + 5, ln, "str"))
+            memo.update(zip(put_col, keys))
+            memo.update(zip(r[3], skeys))
+            memo.update(zip(r[6], new_pids))
+            if sp is not None:
+                memo.update(zip(r[sp], sizes))
+            if tp is not None:
+                memo.update(zip(r[tp], strides))
+            memo.update(dict.fromkeys(r[hi], last_hooks))
+            memo.update(zip(r[ai], args))
+            memo.update(dict.fromkeys(r[ri], result))
+            pids.extend(new_pids)
+            stack.extend(chain.from_iterable(zip(keys, repeat(result, m))))
+            return True
+
+        def flush(es: _EntryShape | None, rows: list[tuple[Any, ...]], starts: list[int]) -> int:
+            """Apply the pending entries; -1 when all were applied, else where the loop goes on."""
+            if not rows or bulk(es, rows, starts):  # type: ignore[arg-type]
+                return -1
+            for at in starts:  # one by one, exactly as the loop would
+                end, whole = entry(at)
+                if not whole:
+                    return end
+            return -1
+
+        end = record(at)
+        if end < 0:
+            return -1
+        at = end
+        pending: _EntryShape | None = None
+        rows: list[tuple[Any, ...]] = []
+        starts: list[int] = []
+        while True:
+            es = eshapes[0] if eshapes else None
+            if es is None or es.match(data, at) is None:
+                es = None
+                for i, cand in enumerate(eshapes):
+                    if cand.match(data, at) is not None:
+                        es = eshapes.pop(i)
+                        eshapes.insert(0, es)
+                        break
+            if es is not None:
+                if es is not pending:
+                    stop = flush(pending, rows, starts)
+                    if stop >= 0:
+                        return stop
+                    pending, rows, starts = es, [], []
+                rows.append(es.unpack(data, at))
+                starts.append(at)
+                at += es.length
+                continue
+            stop = flush(pending, rows, starts)
+            if stop >= 0:
+                return stop
+            pending, rows, starts = None, [], []
+            end, whole = entry(at)
+            if not whole:
+                return end
+            at = end
 
     def name_global(module: str, name: str, at: int, opcode: str) -> Ref:
         key = (module, name)
@@ -849,7 +994,7 @@ class _Shape:
     (``pickle_vm._TENSOR_RECORD``), so it accepts exactly the records of that layout which the general
     regex accepts, decomposed the same way."""
 
-    __slots__ = ("match", "unpack", "size", "stride", "tail", "length")
+    __slots__ = ("match", "unpack", "size", "stride", "tail", "picks", "length", "pattern", "format", "get_len", "count")
 
     def __init__(self, m: Any) -> None:
         data = m.string
@@ -909,6 +1054,7 @@ class _Shape:
         stride_put = i if m.start(14) >= 0 else None
         i += stride_put is not None
         picks = (size_put, stride_put, i, i + 1, i + 2, i + 3, i + 4)
+        self.picks = picks
         self.tail = lambda vals, _p=picks: tuple(None if j is None else vals[j] for j in _p)
         if size_put is not None and stride_put is not None:
             self.tail = operator.itemgetter(*picks)
@@ -917,10 +1063,14 @@ class _Shape:
         get(m.span(16))
         rx.append(b"\\)Rr....tr....Rr....")
         st.append("3xI2xI2xI")
-        self.match = re.compile(b"".join(rx), re.DOTALL).match
-        packer = struct.Struct("".join(st))
+        self.pattern = b"".join(rx)
+        self.format = "".join(st)
+        self.get_len = first - at
+        self.match = re.compile(self.pattern, re.DOTALL).match
+        packer = struct.Struct(self.format)
         self.unpack = packer.unpack_from
         self.length = m.end() - at
+        self.count = len(packer.unpack_from(data, at))
         assert packer.size == self.length
 
     @staticmethod
@@ -943,6 +1093,28 @@ class _Shape:
         rx.append(re_escape(data[end : end + 1]) + b"r....")
         st.append("xxI")
         return count
+
+
+class _EntryShape:
+    """The layout of a whole state-dict entry: ``BINUNICODE key``, ``BINPUT`` or ``LONG_BINPUT``,
+    then a record of a known :class:`_Shape` (which begins with the GET of the rebuild function).
+    One regex (the key any ``N`` bytes, checked as UTF-8 when applied) and one ``struct`` for all
+    of it: key bytes, put index, the GET's index, then the record's operands."""
+
+    __slots__ = ("match", "unpack", "record", "key_len", "length")
+
+    def __init__(self, key_len: int, put_len: int, record: _Shape) -> None:
+        self.record = record
+        self.key_len = key_len
+        rx = b"X" + re_escape(struct.pack("<I", key_len)) + b".{%d}" % key_len
+        rx += b"r...." if put_len == 5 else b"q."
+        head = f"<5x{key_len}s" + ("xI" if put_len == 5 else "xB") + ("xB" if record.get_len == 2 else "xI")
+        assert record.format.startswith(f"<{record.get_len}x")
+        self.match = re.compile(rx + record.pattern, re.DOTALL).match
+        packer = struct.Struct(head + record.format[len(f"<{record.get_len}x"):])
+        self.unpack = packer.unpack_from
+        self.length = packer.size
+        assert self.length == 5 + key_len + put_len + record.length
 
 
 def _learn(m: Any) -> _Shape | None:

@@ -22,20 +22,15 @@ resource limit, an encrypted record) gets ``errors`` and the status ``error``, n
 
 from __future__ import annotations
 
-import ast
-import bz2
 import io
-import lzma
-import mmap
 import os
 import re
 import struct
-import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import dtypes as _dt
 from .errors import CheckpointError
@@ -48,6 +43,9 @@ from .sniff import LEGACY_MAGIC_INT, _is_safetensors
 from .verdicts import VERDICTS, verdict_for, worst
 from .zipread import RangedFile
 from .zipsurvey import Record, RecordError, ZipSurvey, outside_ranges, read_headers, read_record, survey, unsafe_name
+
+if TYPE_CHECKING:
+    import tarfile
 
 SCHEMA = "ckpt.scan/1"
 LEGACY_PROTOCOL_VERSION = 1001
@@ -640,11 +638,15 @@ def _decodings(raw: bytes) -> Iterator[tuple[bytes, str]]:
         except zlib.error:
             pass
     if raw[:3] == b"BZh":
+        import bz2
+
         try:
             yield bz2.BZ2Decompressor().decompress(raw, limit), "bz2"
         except (OSError, ValueError, EOFError):
             pass
     if raw[:6] == b"\xfd7zXZ\x00":
+        import lzma
+
         try:
             yield lzma.LZMADecompressor().decompress(raw, limit), "xz"
         except lzma.LZMAError:
@@ -682,6 +684,35 @@ def _storage_itemsize(value: Any) -> int | None:
     return None
 
 
+def _storage_refs(pids: list[Any], base: str) -> tuple[list[str], list[int | None], list[int]]:
+    """Record names, item sizes and element counts of every torch storage persistent id: in one
+    step when all are the usual ``('storage', <storage type>, key, location, numel)`` tuples,
+    else pid by pid."""
+    if pids and set(map(type, pids)) == {tuple} and set(map(len, pids)) == {5}:
+        kinds, types, keys, _locs, numels = zip(*pids)
+        distinct = {id(t): t for t in types}
+        if (set(kinds) == {"storage"} and set(map(type, keys)) == {str} and set(map(type, numels)) == {int}
+                and len(distinct) < 64):
+            sizes = {i: _storage_itemsize(t) for i, t in distinct.items()}
+            return [base + k for k in keys], list(map(sizes.__getitem__, map(id, types))), list(numels)
+    names: list[str] = []
+    itemsizes: list[int | None] = []
+    counts: list[int] = []
+    for pid in pids:
+        found = _torch_storage_pid(pid)
+        if found is not None:
+            names.append(base + found[0])
+            itemsizes.append(found[1])
+            counts.append(found[2])
+    return names, itemsizes, counts
+
+
+def _zero_indices(flags: bytearray) -> list[int]:
+    import numpy as np
+
+    return np.flatnonzero(np.frombuffer(bytes(flags), dtype=np.uint8) == 0).tolist()
+
+
 def _torch_storage_pid(pid: Any) -> tuple[str, int | None, int] | None:
     """``(key, itemsize, numel)`` of a torch zip or legacy storage persistent id, or None."""
     if type(pid) is not tuple or len(pid) < 5:
@@ -713,6 +744,10 @@ class _Scanner(_FileScan):
             self.error(None, f"cannot open the file ({e.strerror or e})")
             self.report.seconds = time.perf_counter() - t0
             return self.finish()
+        import gc
+
+        collecting = gc.isenabled()
+        gc.disable()  # a scan makes many small acyclic objects (zip records, symbolic values)
         try:
             self.report.size = file.size
             self.analyze(file, "", 0)
@@ -724,6 +759,8 @@ class _Scanner(_FileScan):
             self.error(None, f"the file could not be read whole ({type(e).__name__}: {e})")
         finally:
             file.close()
+            if collecting:
+                gc.enable()
         self.report.seconds = time.perf_counter() - t0
         return self.finish()
 
@@ -920,32 +957,33 @@ class _Scanner(_FileScan):
     def zip(self, file: RangedFile, zs: ZipSurvey, prefix: str, depth: int) -> None:
         if not zs.complete:
             self.error(prefix.rstrip(" >") or None, f"the zip archive cannot be read whole: {zs.error}")
-        entries = [e for e in zs.entries if not e.is_dir]
-        by_name: dict[str, Record] = {}
-        for e in entries:
-            by_name.setdefault(e.name, e)
-        folder = ""
-        if entries:
-            first_name = zs.entries[0].name
-            folder = first_name.split("/", 1)[0] + "/" if "/" in first_name else ""
+        count = len(zs)
+        names = zs.names if zs.arrays is not None else [e.name for e in zs.entries]
+        by_name = dict(zip(reversed(names), range(count - 1, -1, -1)))  # the first of duplicates
+        folder = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
         is_torch = bool(folder) and folder + "data.pkl" in by_name
         self.torchscript = self.torchscript or (is_torch and folder + "constants.pkl" in by_name)
-        is_npz = bool(entries) and all(e.name.endswith(".npy") for e in entries)
+        has_dirs = any(name.endswith("/") for name in names) if count < 4096 else "/\n" in "\n".join(names) + "\n"
+        files = [i for i, name in enumerate(names) if not name.endswith("/")] if has_dirs else range(count)
+        is_npz = bool(files) and all(names[i].endswith(".npy") for i in files)
         kind = "torchscript" if is_torch and self.torchscript else "torch-zip" if is_torch else "npz" if is_npz else "zip"
         if not prefix:
             if self.report.formats and self.report.formats[0] == "zip":
                 self.report.formats[0] = kind
             self.report.format = self.report.formats[0] if self.report.formats else kind
-        storages: dict[str, tuple[int | None, int]] = {}
-        done: set[int] = set()
+        done = bytearray(count)
         if is_torch:
-            main_records = ["data.pkl", "constants.pkl"] if self.torchscript else ["data.pkl"]
-            mains = [e for e in entries if e.name in {folder + r for r in main_records}]
+            main_names = {folder + r for r in (("data.pkl", "constants.pkl") if self.torchscript else ("data.pkl",))}
+            if len(by_name) == count:
+                main_idx = sorted(by_name[m] for m in main_names if m in by_name)
+            else:  # duplicate names: every record that bears a main record's name
+                main_idx = [i for i, name in enumerate(names) if name in main_names]
+            mains = [zs.record(i) for i in main_idx]
             if not zs.coverage:
                 read_headers(zs, file, mains)
+            refs: tuple[list[str], list[int | None], list[int]] = ([], [], [])
             for e in mains:
-                rec_name = e.name[len(folder):]
-                done.add(e.index)
+                done[e.index] = 1
                 if not self._readable(e, prefix):
                     continue
                 w, data = self.zip_record(file, e, prefix, "main", depth, crcs=zs.has_crcs)
@@ -957,32 +995,19 @@ class _Scanner(_FileScan):
                     self.add("pickle.trailing-data", self.label(prefix, e.name),
                              f"{e.size - w.end:,} bytes follow the pickle's STOP", w.end)
                     self.embedded(data, w.end, e.size, f"{self.label(prefix, e.name)} > bytes at {w.end}")
-                base = "data/" if rec_name == "data.pkl" else "constants/"
-                for pid in w.pids:
-                    found = _torch_storage_pid(pid)
-                    if found is not None:
-                        storages.setdefault(folder + base + found[0], (found[1], found[2]))
-            for name, (itemsize, numel) in storages.items():
-                e = by_name.get(name)
-                if e is None:
-                    if not (self.torchscript and name.startswith(folder + "constants/")):
-                        self.add("zip.storage-mismatch", self.label(prefix, name),
-                                 "the pickle refers to this storage but the archive has no record for it")
-                    continue
-                done.add(e.index)
-                if e.encrypted or e.method not in (0, 8, 12, 14):
-                    self._readable(e, prefix)
-                if itemsize is not None and e.size != itemsize * numel:
-                    self.add("zip.storage-mismatch", self.label(prefix, name),
-                             f"the record holds {e.size:,} bytes but the pickle declares {numel:,} x {itemsize} bytes")
-                if e.method != 0 and e.size > (1 << 20) and e.size > self.limits.max_compression_ratio * max(e.compressed_size, 1):
-                    self.add("zip.compression-bomb", self.label(prefix, name),
-                             f"the record inflates {e.compressed_size:,} bytes to {e.size:,}")
-        rest = [e for e in entries if e.index not in done]
+                base = folder + ("data/" if e.name.endswith("data.pkl") else "constants/")
+                for have, more in zip(refs, _storage_refs(w.pids, base)):
+                    have.extend(more)  # type: ignore[arg-type]
+            self.zip_storages(zs, refs, by_name, done, prefix, folder)
+        if count < 4096:
+            rest = [i for i in files if not done[i]]
+        else:
+            rest = [i for i in _zero_indices(done) if not (has_dirs and names[i].endswith("/"))]
+        records = [zs.record(i) for i in rest]
         if not zs.coverage:
-            read_headers(zs, file, rest)
+            read_headers(zs, file, records)
         code_files = 0
-        for e in rest:
+        for e in records:
             if not self._readable(e, prefix):
                 continue
             rel = e.name[len(folder):] if folder and e.name.startswith(folder) else None
@@ -1022,6 +1047,61 @@ class _Scanner(_FileScan):
             if end - start >= 2 and end - start <= self.limits.max_pickle_bytes:
                 self.embedded(file.pread(start, end - start), 0, end - start,
                               f"{prefix}<bytes {start}-{end} outside any record>")
+
+    def zip_storages(
+        self, zs: ZipSurvey, refs: tuple[list[str], list[int | None], list[int]], by_name: dict[str, int],
+        done: bytearray, prefix: str, folder: str,
+    ) -> None:
+        """Check the storage records the pickles refer to (``refs``: record names, item sizes,
+        element counts) against the directory, without reading them: present, of the declared
+        size, readable, no zip bomb. Marks them in ``done``."""
+        names, itemsizes, counts = refs
+        if not names:
+            return
+        where = list(map(by_name.get, names))
+        if None in where or None in itemsizes:
+            found, wanted = [], []
+            for name, i, size, numel in zip(names, where, itemsizes, counts):
+                if i is None:
+                    if not (self.torchscript and name.startswith(folder + "constants/")):
+                        self.add("zip.storage-mismatch", self.label(prefix, name),
+                                 "the pickle refers to this storage but the archive has no record for it")
+                    continue
+                found.append(i)
+                wanted.append(-1 if size is None else size * numel)
+        else:
+            found, wanted = where, None  # type: ignore[assignment]
+        if not found:
+            return
+        ratio = self.limits.max_compression_ratio
+        if zs.arrays is not None:
+            import numpy as np
+
+            A = zs.arrays
+            idx = np.asarray(found, dtype=np.int64)
+            want = (np.asarray(itemsizes, dtype=np.int64) * np.asarray(counts, dtype=np.int64)) if wanted is None \
+                else np.asarray(wanted, dtype=np.int64)
+            size, csize, method, flags = A["usize"][idx], A["csize"][idx], A["method"][idx], A["flags"][idx]
+            odd = ((want >= 0) & (size != want)) | ((flags & 0x41) != 0) | ~np.isin(method, (0, 8, 12, 14))
+            odd |= (method != 0) & (size > (1 << 20)) & (size > ratio * np.maximum(csize, 1))
+            np.frombuffer(done, dtype=np.uint8)[idx] = 1
+            check = sorted(set(zip(idx[odd].tolist(), want[odd].tolist())))
+        else:
+            if wanted is None:
+                wanted = [s * c for s, c in zip(itemsizes, counts)]  # type: ignore[operator]
+            for i in found:
+                done[i] = 1
+            check = sorted(set(zip(found, wanted)))
+        for i, want_bytes in check:
+            e = zs.record(i)
+            if e.encrypted or e.method not in (0, 8, 12, 14):
+                self._readable(e, prefix)
+            if want_bytes >= 0 and e.size != want_bytes:
+                self.add("zip.storage-mismatch", self.label(prefix, e.name),
+                         f"the record holds {e.size:,} bytes but the pickle declares {want_bytes:,}")
+            if e.method != 0 and e.size > (1 << 20) and e.size > ratio * max(e.compressed_size, 1):
+                self.add("zip.compression-bomb", self.label(prefix, e.name),
+                         f"the record inflates {e.compressed_size:,} bytes to {e.size:,}")
 
     def _readable(self, e: Record, prefix: str) -> bool:
         """Whether a record's bytes can be read; an error (fail closed) when not."""
@@ -1163,6 +1243,8 @@ class _Scanner(_FileScan):
     # -- tar archives ---------------------------------------------------------------------------
 
     def tar(self, file: RangedFile, tar: tarfile.TarFile, prefix: str, depth: int) -> None:
+        import tarfile
+
         try:
             members = []
             for i, m in enumerate(tar):
@@ -1335,6 +1417,8 @@ def _open_tar(file: RangedFile) -> tarfile.TarFile | None:
     head = file.pread(0, 512)
     if len(head) < 512 or not _tar_checksum_ok(head):
         return None
+    import tarfile
+
     try:
         return tarfile.open(fileobj=io.BufferedReader(_ViewIO(file)), mode="r:")  # type: ignore[arg-type]
     except (tarfile.TarError, OSError, ValueError, EOFError):
@@ -1373,6 +1457,9 @@ def _container_magic(head: bytes) -> bool:
 
 
 def _decompress(file: RangedFile, kind: str, limit: int) -> bytes:
+    import bz2
+    import lzma
+
     data = file.pread(0, file.size)
     if kind == "joblib-zlib":
         data = data[21:]
@@ -1396,6 +1483,8 @@ def _view(file: RangedFile) -> Any:
     """The file's bytes for a walk: in memory when small, memory-mapped otherwise."""
     if file.size <= 64 << 20 or file.fileno() is None:
         return file.pread(0, file.size)
+    import mmap
+
     return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)  # type: ignore[arg-type]
 
 
@@ -1417,6 +1506,8 @@ def _npy_header(head: bytes) -> tuple[int, bool, int | None, int] | None:
     if hlen > len(head) - start:
         return None
     text = head[start : start + hlen].decode("utf-8" if major == 3 else "latin-1", "replace")
+    import ast
+
     try:
         meta = ast.literal_eval(text)
     except (ValueError, SyntaxError, RecursionError, MemoryError, TypeError):

@@ -21,8 +21,6 @@ and counts that disagree with the directory. Record bytes are read later, by off
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import re
 import struct
 import zlib
@@ -82,9 +80,13 @@ class Record:
 
 @dataclass
 class ZipSurvey:
-    """What :func:`survey` found: the records in central-directory order and every anomaly."""
+    """What :func:`survey` found: the records in central-directory order and every anomaly.
 
-    entries: list[Record]
+    Large regular archives are surveyed by numpy (``arrays`` then holds one column per field and
+    ``names`` the record names); their :class:`Record` objects are made only when asked for
+    (:meth:`record`, or :attr:`entries` for all of them)."""
+
+    _entries: list[Record] | None = None
     anomalies: list[tuple[str, str | None, str]] = field(default_factory=list)
     """``(code, record name or None, message)``; codes: see ``ckpt.scanner.RULES`` (``zip.*``)."""
     eocd_offset: int = 0
@@ -101,11 +103,56 @@ class ZipSurvey:
     """Whether every local header was read and the byte-coverage checks ran."""
     error: str | None = None
 
+    arrays: dict[str, Any] | None = None
+    """Columns (numpy) of the numpy-surveyed records: flags, method, crc, csize, usize, hoff, data,
+    end, ok, n (name length); None when the records were read one by one."""
+    names: list[str] = field(default_factory=list)
+    _made: dict[int, Record] = field(default_factory=dict)
+
     def note(self, code: str, record: str | None, message: str) -> None:
         self.anomalies.append((code, record, message))
 
+    def __len__(self) -> int:
+        return len(self.names) if self.arrays is not None else len(self._entries or [])
+
+    def record(self, i: int) -> Record:
+        """The ``i``-th record of the central directory (made on first use for numpy surveys)."""
+        if self.arrays is None:
+            return self._entries[i]  # type: ignore[index]
+        rec = self._made.get(i)
+        if rec is None:
+            a = self.arrays
+            name = self.names[i]
+            rec = Record(i, name, name.encode("ascii"), int(a["flags"][i]), int(a["method"][i]), int(a["crc"][i]),
+                         int(a["csize"][i]), int(a["usize"][i]), int(a["hoff"][i]))
+            rec.data_offset = int(a["data"][i])
+            rec.end = int(a["end"][i])
+            rec.local_ok = bool(a["ok"][i])
+            self._made[i] = rec
+        return rec
+
+    def sync(self, rec: Record) -> None:
+        """Write back what a one-by-one header check learned about a numpy-surveyed record."""
+        if self.arrays is not None:
+            a = self.arrays
+            a["data"][rec.index] = rec.data_offset
+            a["end"][rec.index] = rec.end
+            a["ok"][rec.index] = rec.local_ok
+
+    @property
+    def entries(self) -> list[Record]:
+        """Every record, in central-directory order."""
+        if self.arrays is not None:
+            return [self.record(i) for i in range(len(self.names))]
+        if self._entries is None:
+            self._entries = []
+        return self._entries
+
     @property
     def has_crcs(self) -> bool:
+        if self.arrays is not None:
+            a = self.arrays
+            return bool(((a["crc"] != 0) & (a["usize"] != 0)).any())
         return any(e.crc for e in self.entries if e.size)
 
 
@@ -141,7 +188,7 @@ def survey(file: RangedFile, *, limits: Limits = DEFAULT_LIMITS, headers: bool =
     if found is None:
         return None
     eocd_at, tail = found
-    s = ZipSurvey(entries=[], eocd_offset=eocd_at)
+    s = ZipSurvey(_entries=[], eocd_offset=eocd_at)
     _, disk, cd_disk, n_here, n_total, cd_size, cd_offset, comment_len = _EOCD.unpack_from(tail, 0)
     s.comment = tail[_EOCD.size : _EOCD.size + comment_len]
     after = file.size - (eocd_at + _EOCD.size + comment_len)
@@ -194,6 +241,12 @@ def survey(file: RangedFile, *, limits: Limits = DEFAULT_LIMITS, headers: bool =
         else:
             s.note("zip.outside-data", None, f"{gap:,} bytes between the central directory and its end record")
     cd = file.pread(cd_offset, cd_size)
+    if n_total >= _NUMPY_FROM and _fast_central(s, cd, n_total, shift):
+        if headers:
+            _fast_local(s, file)
+            _fast_coverage(s)
+            s.coverage = True
+        return s
     _parse_central(s, cd, n_total, cd_offset)
     if shift:
         for e in s.entries:
@@ -410,7 +463,7 @@ def _check_local(s: ZipSurvey, rec: Record, block: bytes, block_start: int, file
             s.note("zip.header-mismatch", rec.name, "the data descriptor disagrees with the central directory (CRC or sizes)")
         end += want
     rec.end = end
-    rec.local_ok = ok
+    rec.local_ok = bool(ok)
 
 
 def _coverage(s: ZipSurvey, file: RangedFile) -> None:
@@ -437,7 +490,28 @@ def _coverage(s: ZipSurvey, file: RangedFile) -> None:
 
 def outside_ranges(s: ZipSurvey, file_size: int) -> list[tuple[int, int]]:
     """Byte ranges of the file that belong to no record and no directory structure."""
-    spans = sorted((e.header_offset, e.end) for e in s.entries if e.end >= 0)
+    if s.arrays is not None:
+        import numpy as np
+
+        a = s.arrays
+        keep = np.flatnonzero(a["end"] >= 0)
+        order = keep[np.argsort(a["hoff"][keep], kind="stable")]
+        H, E = a["hoff"][order], a["end"][order]
+        top = np.maximum.accumulate(E) if len(E) else E
+        out = []
+        if len(H) and H[0] > 0:
+            out.append((0, int(H[0])))
+        for k in np.flatnonzero(H[1:] > top[:-1]).tolist():
+            out.append((int(top[k]), int(H[k + 1])))
+        reach = int(top[-1]) if len(top) else 0
+        if s.cd_offset > reach:
+            out.append((reach, s.cd_offset))
+        tail_end = s.eocd_offset + _EOCD.size + len(s.comment)
+        if file_size > tail_end:
+            out.append((tail_end, file_size))
+        return out
+    else:
+        spans = sorted((e.header_offset, e.end) for e in s.entries if e.end >= 0)
     out = []
     reach = 0
     for begin, end in spans:
@@ -486,6 +560,8 @@ def read_record(file: RangedFile, rec: Record, *, max_size: int, limit_prefix: i
                     out += d.decompress(buf, want - len(out) + 1)
                     buf = d.unconsumed_tail
         else:
+            import bz2
+
             dec: Any = bz2.BZ2Decompressor() if rec.method == BZIP2 else _ZipLzma()
             while consumed < rec.compressed_size and len(out) <= want and not dec.eof:
                 buf = file.pread(rec.data_offset + consumed, min(1 << 20, rec.compressed_size - consumed))
@@ -495,7 +571,11 @@ def read_record(file: RangedFile, rec: Record, *, max_size: int, limit_prefix: i
                 out += dec.decompress(buf, want - len(out) + 1)
                 while not dec.needs_input and not dec.eof and len(out) <= want:
                     out += dec.decompress(b"", want - len(out) + 1)
-    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError) as e:
+    except (zlib.error, OSError, EOFError, ValueError) as e:  # lzma.LZMAError is an Exception: see below
+        raise RecordError(f"the compressed record is damaged ({e})") from None
+    except Exception as e:  # LZMAError, without importing lzma up front
+        if type(e).__name__ != "LZMAError":
+            raise
         raise RecordError(f"the compressed record is damaged ({e})") from None
     if limit_prefix is None:
         if len(out) > want:
@@ -509,7 +589,7 @@ class _ZipLzma:
     """LZMA as zip stores it: a 4-byte header (version, properties size) then raw LZMA1 data."""
 
     def __init__(self) -> None:
-        self._d: lzma.LZMADecompressor | None = None
+        self._d: Any = None
         self._head = b""
 
     @property
@@ -528,7 +608,202 @@ class _ZipLzma:
             (psize,) = struct.unpack_from("<H", self._head, 2)
             if len(self._head) < 4 + psize:
                 return b""
+            import lzma
+
             props = lzma._decode_filter_properties(lzma.FILTER_LZMA1, self._head[4 : 4 + psize])  # type: ignore[attr-defined]
             self._d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[props])
             data = self._head[4 + psize :]
         return self._d.decompress(data, max_length)
+
+
+# -- the numpy survey of large regular archives ---------------------------------------------------
+
+_NUMPY_FROM = 256
+"""Archives with at least this many records are surveyed by numpy (one pass per field, not one
+Python step per record); anything the vectorised checks cannot prove falls back to the one-by-one
+code, record by record or for the whole archive."""
+
+
+def _u16(a: Any, q: Any) -> Any:
+    import numpy as np
+
+    return a[q].astype(np.int64) | (a[q + 1].astype(np.int64) << 8)
+
+
+def _u32(a: Any, q: Any) -> Any:
+    return _u16(a, q) | (_u16(a, q + 2) << 16)
+
+
+def _flat_index(starts: Any, lens: Any) -> Any:
+    """Indices of the bytes ``[starts[i], starts[i] + lens[i])`` for every ``i``, concatenated."""
+    import numpy as np
+
+    total = int(lens.sum())
+    before = np.cumsum(lens) - lens
+    return np.repeat(starts - before, lens) + np.arange(total, dtype=np.int64)
+
+
+def _fast_central(s: ZipSurvey, cd: bytes, count: int, shift: int) -> bool:
+    """The central directory by numpy; False (nothing recorded) when it is not a plain chain of
+    ``count`` records with ASCII names and no zip64 fields (the Python path then reads it)."""
+    import numpy as np
+
+    a = np.frombuffer(cd, dtype=np.uint8)
+    size = len(a)
+    if size < 46 * count:
+        return False
+    m = size - 45
+    P = np.flatnonzero((a[:m] == 0x50) & (a[1 : m + 1] == 0x4B) & (a[2 : m + 2] == 1) & (a[3 : m + 3] == 2))
+    if len(P) != count or P[0] != 0:
+        return False  # a name or extra field holding the signature, or a damaged chain
+    n, x, c = _u16(a, P + 28), _u16(a, P + 30), _u16(a, P + 32)
+    nxt = P + 46 + n + x + c
+    if nxt[-1] != size or not np.array_equal(nxt[:-1], P[1:]):
+        return False
+    cols = {
+        "flags": _u16(a, P + 8), "method": _u16(a, P + 10), "crc": _u32(a, P + 16),
+        "csize": _u32(a, P + 20), "usize": _u32(a, P + 24), "hoff": _u32(a, P + 42), "n": n,
+    }
+    if ((cols["csize"] == 0xFFFFFFFF) | (cols["usize"] == 0xFFFFFFFF) | (cols["hoff"] == 0xFFFFFFFF)).any():
+        return False  # zip64 fields: read one by one
+    flat = a[_flat_index(P + 46, n)].tobytes()
+    if not flat.isascii():
+        return False  # non-ASCII names: decoded one by one (UTF-8 or cp437 by their flag)
+    text = flat.decode("ascii")
+    ends = np.cumsum(n).tolist()
+    names = [text[i:j] for i, j in zip([0, *ends[:-1]], ends)]
+    cols["hoff"] = cols["hoff"] + shift
+    cols["data"] = np.full(count, -1, dtype=np.int64)
+    cols["end"] = np.full(count, -1, dtype=np.int64)
+    cols["ok"] = np.zeros(count, dtype=bool)
+    cols["cpos"] = P
+    s.arrays = cols
+    s.names = names
+    s._cd = a  # type: ignore[attr-defined]
+    # the checks _parse_central makes record by record, on the few records they concern
+    joined = "\n" + "\n".join(names)
+    if ".." in joined or "\\" in joined or "\0" in joined or "\n/" in joined or re.search(r"\n[^\n]:", joined):
+        for i, name in enumerate(names):
+            if suspicious(name) is not None:
+                _check_name(s, s.record(i))
+    if len(set(names)) != count:
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                _check_record(s, s.record(i), True)
+            seen.add(name)
+    odd = ((cols["flags"] & 0x41) != 0) | (cols["method"] != 0) | (cols["csize"] != cols["usize"])
+    for i in np.flatnonzero(odd).tolist():
+        _check_record(s, s.record(i), False)
+    return True
+
+
+def _fast_local(s: ZipSurvey, file: RangedFile) -> None:
+    """Every local header and data descriptor, checked against the directory by numpy, reading
+    neighbouring small records in one go (as :func:`_read_local_headers` does); the records the
+    vectorised check cannot settle are checked one by one."""
+    import numpy as np
+
+    A = s.arrays
+    assert A is not None
+    cd = s._cd  # type: ignore[attr-defined]
+    count = len(s.names)
+    order = np.argsort(A["hoff"], kind="stable")
+    H = A["hoff"][order]
+    nn = A["n"][order]
+    cs = A["csize"][order]
+    reach = H + 158 + nn + np.where(cs < _COALESCE_GAP, cs + 24, 0)
+    top = np.maximum.accumulate(reach)
+    breaks = np.flatnonzero(H[1:] - top[:-1] >= _COALESCE_GAP) + 1
+    groups = [0, *breaks.tolist(), count]
+    todo: list[int] = []
+    for g0, g1 in zip(groups[:-1], groups[1:]):
+        pos = g0
+        while pos < g1:
+            start = int(H[pos])
+            j = int(np.searchsorted(H, start + _COALESCE_MAX // 2, side="left"))
+            j = min(max(j, pos + 1), g1)
+            stop = int(reach[pos:j].max())
+            block = np.frombuffer(file.pread(start, stop - start), dtype=np.uint8)
+            _fast_block(s, A, cd, order[pos:j], H[pos:j] - start, block, start, file.size, todo)
+            pos = j
+    for i, rec in s._made.items():  # records made before their headers were read: refresh them
+        rec.data_offset, rec.end, rec.local_ok = int(A["data"][i]), int(A["end"][i]), bool(A["ok"][i])
+    for i in todo:  # settled one by one: the exact messages, and write-back into the columns
+        rec = s.record(i)
+        head = file.pread(rec.header_offset, _LOCAL.size + len(rec.raw_name))
+        _check_local(s, rec, head, rec.header_offset, file)
+        s.sync(rec)
+
+
+def _fast_block(
+    s: ZipSurvey, A: dict[str, Any], cd: Any, idx: Any, rel: Any, b: Any, base: int, file_size: int, todo: list[int],
+) -> None:
+    import numpy as np
+
+    fits = rel + 30 <= len(b)
+    for i in idx[~fits].tolist():
+        todo.append(i)
+    idx, rel = idx[fits], rel[fits]
+    if not len(idx):
+        return
+    sig = (b[rel] == 0x50) & (b[rel + 1] == 0x4B) & (b[rel + 2] == 3) & (b[rel + 3] == 4)
+    lflags, lmethod = _u16(b, rel + 6), _u16(b, rel + 8)
+    lcrc, lcs, lus = _u32(b, rel + 14), _u32(b, rel + 18), _u32(b, rel + 22)
+    ln, lx = _u16(b, rel + 26), _u16(b, rel + 28)
+    flags, n, crc, csize, usize = A["flags"][idx], A["n"][idx], A["crc"][idx], A["csize"][idx], A["usize"][idx]
+    ok = sig & (lmethod == A["method"][idx]) & (((lflags ^ flags) & 0x49) == 0) & (ln == n) & (rel + 30 + n <= len(b))
+    described = (lflags & 0x8) != 0
+    ok &= described | ((lcrc == crc) & (((lcs == csize) & (lus == usize)) | (lcs == 0xFFFFFFFF) | (lus == 0xFFFFFFFF)))
+    # names: the local copy byte for byte against the central one
+    cand = np.flatnonzero(ok & (n > 0))  # (empty names are equal already: ln == n == 0)
+    if len(cand):
+        lens = n[cand]
+        eq = b[_flat_index(rel[cand] + 30, lens)] == cd[_flat_index(A["cpos"][idx[cand]] + 46, lens)]
+        bad = np.add.reduceat((~eq).astype(np.int64), np.cumsum(lens) - lens)
+        ok[cand[bad != 0]] = False
+    data = base + rel + 30 + ln + lx
+    end = data + csize
+    ok &= end <= file_size
+    # data descriptors (torch writes them): signature, CRC and sizes after the data
+    drel = end - base
+    inside = described & (drel + 16 <= len(b)) & ok
+    di = np.flatnonzero(inside)
+    if len(di):
+        q = drel[di]
+        dsig = (b[q] == 0x50) & (b[q + 1] == 0x4B) & (b[q + 2] == 7) & (b[q + 3] == 8)
+        good = dsig & (_u32(b, q + 4) == crc[di]) & (_u32(b, q + 8) == csize[di]) & (_u32(b, q + 12) == usize[di])
+        ok[di[~good]] = False
+        end[di] += 16
+    ok &= ~described | inside  # a descriptor outside the block: checked one by one
+    A["data"][idx[ok]] = data[ok]
+    A["end"][idx[ok]] = end[ok]
+    A["ok"][idx[ok]] = True
+    todo.extend(idx[~ok].tolist())
+
+
+def _fast_coverage(s: ZipSurvey) -> None:
+    """:func:`_coverage` on the columns: bytes before, between and after the records, overlaps."""
+    import numpy as np
+
+    A = s.arrays
+    assert A is not None
+    keep = np.flatnonzero(A["end"] >= 0)
+    if not len(keep):
+        s.start = s.cd_offset
+        return
+    order = keep[np.argsort(A["hoff"][keep], kind="stable")]
+    H, E = A["hoff"][order], A["end"][order]
+    s.start = int(H[0])
+    if s.start > 0:
+        s.note("zip.outside-data", None, f"{s.start:,} bytes come before the first record (data outside any record; a polyglot?)")
+    top = np.maximum.accumulate(E)
+    for k in np.flatnonzero(H[1:] < top[:-1]).tolist():
+        s.note("zip.overlap", s.names[order[k + 1]], "the record overlaps another one (records sharing bytes: a zip bomb or an ambiguous archive)")
+    for k in np.flatnonzero(H[1:] > top[:-1]).tolist():
+        s.note("zip.outside-data", s.names[order[k + 1]], f"{int(H[k + 1] - top[k]):,} bytes before this record belong to no record")
+    reach = int(top[-1])
+    if reach < s.cd_offset:
+        s.note("zip.outside-data", None, f"{s.cd_offset - reach:,} bytes between the last record and the central directory")
+    elif reach > s.cd_offset:
+        s.note("zip.overlap", None, "records run into the central directory")
