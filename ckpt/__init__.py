@@ -11,7 +11,6 @@ every global a file names resolves only to constructors ckpt owns.
 from .checkpoint import Checkpoint, open
 from .load import load
 from .summary import Summary, inspect
-from .scanner import FileReport, ScanReport, scan
 from .errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -26,6 +25,19 @@ from .policy import Finding
 from .tensors import StorageRef, TensorRef
 
 __version__ = "0.1.0"
+
+# The scanner (``ckpt.scan``) is imported on first use, so that ``import ckpt`` stays light.
+_LAZY = {"scan": "scanner", "ScanReport": "scanner", "FileReport": "scanner"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
 
 __all__ = [
     "Checkpoint",

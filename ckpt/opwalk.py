@@ -36,7 +36,6 @@ import operator
 import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import Any
 
@@ -133,73 +132,76 @@ class Alt(tuple):
     every decoding it may have."""
 
 
-@dataclass
 class GlobalUse:
-    """Every use of one ``module.name`` in a stream."""
+    """Every use of one ``module.name`` in a stream: ``offset`` of the first opcode that named it;
+    ``opcodes`` how it was named (``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``EXT``); ``count``;
+    ``called_at``, the first REDUCE/NEWOBJ/NEWOBJ_EX/OBJ/INST that called or instantiated it;
+    ``mutated_at``, the first BUILD/SETITEM(S)/APPEND(S)/ADDITEMS applied to the global itself.
 
-    module: str
-    name: str
-    offset: int
-    """Offset of the first opcode that named it."""
-    opcodes: tuple[str, ...] = ()
-    """How it was named: ``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``EXT``."""
-    count: int = 0
-    called_at: int | None = None
-    """First REDUCE/NEWOBJ/NEWOBJ_EX/OBJ/INST that called or instantiated it."""
-    mutated_at: int | None = None
-    """First BUILD/SETITEM(S)/APPEND(S)/ADDITEMS applied to the global object itself."""
+    (Plain classes, not dataclasses, in the scanner's modules: making a dataclass compiles code,
+    which would show in every ``ckpt`` process's start-up.)"""
+
+    def __init__(self, module: str, name: str, offset: int, opcodes: tuple[str, ...] = (), count: int = 0,
+                 called_at: int | None = None, mutated_at: int | None = None) -> None:
+        self.module = module
+        self.name = name
+        self.offset = offset
+        self.opcodes = opcodes
+        self.count = count
+        self.called_at = called_at
+        self.mutated_at = mutated_at
 
     @property
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
 
+    def __repr__(self) -> str:
+        return f"GlobalUse({self.module}.{self.name}, offset={self.offset}, opcodes={self.opcodes}, count={self.count})"
 
-@dataclass
+
 class Event:
     """Something the walk met that is worth a finding, besides globals: ``code`` names it."""
 
-    code: str
-    offset: int
-    detail: str
+    def __init__(self, code: str, offset: int, detail: str) -> None:
+        self.code = code
+        self.offset = offset
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"Event({self.code!r}, {self.offset}, {self.detail!r})"
 
 
-@dataclass
 class Walk:
-    """What :func:`walk` found in one pickle stream."""
+    """What :func:`walk` found in one pickle stream.
 
-    start: int
-    end: int = 0
-    """Offset just after STOP (or where the walk stopped, on error)."""
-    error: str | None = None
-    """Why the walk stopped before STOP; None when the pickle is whole."""
-    error_offset: int | None = None
-    protocol: int = 0
-    """Highest PROTO seen (0 if none)."""
-    globals: dict[tuple[str, str], GlobalUse] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    pids: list[Any] = field(default_factory=list)
-    """Persistent ids, as symbolic values (torch storage tuples), in order."""
-    literals: list[tuple[int, int, int, str]] = field(default_factory=list)
-    """``(opcode offset, data start, length, kind)`` of string/bytes literals that may hold a pickle;
-    ``kind`` is ``bytes`` or ``str`` (UTF-8 text)."""
-    root: Any = None
-    """The symbolic value STOP returned."""
-    memo: dict[int, Any] | None = None
-    """The final symbolic memo (kept only with ``keep_memo=True``, for tests)."""
+    ``start``/``end`` (just after STOP, or where the walk stopped); ``error`` (why it stopped
+    before STOP, None when the pickle is whole) and ``error_offset``; ``protocol`` (highest PROTO
+    seen, 0 if none); ``globals`` (``(module, name)`` -> :class:`GlobalUse`); ``events``;
+    ``pids`` (persistent ids as symbolic values, in order); ``literals`` (``(opcode offset, data
+    start, length, kind)`` of string/bytes literals that may hold a pickle); ``root`` (the
+    symbolic value STOP returned); ``memo`` (the final symbolic memo, with ``keep_memo=True``).
+    """
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.end = 0
+        self.error: str | None = None
+        self.error_offset: int | None = None
+        self.protocol = 0
+        self.globals: dict[tuple[str, str], GlobalUse] = {}
+        self.events: list[Event] = []
+        self.pids: list[Any] = []
+        self.literals: list[tuple[int, int, int, str]] = []
+        self.root: Any = None
+        self.memo: dict[int, Any] | None = None
 
     @property
     def complete(self) -> bool:
         return self.error is None
 
-    @property
-    def is_pickle(self) -> bool:
-        """The stream is a pickle: it reached STOP, or named a global before it failed."""
-        return self.error is None or bool(self.globals) or bool(self.events)
-
-    @property
-    def failed_at_once(self) -> bool:
-        """The first opcode already failed: the bytes are not a pickle at all."""
-        return self.error is not None and self.error_offset == self.start and not self.globals
+    def __repr__(self) -> str:
+        return (f"Walk(start={self.start}, end={self.end}, error={self.error!r}, protocol={self.protocol}, "
+                f"globals={list(self.globals)}, events={len(self.events)}, pids={len(self.pids)})")
 
 
 class WalkError(Exception):

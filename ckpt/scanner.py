@@ -29,7 +29,6 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import dtypes as _dt
@@ -58,12 +57,13 @@ PEEK = 64
 # -- rules: every kind of finding, as data -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Rule:
-    code: str
-    verdict: str
-    title: str
-    help: str
+    """One kind of finding: its code, the verdict of its findings, a title and what it means."""
+
+    __slots__ = ("code", "verdict", "title", "help")
+
+    def __init__(self, code: str, verdict: str, title: str, help: str) -> None:
+        self.code, self.verdict, self.title, self.help = code, verdict, title, help
 
 
 RULES: dict[str, Rule] = {r.code: r for r in (
@@ -166,18 +166,23 @@ RULES: dict[str, Rule] = {r.code: r for r in (
 # -- results --------------------------------------------------------------------------------------
 
 
-@dataclass
 class GlobalInfo:
-    """A global one file names: its verdict and where it appears."""
+    """A global one file names: its verdict, why, how often, whether it is called or mutated, how
+    it is named and in which records."""
 
-    name: str
-    verdict: str
-    reason: str
-    count: int = 0
-    called: bool = False
-    mutated: bool = False
-    opcodes: list[str] = field(default_factory=list)
-    records: list[str] = field(default_factory=list)
+    def __init__(self, name: str, verdict: str, reason: str, count: int = 0, called: bool = False,
+                 mutated: bool = False, opcodes: list[str] | None = None, records: list[str] | None = None) -> None:
+        self.name = name
+        self.verdict = verdict
+        self.reason = reason
+        self.count = count
+        self.called = called
+        self.mutated = mutated
+        self.opcodes = opcodes if opcodes is not None else []
+        self.records = records if records is not None else []
+
+    def __repr__(self) -> str:
+        return f"GlobalInfo({self.name!r}, {self.verdict!r}, count={self.count})"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -187,41 +192,49 @@ class GlobalInfo:
         }
 
 
-@dataclass
 class PickleInfo:
-    """One pickle stream the scanner walked (``record`` ``(file)`` is the file itself)."""
-
-    record: str
-    offset: int
-    length: int
-    protocol: int
-    complete: bool
-    globals: int
-    role: str
-    """``main`` (the pickle the format loads), ``extra`` (more pickles of the format), ``stacked``,
+    """One pickle stream the scanner walked (``record`` ``(file)`` is the file itself). ``role``:
+    ``main`` (the pickle the format loads), ``extra`` (more pickles of the format), ``stacked``,
     ``nested`` (inside a literal), ``embedded`` (outside any record), ``unexpected``."""
+
+    def __init__(self, record: str, offset: int, length: int, protocol: int, complete: bool, globals: int,
+                 role: str) -> None:
+        self.record = record
+        self.offset = offset
+        self.length = length
+        self.protocol = protocol
+        self.complete = complete
+        self.globals = globals
+        self.role = role
+
+    def __repr__(self) -> str:
+        return f"PickleInfo({self.record!r}, {self.offset}, {self.role})"
 
     def as_json(self) -> dict[str, Any]:
         return {"record": self.record, "offset": self.offset, "length": self.length, "protocol": self.protocol,
                 "complete": self.complete, "globals": self.globals, "role": self.role}
 
 
-@dataclass
 class FileReport:
-    """What the scanner found in one file."""
+    """What the scanner found in one file: its ``format`` and every format it is valid as
+    (``formats``; more than one is a polyglot), ``findings`` (:class:`~ckpt.Finding`), every global
+    (``globals``), every pickle walked (``pickles``), ``errors`` (why it could not be analysed
+    whole: ``{"record", "offset", "message"}``) and ``notes``."""
 
-    path: str
-    size: int = 0
-    format: str = "unknown"
-    formats: list[str] = field(default_factory=list)
-    """Every format the file is valid as (more than one: a polyglot)."""
-    findings: list[Finding] = field(default_factory=list)
-    globals: list[GlobalInfo] = field(default_factory=list)
-    pickles: list[PickleInfo] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    """Why the file could not be analysed whole: ``{"record", "offset", "message"}``."""
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    def __init__(self, path: str, size: int = 0, format: str = "unknown", formats: list[str] | None = None) -> None:
+        self.path = path
+        self.size = size
+        self.format = format
+        self.formats = formats if formats is not None else []
+        self.findings: list[Finding] = []
+        self.globals: list[GlobalInfo] = []
+        self.pickles: list[PickleInfo] = []
+        self.errors: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.seconds = 0.0
+
+    def __repr__(self) -> str:
+        return f"<FileReport {self.path!r} {self.format} {self.status}, {len(self.findings)} findings>"
 
     @property
     def complete(self) -> bool:
@@ -283,12 +296,15 @@ def finding_json(f: Finding) -> dict[str, Any]:
     }
 
 
-@dataclass
 class ScanReport:
-    """The result of :func:`scan`: one :class:`FileReport` per file, in the order given."""
+    """The result of :func:`scan`: one :class:`FileReport` per file (``files``), in the order given."""
 
-    files: list[FileReport]
-    seconds: float = 0.0
+    def __init__(self, files: list[FileReport], seconds: float = 0.0) -> None:
+        self.files = files
+        self.seconds = seconds
+
+    def __repr__(self) -> str:
+        return f"<ScanReport {self.summary()}>"
 
     @property
     def findings(self) -> list[Finding]:
@@ -412,8 +428,8 @@ def allowlist() -> frozenset[str]:
 TORCHSCRIPT_PREFIXES = ("__torch__.", "torch.jit._pickle.")
 _TORCH_SMALL_RECORDS = {"version", ".data/version", "byteorder", ".format_version", ".storage_alignment",
                         ".data/serialization_id"}
-_B64 = re.compile(rb"[A-Za-z0-9+/\r\n]{16,}={0,2}\s*")
-_HEX = re.compile(rb"(?:[0-9a-fA-F]{2}){16,}\s*")
+_B64 = rb"[A-Za-z0-9+/\r\n]{16,}={0,2}\s*"
+_HEX = rb"(?:[0-9a-fA-F]{2}){16,}\s*"
 
 
 class _Abort(Exception):
@@ -651,7 +667,7 @@ def _decodings(raw: bytes) -> Iterator[tuple[bytes, str]]:
             yield lzma.LZMADecompressor().decompress(raw, limit), "xz"
         except lzma.LZMAError:
             pass
-    if _B64.fullmatch(raw):
+    if re.fullmatch(_B64, raw):
         import base64
         import binascii
 
@@ -659,7 +675,7 @@ def _decodings(raw: bytes) -> Iterator[tuple[bytes, str]]:
             yield base64.b64decode(raw), "base64"
         except (binascii.Error, ValueError):
             pass
-    if _HEX.fullmatch(raw):
+    if re.fullmatch(_HEX, raw):
         try:
             yield bytes.fromhex(raw.decode("ascii")), "hex"
         except ValueError:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
 from .limits import DEFAULT_LIMITS, Limits
@@ -49,25 +48,29 @@ _DESC = {16: _DESC16, 24: struct.Struct("<4xL2Q").unpack_from,
 
 
 
-@dataclass(slots=True)
 class Record:
-    """One central-directory entry, with what its local header says."""
+    """One central-directory entry, with what its local header says: ``data_offset`` is the first
+    data byte (from the local header's own name and extra lengths) and ``end`` one past the
+    record's last byte, data descriptor included (-1 while unknown)."""
 
-    index: int
-    name: str
-    raw_name: bytes
-    flags: int
-    method: int
-    crc: int
-    compressed_size: int
-    size: int
-    header_offset: int
-    zip64: bool = False
-    data_offset: int = -1
-    """First data byte (from the local header's own name and extra lengths); -1 if unreadable."""
-    end: int = -1
-    """One past the record's last byte, data descriptor included; -1 if unknown."""
-    local_ok: bool = False
+    __slots__ = ("index", "name", "raw_name", "flags", "method", "crc", "compressed_size", "size",
+                 "header_offset", "zip64", "data_offset", "end", "local_ok")
+
+    def __init__(self, index: int, name: str, raw_name: bytes, flags: int, method: int, crc: int,
+                 compressed_size: int, size: int, header_offset: int) -> None:
+        self.index = index
+        self.name = name
+        self.raw_name = raw_name
+        self.flags = flags
+        self.method = method
+        self.crc = crc
+        self.compressed_size = compressed_size
+        self.size = size
+        self.header_offset = header_offset
+        self.zip64 = False
+        self.data_offset = -1
+        self.end = -1
+        self.local_ok = False
 
     @property
     def encrypted(self) -> bool:
@@ -77,37 +80,36 @@ class Record:
     def is_dir(self) -> bool:
         return self.name.endswith("/")
 
+    def __repr__(self) -> str:
+        return f"<zip record {self.index} {self.name!r} {self.size} bytes>"
 
-@dataclass
+
 class ZipSurvey:
     """What :func:`survey` found: the records in central-directory order and every anomaly.
 
-    Large regular archives are surveyed by numpy (``arrays`` then holds one column per field and
-    ``names`` the record names); their :class:`Record` objects are made only when asked for
-    (:meth:`record`, or :attr:`entries` for all of them)."""
+    ``anomalies`` are ``(code, record name or None, message)`` (codes: ``ckpt.scanner.RULES``,
+    ``zip.*``); ``start`` is where the first record begins; ``complete`` is False when the
+    directory could not be read whole (``error`` says why); ``coverage`` says whether every local
+    header was read and the byte-coverage checks ran. Large regular archives are surveyed by numpy
+    (``arrays`` then holds one column per field and ``names`` the record names); their
+    :class:`Record` objects are made only when asked for (:meth:`record`, or :attr:`entries`)."""
 
-    _entries: list[Record] | None = None
-    anomalies: list[tuple[str, str | None, str]] = field(default_factory=list)
-    """``(code, record name or None, message)``; codes: see ``ckpt.scanner.RULES`` (``zip.*``)."""
-    eocd_offset: int = 0
-    cd_offset: int = 0
-    cd_size: int = 0
-    zip64: bool = False
-    comment: bytes = b""
-    declared_count: int = 0
-    start: int = 0
-    """Where the first record begins (bytes before it belong to no record)."""
-    complete: bool = True
-    """False when the directory could not be read whole (the entries are what could be read)."""
-    coverage: bool = False
-    """Whether every local header was read and the byte-coverage checks ran."""
-    error: str | None = None
-
-    arrays: dict[str, Any] | None = None
-    """Columns (numpy) of the numpy-surveyed records: flags, method, crc, csize, usize, hoff, data,
-    end, ok, n (name length); None when the records were read one by one."""
-    names: list[str] = field(default_factory=list)
-    _made: dict[int, Record] = field(default_factory=dict)
+    def __init__(self, eocd_offset: int = 0) -> None:
+        self._entries: list[Record] | None = []
+        self.anomalies: list[tuple[str, str | None, str]] = []
+        self.eocd_offset = eocd_offset
+        self.cd_offset = 0
+        self.cd_size = 0
+        self.zip64 = False
+        self.comment = b""
+        self.declared_count = 0
+        self.start = 0
+        self.complete = True
+        self.coverage = False
+        self.error: str | None = None
+        self.arrays: dict[str, Any] | None = None
+        self.names: list[str] = []
+        self._made: dict[int, Record] = {}
 
     def note(self, code: str, record: str | None, message: str) -> None:
         self.anomalies.append((code, record, message))
@@ -188,7 +190,7 @@ def survey(file: RangedFile, *, limits: Limits = DEFAULT_LIMITS, headers: bool =
     if found is None:
         return None
     eocd_at, tail = found
-    s = ZipSurvey(_entries=[], eocd_offset=eocd_at)
+    s = ZipSurvey(eocd_offset=eocd_at)
     _, disk, cd_disk, n_here, n_total, cd_size, cd_offset, comment_len = _EOCD.unpack_from(tail, 0)
     s.comment = tail[_EOCD.size : _EOCD.size + comment_len]
     after = file.size - (eocd_at + _EOCD.size + comment_len)

@@ -6,10 +6,14 @@ import json
 import sys
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import click
 
 import ckpt
-from ckpt.scanner import ScanReport, finding_rule
+
+if TYPE_CHECKING:
+    from ckpt.scanner import ScanReport
 
 _STYLE = {"dangerous": "bold red", "unknown": "yellow", "error": "bold magenta", "clean": "green", "safe": "green"}
 
@@ -98,6 +102,8 @@ def render(report: ScanReport, *, fail_on: str, show_safe: bool, quiet: bool) ->
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from ckpt.scanner import finding_rule
 
     console = Console()
     if not console.is_terminal:

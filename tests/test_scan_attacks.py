@@ -604,3 +604,41 @@ def test_many_files_in_parallel_match_serial(tmp_path: Path, marker: Path) -> No
     parallel = ckpt.scan(tmp_path, jobs=2)
     assert [r.as_json() | {"seconds": 0} for r in serial.files] == [r.as_json() | {"seconds": 0} for r in parallel.files]
     assert not marker.exists()
+
+
+def test_second_pickle_after_stop_inside_data_pkl(tmp_path: Path, marker: Path) -> None:
+    sd, records = K.state_dict_pickle()
+    path = K.torch_zip(tmp_path / "after.pt", sd + K.os_system(marker), records=records)
+    r = check(path, marker)
+    assert "pickle.trailing-data" in rules(r)
+    assert names(r) == {"posix.system"}
+    assert "embedded" in [p.role for p in r.pickles]
+
+
+# -- one analysis, two faces: inspect shows what scan finds -----------------------------------------
+
+
+def test_inspect_shows_the_scan_findings(tmp_path: Path, marker: Path) -> None:
+    """A checkpoint whose data.pkl is benign but which hides a payload in another record:
+    ckpt.inspect (which loads data.pkl) reports the hidden global and the anomaly, as scan does."""
+    sd, records = K.state_dict_pickle()
+    path = K.torch_zip(tmp_path / "hidden.pt", sd, records=records, extra=[("archive/data/77", K.os_system(marker))])
+    summary = ckpt.inspect(path)
+    assert not marker.exists()
+    assert [(f.name, f.verdict, f.record) for f in summary.findings] == [("posix.system", "dangerous", "archive/data/77")]
+    assert "pickle.unexpected-record" in {a.name for a in summary.anomalies}
+    doc = summary.as_json()
+    assert doc["findings"][0]["global"] == "posix.system"
+    assert {a["rule"] for a in doc["anomalies"]} >= {"pickle.unexpected-record", "zip.unexpected-record"}
+    scanned = scan_file(path)
+    assert {(f.name, f.record) for f in scanned.findings if f.kind == "global"} == {(f.name, f.record) for f in summary.findings}
+    assert ckpt.inspect(path, scan=False).findings == []
+
+
+def test_inspect_and_scan_agree_on_verdicts_for_dotted_names(tmp_path: Path, marker: Path) -> None:
+    sd, records = K.state_dict_pickle()
+    body = sd[:-1] + K.POP + K.u("pathlib") + K.u("os.system") + K.STACK_GLOBAL + K.STOP
+    path = K.torch_zip(tmp_path / "dotted.pt", K.proto(4) + body[2:], records=records)
+    summary = ckpt.inspect(path)
+    assert [(f.name, f.verdict) for f in summary.findings] == [("pathlib.os.system", "dangerous")]
+    assert [(f.name, f.verdict) for f in scan_file(path).findings if f.kind == "global"] == [("pathlib.os.system", "dangerous")]
