@@ -807,6 +807,8 @@ class _Scanner(_FileScan):
         if head.startswith(b"\x93NUMPY"):
             formats.append("npy")
         compressed = _compression(head)
+        if compressed in ("zlib", "bz2", "joblib-zlib") and not _starts_compressed(file, compressed):
+            compressed = None  # text that happens to begin like a zlib or bz2 header
         if compressed:
             formats.append(compressed)
         if head[:6] == b"7z\xbc\xaf\x27\x1c" or head[:6] == b"Rar!\x1a\x07":
@@ -840,8 +842,8 @@ class _Scanner(_FileScan):
         if compressed:
             self.compressed(file, compressed, prefix, depth)
         if "7z" in formats or "rar" in formats:
-            self.add("file.unsupported-archive", prefix or None, f"a {formats[-1]} archive: its contents were not scanned")
-            self.error(prefix or None, f"a {formats[-1]} archive: ckpt cannot look inside it (extract it and scan the contents)")
+            self.add("file.unsupported-archive", prefix.rstrip(" >") or None, f"a {formats[-1]} archive: its contents were not scanned")
+            self.error(prefix.rstrip(" >") or None, f"a {formats[-1]} archive: ckpt cannot look inside it (extract it and scan the contents)")
         if tar is not None:
             self.tar(file, tar, prefix, depth)
         if first is not None:
@@ -1466,13 +1468,24 @@ def _compression(head: bytes) -> str | None:
     return None
 
 
+def _starts_compressed(file: RangedFile, kind: str) -> bool:
+    """Whether the file's first 64 KiB decompress as ``kind`` (a header alone proves little for
+    zlib and bz2, whose magic bytes text can begin with)."""
+    try:
+        _decompress(RangedFile.from_bytes(file.pread(0, 1 << 16)), kind, 1 << 16, partial=True)
+    except ValueError:
+        return False
+    return True
+
+
 def _container_magic(head: bytes) -> bool:
     return (
         head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or head.startswith(b"\x93NUMPY") or _compression(head) is not None
     )
 
 
-def _decompress(file: RangedFile, kind: str, limit: int) -> bytes:
+def _decompress(file: RangedFile, kind: str, limit: int, *, partial: bool = False) -> bytes:
+    """The decompressed bytes (at most ``limit``; ``partial`` accepts data cut short)."""
     import bz2
     import lzma
 
@@ -1482,16 +1495,22 @@ def _decompress(file: RangedFile, kind: str, limit: int) -> bytes:
         kind = "zlib"
     try:
         if kind in ("gzip", "zlib"):
-            d = zlib.decompressobj(31 if kind == "gzip" else 15)
-            out = d.decompress(data, limit + 1)
+            d: Any = zlib.decompressobj(31 if kind == "gzip" else 15)
         elif kind == "bz2":
-            out = bz2.BZ2Decompressor().decompress(data, limit + 1)
+            d = bz2.BZ2Decompressor()
         else:
-            out = lzma.LZMADecompressor().decompress(data, limit + 1)
+            d = lzma.LZMADecompressor()
+        out = d.decompress(data, limit + 1)
     except (zlib.error, OSError, EOFError, lzma.LZMAError) as e:
         raise ValueError(str(e)) from None
+    if partial:
+        if not out and not d.eof:
+            raise ValueError("no data")
+        return out
     if len(out) > limit:
         raise ValueError(f"it expands past {limit:,} bytes (Limits.max_pickle_bytes)")
+    if not d.eof:
+        raise ValueError("the compressed data is truncated")
     return out
 
 

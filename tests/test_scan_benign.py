@@ -175,3 +175,19 @@ def test_allow_makes_a_name_safe(helpers: Any) -> None:
     r = scan_file(path, allow=["argparse.Namespace"])
     assert r.status == "clean"
     assert [g.reason for g in r.globals if g.name == "argparse.Namespace"] == ["allowed by the caller"]
+
+
+def test_text_that_starts_like_a_compressed_header_is_clean(tmp_path: Path) -> None:
+    """'x^' is a valid zlib header and 'BZh9' a bz2 one: text beginning so is not compressed data."""
+    (tmp_path / "a.txt").write_text("x^ is how the notes begin\n")
+    (tmp_path / "b.txt").write_text("BZh9 notes\n")
+    (tmp_path / "c.txt").write_text("ZF notes\n")
+    report = ckpt.scan(tmp_path, jobs=1)
+    assert [(r.format, r.status) for r in report.files] == [("other", "clean")] * 3
+
+
+def test_truncated_gzip_is_an_error(tmp_path: Path) -> None:
+    whole = gzip.compress(pickle.dumps(list(range(1000))))
+    (tmp_path / "t.pkl.gz").write_bytes(whole[: len(whole) // 2])
+    r = scan_file(tmp_path / "t.pkl.gz")
+    assert r.format == "gzip" and r.status == "error"
