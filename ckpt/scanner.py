@@ -827,7 +827,7 @@ class _Scanner(_FileScan):
                 formats.append("pickle")
             else:
                 first = None
-        if safetensors and not formats:
+        if safetensors:
             formats.append("safetensors")
         kind = formats[0] if formats else "other"
         if len(formats) > 1:
@@ -848,7 +848,7 @@ class _Scanner(_FileScan):
             self.tar(file, tar, prefix, depth)
         if first is not None:
             self.pickle_file(data, first, prefix)
-        elif safetensors:
+        if safetensors:
             self.safetensors(file, prefix)
 
     def _set_format(self, prefix: str, kind: str, formats: list[str]) -> None:

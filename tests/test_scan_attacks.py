@@ -642,3 +642,18 @@ def test_inspect_and_scan_agree_on_verdicts_for_dotted_names(tmp_path: Path, mar
     summary = ckpt.inspect(path)
     assert [(f.name, f.verdict) for f in summary.findings] == [("pathlib.os.system", "dangerous")]
     assert [(f.name, f.verdict) for f in scan_file(path).findings if f.kind == "global"] == [("pathlib.os.system", "dangerous")]
+
+
+def test_b7_safetensors_with_a_zip_appended(tmp_path: Path, marker: Path) -> None:
+    """A valid safetensors file (what safetensors loaders read) that is also a zip archive holding a
+    torch checkpoint with a payload (what zip readers, torch.load among them after a rename of the
+    first bytes, would read): both readings are scanned."""
+    import json
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    st = struct.pack("<Q", len(header)) + header + bytes(8)
+    zipped = K.torch_zip(tmp_path / "z.pt", K.os_system(marker)).read_bytes()
+    r = check(write(tmp_path, "model.safetensors", st + zipped), marker)
+    assert names(r) == {"posix.system"}
+    assert set(r.formats) == {"torch-zip", "safetensors"}
+    assert {"file.polyglot", "safetensors.outside-data"} <= rules(r)
