@@ -129,6 +129,7 @@ def test_legacy_trailing_bytes_are_found(tmp_path: Path) -> None:
     assert {f.name for f in r.findings} >= {"legacy.trailing-data", "posix.system"}
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace/save are deprecated in torch 2.13
 def test_torchscript_is_never_dangerous(tmp_path: Path) -> None:
     torch, model = _model()
     path = tmp_path / "ts.pt"
