@@ -22,6 +22,7 @@ import codecs
 import re
 import struct
 from collections import Counter, OrderedDict
+from functools import lru_cache
 from typing import Any, Callable
 
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
@@ -88,12 +89,17 @@ _GET_OP = rb"(h.|j....)"
 _INT_OP = rb"(K.|M..|J....)"
 _INT_RUN = rb"(?:K.|M..|J....)"
 _TUPLE_OPS = rb"(?:(\))|(" + _INT_RUN + rb"{1,3}[\x85-\x87]|\(" + _INT_RUN + rb"*t)r(....))"
-_TENSOR_RECORD = re.compile(
+_TENSOR_RECORD_PATTERN = (
     rb"(?:h.|j....)\(\(" + _GET_OP + _GET_OP + rb"X[\x01-\x14]\x00\x00\x00([0-9]+)r(....)" + _GET_OP
     + _INT_OP + rb"tr(....)Q" + _INT_OP + _TUPLE_OPS + _TUPLE_OPS + rb"([\x88\x89])" + _GET_OP
-    + rb"\)Rr(....)tr(....)Rr(....)",
-    re.DOTALL,
+    + rb"\)Rr(....)tr(....)Rr(....)"
 )
+
+
+@lru_cache(maxsize=None)
+def tensor_record_regex() -> re.Pattern[bytes]:
+    """The compiled tensor-record pattern (compiled on first use: it costs ~20 ms at import)."""
+    return re.compile(_TENSOR_RECORD_PATTERN, re.DOTALL)
 _FAST_CACHE_LIMIT = 1 << 14
 _small_ints: dict[bytes, int] = {}
 _small_tuples: dict[bytes, tuple[int, ...] | None] = {}
@@ -347,7 +353,7 @@ class Unpickler:
     # -- the tensor-record fast path ---------------------------------------------------------
 
     def _tensor_record(self, m: re.Match[bytes], memo: dict[int, Any], at: int) -> Any:
-        """Decode one matched tensor record (see ``_TENSOR_RECORD``); ``_NO_MATCH`` if the ints
+        """Decode one matched tensor record (see ``tensor_record_regex``); ``_NO_MATCH`` if the ints
         before a tuple opcode do not match its arity (then the opcode loop handles it)."""
         (name_op, type_op, key_b, key_put, location_op, numel_op, pid_put, offset_op,
          size_empty, size_ops, size_put, stride_empty, stride_ops, stride_put, grad, od_op,
@@ -424,7 +430,7 @@ class Unpickler:
         persistent = self.persistent_load
         error = self._error
         fast_op = self.fast_tensor_op
-        fast_match = _TENSOR_RECORD.match
+        fast_match = tensor_record_regex().match if fast_op is not None else None
         at = pos
         try:
             while True:

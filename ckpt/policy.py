@@ -15,8 +15,7 @@ In both, names the caller lists in ``allow`` become inert data (never imports), 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UnsafeGlobalError
 from .pickle_vm import Trusted
@@ -27,8 +26,7 @@ from .verdicts import verdict_for
 MODES = ("strict", "inspect")
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """Something in a file that a user should know before trusting it.
 
     ``verdict`` is ``dangerous`` (known to run code or touch the system) or ``unknown`` (not on

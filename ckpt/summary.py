@@ -14,7 +14,6 @@ import fnmatch
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpoint import PathLike, open
@@ -81,14 +80,18 @@ class TensorInfo:
         return out
 
 
-@dataclass(slots=True)
 class ValueInfo:
-    path: str
-    keys: tuple[Any, ...]
-    type: str
-    value: Any
-    """JSON-safe value for scalars and short strings, else ``None`` (see ``repr``)."""
-    repr: str
+    """One non-tensor value at a dotted path: its type name, a JSON-safe ``value`` (scalars,
+    short strings and lists; ``None`` otherwise) and a short ``repr``."""
+
+    __slots__ = ("path", "keys", "type", "value", "repr")
+
+    def __init__(self, path: str, keys: tuple[Any, ...], type: str, value: Any, repr: str) -> None:
+        self.path = path
+        self.keys = keys
+        self.type = type
+        self.value = value
+        self.repr = repr
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -100,23 +103,39 @@ class ValueInfo:
         }
 
 
-@dataclass
 class Summary:
-    """Everything ``ckpt inspect`` shows about one checkpoint."""
+    """Everything ``ckpt inspect`` shows about one checkpoint (see :meth:`as_json` for the fields)."""
 
-    path: str
-    file_size: int
-    facts: dict[str, Any]
-    kind: str
-    structure: list[dict[str, Any]]
-    tensors: list[TensorInfo]
-    values: list[ValueInfo]
-    storages: dict[str, dict[str, Any]]
-    totals: dict[str, Any]
-    findings: list[Finding]
-    refs: list[dict[str, str]] = field(default_factory=list)
-    elided: list[str] = field(default_factory=list)
-    filter: str | None = None
+    def __init__(
+        self,
+        *,
+        path: str,
+        file_size: int,
+        facts: dict[str, Any],
+        kind: str,
+        structure: list[dict[str, Any]],
+        tensors: list[TensorInfo],
+        values: list[ValueInfo],
+        storages: dict[str, dict[str, Any]],
+        totals: dict[str, Any],
+        findings: list[Finding],
+        refs: list[dict[str, str]] | None = None,
+        elided: list[str] | None = None,
+        filter: str | None = None,
+    ) -> None:
+        self.path = path
+        self.file_size = file_size
+        self.facts = facts
+        self.kind = kind
+        self.structure = structure
+        self.tensors = tensors
+        self.values = values
+        self.storages = storages
+        self.totals = totals
+        self.findings = findings
+        self.refs = refs or []
+        self.elided = elided or []
+        self.filter = filter
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import ResourceLimitError
@@ -28,7 +27,6 @@ SEQUENCES = (list, tuple)
 SETS = (set, frozenset)
 
 
-@dataclass(slots=True)
 class Event:
     """One step of a walk.
 
@@ -37,10 +35,13 @@ class Event:
     walk's depth limit).
     """
 
-    kind: str
-    keys: tuple[Any, ...]
-    value: Any
-    target: str | None = None
+    __slots__ = ("kind", "keys", "value", "target")
+
+    def __init__(self, kind: str, keys: tuple[Any, ...], value: Any, target: str | None = None) -> None:
+        self.kind = kind
+        self.keys = keys
+        self.value = value
+        self.target = target
 
     @property
     def path(self) -> str:
@@ -49,6 +50,9 @@ class Event:
     @property
     def depth(self) -> int:
         return len(self.keys)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.path!r}>"
 
 
 def key_str(key: Any) -> str:

@@ -24,7 +24,6 @@ import os
 import struct
 import threading
 import zlib
-from dataclasses import dataclass
 from typing import IO
 
 from .errors import CheckpointError, CorruptCheckpointError, ResourceLimitError, UnsupportedFormatError
@@ -136,20 +135,31 @@ class RangedFile:
             self._fd = None
 
 
-@dataclass(slots=True)
 class ZipEntry:
-    """One record as the central directory describes it."""
+    """One record as the central directory describes it.
 
-    name: str
-    method: int
-    flags: int
-    crc: int
-    compressed_size: int
-    size: int
-    header_offset: int
-    index: int
-    data_offset: int = -1
-    """Offset of the record's first data byte; -1 until the local header has been read."""
+    ``data_offset`` is the offset of the record's first data byte: -1 until its local header has
+    been read and checked.
+    """
+
+    __slots__ = ("name", "method", "flags", "crc", "compressed_size", "size", "header_offset", "index", "data_offset")
+
+    def __init__(
+        self, name: str, method: int, flags: int, crc: int, compressed_size: int, size: int,
+        header_offset: int, index: int, data_offset: int = -1,
+    ) -> None:
+        self.name = name
+        self.method = method
+        self.flags = flags
+        self.crc = crc
+        self.compressed_size = compressed_size
+        self.size = size
+        self.header_offset = header_offset
+        self.index = index
+        self.data_offset = data_offset
+
+    def __repr__(self) -> str:
+        return f"<zip entry {self.name!r} {self.size} bytes at {self.header_offset}>"
 
 
 def _decode_name(raw: bytes, flags: int) -> str:

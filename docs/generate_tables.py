@@ -15,7 +15,6 @@ fields of ``ckpt.limits.Limits`` with their docstrings; the verdict lists are
 from __future__ import annotations
 
 import ast
-import dataclasses
 import re
 import sys
 from collections.abc import Callable
@@ -215,12 +214,12 @@ def limits_block() -> str:
 
     docs = _field_docs(Limits)
     out = ["| `Limits` field | Default | What it bounds |", "|---|---|---|"]
-    for f in dataclasses.fields(Limits):
-        default = f.default
+    for name in Limits._fields:
+        default = Limits._field_defaults[name]
         shown = f"{default:,}"
-        if "bytes" in f.name:
+        if "bytes" in name:
             shown += f" ({_human(default)})"
-        out.append(f"| `{f.name}` | {shown} | {docs.get(f.name, '')} |")
+        out.append(f"| `{name}` | {shown} | {docs.get(name, '')} |")
     return "\n".join(out)
 
 
