@@ -190,8 +190,12 @@ class NumpyBuilder(Builder):
             if offset is not None:
                 arr = np.frombuffer(self._map, dtype=np.uint8, count=ref.nbytes, offset=offset)
             else:
-                arr = np.empty(ref.nbytes, dtype=np.uint8)
-                self.reader.readinto(ref, memoryview(arr))
+                data = self.reader.read_small(ref)
+                if data is not None:
+                    arr = np.frombuffer(bytearray(data), dtype=np.uint8)
+                else:
+                    arr = np.empty(ref.nbytes, dtype=np.uint8)
+                    self.reader.readinto(ref, memoryview(arr))
             if ref.nbytes:
                 self._loaded[ref.key] = arr
             self.remember(arr, ref)

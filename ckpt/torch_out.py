@@ -88,6 +88,7 @@ class TorchBuilder(Builder):
         self.byteswap = reader.needs_byteswap
         self._loaded: dict[str, Any] = {}
         self._protos: dict[tuple[Any, Any], Any] = {}  # an empty tensor per (dtype, device) to make views from
+        self._devices: dict[int, tuple[Any, Any, Any]] = {}  # id(typed storage) -> (it, untyped, device)
         self._overall = None
         if mmap and not self.meta:
             path = reader.path
@@ -99,11 +100,13 @@ class TorchBuilder(Builder):
         typed = self._loaded.get(ref.key)
         if typed is None:
             typed = self._load_storage(ref)
+            ust = typed._untyped_storage
             # torch's own rule: a storage without data (empty, or on meta) is not shared between
             # tensors, while an empty mmap slice (a real pointer) is
-            if typed._data_ptr() != 0:
+            if ust.data_ptr() != 0:
                 self._loaded[ref.key] = typed
             self.remember(typed, ref)
+            self._devices[id(typed)] = (typed, ust, ust.device)
         return typed
 
     def _load_storage(self, ref: StorageRef) -> Any:
@@ -117,8 +120,12 @@ class TorchBuilder(Builder):
                 ust = self._overall[offset : offset + ref.nbytes]
             elif ref.nbytes < _SMALL:
                 # Python-owned memory: cheaper to make than a torch tensor for small storages.
-                raw = bytearray(ref.nbytes)
-                self.reader.readinto(ref, memoryview(raw))
+                data = self.reader.read_small(ref)
+                if data is not None:
+                    raw = bytearray(data)
+                else:
+                    raw = bytearray(ref.nbytes)
+                    self.reader.readinto(ref, memoryview(raw))
                 if raw:
                     ust = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage()
                 else:
@@ -136,21 +143,22 @@ class TorchBuilder(Builder):
 
     def finish_tensor(self, ref: TensorRef, storage: Any = None) -> Any:
         torch = self.torch
-        dtype = getattr(torch, ref.dtype.name)
         if ref.storage is None:
+            dtype = getattr(torch, ref.dtype.name)
             t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
         else:
-            ust = storage._untyped_storage
-            proto = self._protos.get((dtype, ust.device))
+            _, ust, device = self._devices[id(storage)]
+            proto = self._protos.get((ref.dtype, device))
             if proto is None:
-                proto = self._protos[(dtype, ust.device)] = torch.empty((0,), dtype=dtype, device=ust.device)
+                dtype = getattr(torch, ref.dtype.name)
+                proto = self._protos[(ref.dtype, device)] = torch.empty((0,), dtype=dtype, device=device)
             t = proto.new().set_(ust, ref.offset, ref.shape, ref.stride)
         if ref.requires_grad:
             try:
                 t.requires_grad = True
             except RuntimeError as e:
                 raise CorruptCheckpointError(f"tensor cannot require gradients ({e})") from None
-        if ref.metadata:
+        if ref._extra is not None and ref.metadata:
             torch._C._set_tensor_metadata(t, ref.metadata)
         return self.remember(t, ref)
 

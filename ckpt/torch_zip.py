@@ -257,6 +257,10 @@ class TorchZipReader(Reader):
         entry = self.archive.entry(storage.record or "")
         self.archive.readinto(entry, buf, verify_crc=verify_crc, readahead=True)
 
+    def read_small(self, storage: StorageRef) -> bytes | None:
+        """A small storage's bytes read ahead in file order, or None (then use :meth:`readinto`)."""
+        return self.archive.read_small(storage.record or "")
+
     def data_offset(self, storage: StorageRef) -> int | None:
         entry = self.archive.entry(storage.record or "")
         if entry.method != STORED:

@@ -34,6 +34,7 @@ _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s4H2H3L5H2L")
 _LOCAL = struct.Struct("<4s5H3L2H")
+_LOCAL_FIELDS = struct.Struct("<8xH16xHH").unpack_from  # method, name length, extra length
 
 SIG_LOCAL = b"PK\x03\x04"
 SIG_CENTRAL = b"PK\x01\x02"
@@ -479,6 +480,29 @@ class ZipArchive:
             self._inflate_into(entry, start, out)
         if verify_crc and self.has_crcs:
             self.check_crc(entry, out)
+
+    def read_small(self, name: str, *, verify_crc: bool = True) -> bytes | None:
+        """The bytes of a small stored record, through the read-ahead window, or None when the
+        record is not small and stored or anything about it needs a closer look: then
+        :meth:`readinto` reads it (and reports any problem). Checks as :meth:`readinto` does."""
+        raw = name.encode("utf-8", "surrogateescape")
+        info = self._raw.get(raw)
+        if info is None:
+            return None
+        method, _flags, crc, _csize, usize, offset, _index = info
+        if method != STORED or usize > _SMALL_READ:
+            return None
+        head = self._read_small(offset, _LOCAL.size + len(raw))
+        if head[:4] != SIG_LOCAL:
+            return None
+        local_method, nlen, xlen = _LOCAL_FIELDS(head)
+        start = offset + _LOCAL.size + nlen + xlen
+        if local_method != STORED or head[_LOCAL.size :] != raw or start + usize > self.file.size:
+            return None
+        data = self._read_small(start, usize)
+        if len(data) != usize or (verify_crc and self.has_crcs and zlib.crc32(data) != crc):
+            return None
+        return data
 
     def _read_small(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` through a read-ahead window: checkpoints with many small
