@@ -32,6 +32,8 @@ def sniff(head: bytes, size: int) -> str:
         return "empty"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
+    if size < 4 and len(head) >= 2 and b"PK\x03\x04".startswith(head):
+        return "zip"  # the first bytes of a zip and nothing else: a truncated download
     if head.startswith(b"PYTORCH1"):
         return "pytorch-preview"
     if head.startswith(b"version https://git-lfs"):
