@@ -152,11 +152,13 @@ class TorchZipReader(StorageReader):
         make = self._storage_from_pid
 
         def persistent_load(pid: Any) -> Any:
-            if type(pid) is tuple and len(pid) == 5 and type(pid[2]) is str:
+            # Fast path for a storage seen before; it must pass every check the slow path makes
+            # (kind 'storage', an int numel: 3.0 and True compare equal to 3 and 1).
+            if type(pid) is tuple and len(pid) == 5 and type(pid[2]) is str and pid[0] == "storage":
                 ref = storages.get(pid[2])
                 if (
                     ref is not None and type(pid[1]) is StorageType and ref.dtype is pid[1].dtype
-                    and ref.numel == pid[4] and ref.location == pid[3]
+                    and type(pid[4]) is int and ref.numel == pid[4] and ref.location == pid[3]
                 ):
                     return finish(ref)
             return finish(make(pid))
