@@ -19,6 +19,7 @@ from .pickle_vm import Unpickler
 from .policy import Finding, Policy, Resolver
 from .rebuild import Builder
 from .tensors import StorageReader, StorageRef, StorageType
+from .values import brief_repr
 from .zipread import STORED, ZipArchive, ZipEntry
 
 FORMAT = "torch-zip"
@@ -187,7 +188,8 @@ class TorchZipReader(StorageReader):
         if isinstance(typename, bytes):
             typename = typename.decode("ascii", "replace")
         if typename != "storage":
-            raise CorruptCheckpointError(f"unknown persistent id kind {typename!r}", path=self.path, record=record)
+            raise CorruptCheckpointError(f"unknown persistent id kind {brief_repr(typename)}", path=self.path,
+                                         record=record)
         if type(stype) is not StorageType:
             raise CorruptCheckpointError("a persistent id's storage type is not a torch storage class",
                                          path=self.path, record=record)
@@ -199,12 +201,12 @@ class TorchZipReader(StorageReader):
             raise CorruptCheckpointError("a persistent id has a malformed key, location or size",
                                          path=self.path, record=record)
         if numel < 0 or len(location) > 128 or not location.isprintable():
-            raise CorruptCheckpointError(f"storage {key!r} declares an invalid size or location",
+            raise CorruptCheckpointError(f"storage {brief_repr(key)} declares an invalid size or location",
                                          path=self.path, record=record)
         entry = self._entry(f"data/{key}")
         if entry is None:
             raise CorruptCheckpointError(
-                f"the pickle refers to storage {key!r} but the archive has no record for it (truncated "
+                f"the pickle refers to storage {brief_repr(key)} but the archive has no record for it (truncated "
                 "or damaged file)",
                 path=self.path, record=f"{self.prefix}data/{key}",
             )
@@ -219,7 +221,7 @@ class TorchZipReader(StorageReader):
         if known is not None:
             if known.dtype is not ref.dtype or known.numel != ref.numel or known.location != location:
                 raise CorruptCheckpointError(
-                    f"storage {key!r} is declared twice with different types, sizes or devices; the file "
+                    f"storage {brief_repr(key)} is declared twice with different types, sizes or devices; the file "
                     "is ambiguous",
                     path=self.path, record=entry.name,
                 )
