@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .tensors import TensorRef
+from .values import brief_repr
 
 MODEL_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net", "network", "module", "ema", "model_ema", "ema_state_dict")
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_states", "optim", "opt", "optimizers")
@@ -155,7 +156,8 @@ def recognize_training(obj: Mapping[Any, Any], children: dict[str, dict[str, Any
         return None
     framework = None
     if "pytorch-lightning_version" in keys:
-        framework = f"lightning {obj['pytorch-lightning_version']}"
+        version = obj["pytorch-lightning_version"]
+        framework = f"lightning {version if type(version) is str else brief_repr(version)}"
     elif "optimizer_states" in keys and "state_dict" in keys:
         framework = "lightning"
     info: dict[str, Any] = {
@@ -176,14 +178,17 @@ def _describe_brief(value: Any) -> Any:
     return _json_scalar(value)
 
 
-def _json_scalar(value: Any) -> Any:
-    if value is None or type(value) in (bool, int, str):
+def _json_scalar(value: Any, depth: int = 0) -> Any:
+    """A JSON-ready rendering of a hyper-parameter or state value, with bounded work: values come
+    from the file and may be shared many times over, cyclic, deeply nested or huge ints."""
+    if value is None or type(value) in (bool, str):
         return value
+    if type(value) is int:
+        return value if value.bit_length() <= 4096 else brief_repr(value, 80)  # repr and JSON refuse >4300 digits
     if type(value) is float:
         return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
-    if isinstance(value, (list, tuple)) and len(value) <= 16:
-        return [_json_scalar(v) for v in value]
+    if isinstance(value, (list, tuple)) and len(value) <= 16 and depth < 2:
+        return [_json_scalar(v, depth + 1) for v in value]
     if is_tensor(value):
         return {"dtype": value.dtype.name, "shape": list(value.shape)}
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return brief_repr(value, 80)
