@@ -123,11 +123,17 @@ class TorchBuilder(Builder):
     def finish_tensor(self, ref: TensorRef, storage: Any = None) -> Any:
         torch = self.torch
         dtype = getattr(torch, ref.dtype.name)
-        if ref.storage is None:
-            t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
-        else:
-            ust = storage._untyped_storage
-            t = torch.empty((0,), dtype=dtype, device=ust.device).set_(ust, ref.offset, ref.shape, ref.stride)
+        try:
+            if ref.storage is None:
+                t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
+            else:
+                ust = storage._untyped_storage
+                t = torch.empty((0,), dtype=dtype, device=ust.device).set_(ust, ref.offset, ref.shape, ref.stride)
+        except (RuntimeError, OverflowError) as e:  # e.g. "numel: integer multiplication overflow"
+            raise CorruptCheckpointError(
+                f"torch cannot make the tensor view {ref.dtype.name}{list(ref.shape)} ({e})",
+                record=ref.storage.record if ref.storage is not None else None,
+            ) from None
         if ref.requires_grad:
             try:
                 t.requires_grad = True
