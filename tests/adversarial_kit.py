@@ -342,17 +342,18 @@ def deep_dict(n: int) -> bytes:
     return (EMPTY_DICT + ustr("a")) * n + EMPTY_DICT + SETITEM * n
 
 
-def with_tensor(payload: bytes, *, key: str = "x") -> bytes:
+def with_tensor(payload: bytes, *, key: str = "x", protocol: int = 2) -> bytes:
     """data.pkl of ``{"w": tensor([1., 2., 3.]) (storage "0"), key: <payload>}``."""
-    return pickle_of(EMPTY_DICT + MARK + ustr("w") + rebuild_v2(pid("0")) + ustr(key) + payload + SETITEMS)
+    body = EMPTY_DICT + MARK + ustr("w") + rebuild_v2(pid("0")) + ustr(key) + payload + SETITEMS
+    return pickle_of(body, protocol)
 
 
 BASE_STORAGES = {"0": floats(1.0, 2.0, 3.0)}
 
 
-def checkpoint_with(payload: bytes, *, key: str = "x") -> bytes:
+def checkpoint_with(payload: bytes, *, key: str = "x", protocol: int = 2) -> bytes:
     """A whole torch zip holding ``{"w": tensor([1., 2., 3.]), key: <payload>}``."""
-    return torch_zip(with_tensor(payload, key=key), BASE_STORAGES)
+    return torch_zip(with_tensor(payload, key=key, protocol=protocol), BASE_STORAGES)
 
 
 # -- children with bounded resources -----------------------------------------------------------
