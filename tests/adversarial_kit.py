@@ -363,9 +363,23 @@ import json, resource, sys, time
 limit = int(sys.argv[1])
 if limit:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def peak_kb():
+    # VmHWM belongs to this process image; ru_maxrss would start from the parent's peak at fork
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 import ckpt
 {prelude}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 t0 = time.perf_counter()
 try:
     {call}
@@ -374,7 +388,7 @@ except BaseException as e:
     outcome = {{"ok": False, "type": type(e).__name__, "message": str(e)[:500],
                "checkpoint_error": isinstance(e, ckpt.CheckpointError)}}
 outcome["seconds"] = time.perf_counter() - t0
-outcome["rss_growth_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+outcome["rss_growth_kb"] = peak_kb() - before
 print(json.dumps(outcome))
 '''
 
