@@ -477,3 +477,47 @@ def test_int_with_more_digits_than_repr_allows(tmp_path: Path) -> None:
         json.dumps(summary.as_json())
     result = CliRunner().invoke(cli, ["inspect", "--json", str(path)])
     assert "Exceeds the limit" not in result.output
+
+
+ERROR_LAUGHS_CHILD = r'''
+import json, sys, time
+import ckpt
+path = sys.argv[1]
+out = {}
+for name, call in {"open": lambda: ckpt.open(path), "inspect": lambda: ckpt.inspect(path),
+                   "load-numpy": lambda: ckpt.load(path, as_="numpy")}.items():
+    t0 = time.perf_counter()
+    try:
+        call()
+        out[name] = ["ok", 0.0, ""]
+    except ckpt.CorruptCheckpointError as e:
+        out[name] = ["corrupt", time.perf_counter() - t0, str(e)]
+print(json.dumps(out))
+'''
+
+
+def laughs_in_error_messages() -> dict[str, bytes]:
+    laughs = kit.laughs_list(40, memo_base=100) + POP
+    lol = binget(140)
+    p = kit.pid("0")
+    return {
+        "layout-name": laughs + glob("torch.serialization", "_get_layout") + tup(lol) + REDUCE,
+        "v3-dtype": laughs + glob("torch._utils", "_rebuild_tensor_v3") + tup(
+            p, binint(0), kit.int_tuple((3,)), kit.int_tuple((1,)), kit.NEWFALSE, NONE, lol) + REDUCE,
+        "meta-tensor-dtype": laughs + glob("torch._utils", "_rebuild_meta_tensor_no_storage") + tup(
+            lol, kit.int_tuple((3,)), kit.int_tuple((1,))) + REDUCE,
+        "persistent-id-kind": laughs + tup(lol, glob("torch", "FloatStorage"), ustr("0"), ustr("cpu"), binint(3))
+        + kit.BINPERSID,
+    }
+
+
+@pytest.mark.parametrize("case", list(laughs_in_error_messages()))
+def test_billion_laughs_in_an_error_message(tmp_path: Path, case: str) -> None:
+    """Errors quote the offending value; quoting a shared structure must not take 2**40 steps."""
+    path = write_with(tmp_path, laughs_in_error_messages()[case])
+    proc = kit.run_child(ERROR_LAUGHS_CHILD, str(path), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for api, (outcome, seconds, message) in out.items():
+        assert outcome == "corrupt" and seconds < 1.0, (api, outcome, seconds)
+        assert len(message) < 1000
