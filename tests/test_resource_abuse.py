@@ -183,6 +183,11 @@ def test_million_deep_structure(tmp_path: Path, shape: str) -> None:
     proc = kit.run_child(DEEP_CHILD, str(path), *flavors, timeout=240)
     assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-3000:]}"
     assert proc.stdout.strip().endswith("done"), proc.stdout
+    if shape == "list":  # and the command line, rendering and JSON included
+        for extra in ([], ["--json"]):
+            cli_proc = kit.run_cli("inspect", *extra, str(path), timeout=240)
+            assert cli_proc.returncode == 0, cli_proc.stderr[-2000:]
+        assert json.loads(cli_proc.stdout)["elided"]
 
 
 KEY_CHILD = r'''

@@ -561,3 +561,83 @@ def test_storage_declaring_40_gib_is_not_allocated_by_load(tmp_path: Path, metho
     # the 40 GiB buffer was attempted, which is what must not happen
     assert "out of memory" not in out["message"], out
     assert out["rss_growth_kb"] < 64 << 10, out
+
+
+# -- the command line on damaged files ----------------------------------------------------------------
+
+
+def damaged_samples() -> dict[str, bytes]:
+    full = kit.build_zip(members(), zip64=True)
+    return {
+        "truncated": full[: len(full) // 2],
+        "crc-data-pkl": kit.build_zip(members(pkl=kit.Member("archive/data.pkl", PKL, crc=1))),
+        "duplicate-name": kit.build_zip(members() + [kit.Member("archive/data/0", DATA)]),
+        "hidden-bytes": kit.build_zip(members(), gap_before_end=b"x"),
+        "zip-bomb": kit.build_zip(members(pkl=kit.Member("archive/data.pkl", PKL, method=8,
+                                                         raw=deflate(PKL, b"\0" * (1 << 20), 8)))),
+        "encrypted": kit.build_zip(members(pkl=kit.Member("archive/data.pkl", PKL, flags=0x801))),
+        "trailing-pickle": kit.build_zip(members(pkl=kit.Member("archive/data.pkl", PKL + PKL))),
+    }
+
+
+@pytest.mark.parametrize("case", list(damaged_samples()))
+def test_cli_damaged_file_is_one_error_line(tmp_path: Path, case: str) -> None:
+    from click.testing import CliRunner
+
+    from ckpt_cli.main import cli
+
+    path = kit.write(tmp_path / "m.pt", damaged_samples()[case])
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(cli, ["inspect", str(path), *extra])
+        assert result.exit_code == 2, (result.exit_code, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ckpt: error: ") and str(path) in lines[0]
+        assert result.stdout == "" and "Traceback" not in result.output
+
+
+def test_cli_damaged_file_real_process_and_debug(tmp_path: Path) -> None:
+    path = kit.write(tmp_path / "m.pt", damaged_samples()["duplicate-name"])
+    proc = kit.run_cli("inspect", str(path))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "two records share this name" in proc.stderr
+    debug = kit.run_cli("--debug", "inspect", str(path))
+    assert "Traceback" in debug.stderr and "CorruptCheckpointError" in debug.stderr
+
+
+# -- polyglots and hidden members ----------------------------------------------------------------------
+
+
+def test_pickle_with_a_zip_appended_is_not_read_as_either(tmp_path: Path) -> None:
+    """B7: zip readers find the end record at the end, torch looks at the first bytes (and would
+    unpickle). ckpt goes by the first bytes too, and refuses to run the pickle."""
+    marker = tmp_path / "PWNED"
+    evil = kit.pickle_of(kit.glob("os", "system") + kit.tup(kit.ustr(f"touch {marker}")) + kit.REDUCE)
+    path = kit.write(tmp_path / "m.pt", evil + kit.build_zip(members()))
+    for err in every_api(path).values():
+        assert isinstance(err, ckpt.NotACheckpointError) and "plain pickle" in str(err)
+    assert not marker.exists()
+
+
+def test_zip_with_bytes_appended_after_the_end_record(tmp_path: Path) -> None:
+    path = kit.write(tmp_path / "m.pt", kit.build_zip(members(), zip64=True) + b"\x80\x02N.")
+    assert_all_raise(path, ckpt.CorruptCheckpointError)
+
+
+def test_pickles_hidden_in_other_members_are_never_run(tmp_path: Path) -> None:
+    """B4: only data.pkl is ever interpreted; a pickle stored as a storage record or an extra
+    member is bytes, whatever it says."""
+    marker = tmp_path / "PWNED"
+    evil = kit.pickle_of(kit.glob("os", "system") + kit.tup(kit.ustr(f"touch {marker}")) + kit.REDUCE)
+    pkl = kit.dict_pickle({"w": kit.rebuild_v2(kit.pid("0")),
+                           "raw": kit.rebuild_v2(kit.pid("1", storage="ByteStorage", numel=len(evil)),
+                                                 size=(len(evil),))})
+    ms = members(pkl=kit.Member("archive/data.pkl", pkl)) + [
+        kit.Member("archive/data/1", evil), kit.Member("archive/extra.pkl", evil),
+        kit.Member("archive/constants/0", evil)]
+    path = kit.write(tmp_path / "m.pt", kit.build_zip(ms))
+    assert ckpt.inspect(path).totals["tensors"] == 2
+    out = ckpt.load(path, as_="numpy")
+    assert out["raw"].tobytes() == evil
+    if kit.HAVE_TORCH:
+        assert bytes(ckpt.load(path)["raw"].numpy()) == evil
+    assert not marker.exists()
