@@ -191,8 +191,8 @@ def test_inspect_reports_a_finding_and_continues(tmp_path: Path, attack: str) ->
     assert [(f.name, f.verdict) for f in summary.findings] == [(a.name, a.verdict)]
     finding = summary.findings[0]
     assert finding.record == "archive/data.pkl"
-    with ckpt.open(path, policy="inspect") as ck:
-        pass
+    with ckpt.open(path, policy="inspect") as ck:  # the API behind inspect says the same
+        assert [(f.name, f.verdict) for f in ck.findings] == [(a.name, a.verdict)]
     pickle_bytes = kit.with_tensor(a.build(f"touch {marker}"), protocol=a.protocol)
     assert finding.offset is not None and pickle_bytes[finding.offset] in NAMING_OPCODES
     # the rest of the file is still there
@@ -201,7 +201,6 @@ def test_inspect_reports_a_finding_and_continues(tmp_path: Path, attack: str) ->
     assert any(v.path == "x" for v in summary.values)
     assert finding.as_json()["global"] == a.name
     assert not marker.exists()
-    assert ck.findings and ck.findings[0].name == a.name
 
 
 @pytest.mark.parametrize("api", API_PARAMS)
@@ -314,7 +313,7 @@ def test_gadgets_on_allowed_objects_are_refused(tmp_path: Path, gadget: str, api
     path = kit.write(tmp_path / "m.pt", kit.checkpoint_with(payload))
     with pytest.raises(ckpt.CorruptCheckpointError) as info:
         api(path)
-    assert words in str(info.value) or words == "BUILD" and "BUILD" in str(info.value), str(info.value)
+    assert words in str(info.value), str(info.value)
 
 
 def test_build_on_allowed_global_ref_is_refused(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import ckpt
