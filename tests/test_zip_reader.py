@@ -640,3 +640,19 @@ def test_pickles_hidden_in_other_members_are_never_run(tmp_path: Path) -> None:
     if kit.HAVE_TORCH:
         assert bytes(ckpt.load(path)["raw"].numpy()) == evil
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("record,content,words", [
+    ("byteorder", b"middle", "unknown byte order"),
+    ("byteorder", b"little" * 1000, "at most 64 expected"),
+    ("byteorder", b"\xfflittle", "not ASCII"),
+    ("version", b"3" * 1000, "at most 64 expected"),
+    (".format_version", b"1" * 100_000, "at most 64 expected"),
+    (".data/serialization_id", b"\x00" * 65, "at most 64 expected"),
+])
+def test_bad_small_records(tmp_path: Path, record: str, content: bytes, words: str) -> None:
+    """The small text records are read whole, so each is capped and checked before use."""
+    ms = [m for m in members() if not m.name.endswith("/" + record)]
+    ms.append(kit.Member(f"archive/{record}", content))
+    path = kit.write(tmp_path / "m.pt", kit.build_zip(ms))
+    assert_all_raise(path, ckpt.CorruptCheckpointError, words)
