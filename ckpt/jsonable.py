@@ -14,7 +14,7 @@ from typing import Any
 
 from .dtypes import DType
 from .tensors import TensorRef
-from .values import Device, GlobalRef, InertObject, Size, TorchConstant
+from .values import Device, GlobalRef, InertObject, Size, TorchConstant, brief_repr
 
 SCALARS = (str, int, float, bool, complex, type(None), bytes)
 _CONTAINERS = (list, tuple, set, frozenset, dict, OrderedDict, Counter)
@@ -24,8 +24,10 @@ def json_scalar(value: Any, depth: int = 0) -> Any:
     """A JSON-safe rendering: plain scalars as themselves (non-finite floats as strings), short
     lists of scalars as lists, tensors as ``{"dtype", "shape"}``, anything else as :func:`brief`."""
     t = type(value)
-    if value is None or t is bool or t is int or t is str:
+    if value is None or t is bool or t is str:
         return value
+    if t is int:
+        return value if value.bit_length() <= 4096 else brief_repr(value)  # JSON refuses > 4300 digits
     if t is float:
         return value if value == value and abs(value) != float("inf") else repr(value)
     if (t is list or t is tuple) and len(value) <= 16 and depth < 3:
@@ -48,7 +50,7 @@ def brief(value: Any, limit: int = 80) -> str:
     """A short, safe, one-line rendering of a value (never recursing without bound)."""
     t = type(value)
     if t in (str, int, float, bool, complex) or value is None:
-        text = repr(value)
+        text = brief_repr(value, limit)
     elif t is bytes or t is bytearray:
         text = f"{t.__name__}[{len(value)}] {bytes(value[:16])!r}" + ("..." if len(value) > 16 else "")
     elif t is DType:
@@ -64,7 +66,7 @@ def brief(value: Any, limit: int = 80) -> str:
     elif t is InertObject:
         text = f"<inert {value.global_name}>"
     elif t in (list, tuple, set, frozenset) and len(value) <= 8 and all(type(v) in SCALARS for v in value):
-        text = repr(value)
+        text = brief_repr(value, limit)
     elif t in _CONTAINERS:
         text = f"{'OrderedDict' if t is OrderedDict else t.__name__} of {len(value)}"
     else:

@@ -114,7 +114,7 @@ class Resolver:
         if policy.mode == "strict":
             raise UnsafeGlobalError(qualname, path=self.path, record=self.record)
         if qualname not in self._seen:
-            verdict, why = verdict_for(qualname)
+            verdict, why = verdict_for(qualname, name)
             self.findings.append(
                 Finding(verdict, qualname, self.record, offset, why)
             )

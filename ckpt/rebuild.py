@@ -23,7 +23,7 @@ from .errors import CorruptCheckpointError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 from .pickle_vm import Op, check_hashable
 from .tensors import StorageRef, StorageType, TensorRef, make_view
-from .values import Device, GlobalRef, InertObject, Size, TorchConstant
+from .values import Device, GlobalRef, InertObject, Size, TorchConstant, brief_repr
 
 LAYOUTS = (
     "torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
@@ -264,8 +264,8 @@ class Builder:
         return self.device_value(Device(kind, index))
 
     def layout(self, name: Any) -> Any:
-        if name not in LAYOUTS:
-            raise CorruptCheckpointError(f"unknown layout {name!r}")
+        if type(name) is not str or name not in LAYOUTS:
+            raise CorruptCheckpointError(f"unknown layout {brief_repr(name)}")
         return self.constant("layout", name)
 
     # -- tensors ------------------------------------------------------------------------------
@@ -302,11 +302,16 @@ class Builder:
     def _dtype_row(self, value: Any) -> _dt.DType:
         if isinstance(value, _dt.DType):
             return value
-        name = str(value)
+        t = type(value)
+        # a torch.dtype (what the torch builder makes of GLOBAL torch.<dtype>) or a name; never str()
+        # an arbitrary value from the file (a shared or deep container makes str() explode)
+        name = str(value) if t.__module__ == "torch" and t.__name__ == "dtype" else value
+        if type(name) is not str:
+            raise CorruptCheckpointError(f"a {t.__name__} is not a dtype")
         try:
             return _dt.dtype(name)
         except KeyError:
-            raise CorruptCheckpointError(f"{name!r} is not a dtype") from None
+            raise CorruptCheckpointError(f"{brief_repr(name)} is not a dtype") from None
 
     def _tensor(
         self, storage: Any, ref: StorageRef, dtype: _dt.DType, offset: Any, size: Any, stride: Any,
@@ -431,5 +436,5 @@ def _attr_state(state: Any) -> dict[str, Any]:
         raise CorruptCheckpointError(f"tensor state must be a dict, not a {type(state).__name__}")
     for key in state:
         if type(key) is not str or not key.isidentifier() or key.startswith("__"):
-            raise CorruptCheckpointError(f"tensor attribute {key!r} may not be set")
+            raise CorruptCheckpointError(f"tensor attribute {brief_repr(key)} may not be set")
     return dict(state)

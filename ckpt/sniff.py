@@ -19,6 +19,7 @@ HEAD_BYTES = 512
 # pickle of torch's legacy magic number 0x1950A86A20F9469CFC6C, as LONG1 (protocol >= 2)
 LEGACY_MAGIC_LONG1 = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 LEGACY_MAGIC_INT = 0x1950A86A20F9469CFC6C
+_FRAME = b"\x95"
 
 
 def sniff(head: bytes, size: int) -> str:
@@ -31,6 +32,8 @@ def sniff(head: bytes, size: int) -> str:
         return "empty"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
+    if size < 4 and len(head) >= 2 and b"PK\x03\x04".startswith(head):
+        return "zip"  # the first bytes of a zip and nothing else: a truncated download
     if head.startswith(b"PYTORCH1"):
         return "pytorch-preview"
     if head.startswith(b"version https://git-lfs"):
@@ -44,7 +47,10 @@ def sniff(head: bytes, size: int) -> str:
     if _is_safetensors(head, size):
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 2 and head[1] <= 5:
-        if head[2:].startswith(LEGACY_MAGIC_LONG1):
+        body = head[2:]
+        if body[:1] == _FRAME:  # protocol 4+: a FRAME opcode (+ u64 length) comes before the first value
+            body = body[9:]
+        if body.startswith(LEGACY_MAGIC_LONG1):
             return "torch-legacy"
         return "pickle"
     if _is_legacy_text_protocol(head):

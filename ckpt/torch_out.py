@@ -143,16 +143,22 @@ class TorchBuilder(Builder):
 
     def finish_tensor(self, ref: TensorRef, storage: Any = None) -> Any:
         torch = self.torch
-        if ref.storage is None:
-            dtype = getattr(torch, ref.dtype.name)
-            t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
-        else:
-            _, ust, device = self._devices[id(storage)]
-            proto = self._protos.get((ref.dtype, device))
-            if proto is None:
+        try:
+            if ref.storage is None:
                 dtype = getattr(torch, ref.dtype.name)
-                proto = self._protos[(ref.dtype, device)] = torch.empty((0,), dtype=dtype, device=device)
-            t = proto.new().set_(ust, ref.offset, ref.shape, ref.stride)
+                t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
+            else:
+                _, ust, device = self._devices[id(storage)]
+                proto = self._protos.get((ref.dtype, device))
+                if proto is None:
+                    dtype = getattr(torch, ref.dtype.name)
+                    proto = self._protos[(ref.dtype, device)] = torch.empty((0,), dtype=dtype, device=device)
+                t = proto.new().set_(ust, ref.offset, ref.shape, ref.stride)
+        except (RuntimeError, OverflowError) as e:  # e.g. "numel: integer multiplication overflow"
+            raise CorruptCheckpointError(
+                f"torch cannot make the tensor view {ref.dtype.name}{list(ref.shape)} ({e})",
+                record=ref.storage.record if ref.storage is not None else None,
+            ) from None
         if ref.requires_grad:
             try:
                 t.requires_grad = True

@@ -13,6 +13,7 @@ instantiation of one (its arguments, the state BUILD gave it, items appended or 
 
 from __future__ import annotations
 
+from collections import Counter, OrderedDict
 from typing import Any
 
 
@@ -75,11 +76,73 @@ class InertObject:
 
 
 def _brief(value: Any, limit: int = 60) -> str:
+    return brief_repr(value, limit)
+
+
+_REPR_DEPTH = 3
+_REPR_ITEMS = 6
+_REPR_INT_BITS = 4096
+_CONTAINERS = (list, tuple, set, frozenset, dict, OrderedDict, Counter)  # exact types: Size keeps its repr
+
+
+def brief_repr(value: Any, limit: int = 60) -> str:
+    """A short ``repr`` whose cost is bounded whatever ``value`` holds.
+
+    Values come from files: containers may be shared many times over ("billion laughs"), cyclic or
+    nested a million deep, and ints may have more digits than ``repr`` will print. At most
+    ``_REPR_ITEMS`` items of ``_REPR_DEPTH`` levels are shown, an inert object inside another
+    value is shown by its name only, and nothing is ever rendered in full before truncation.
+
+    >>> brief_repr([[1, 2], {"a": (3,)}])
+    "[[1, 2], {'a': (3,)}]"
+    >>> brief_repr(list(range(100)))
+    '[0, 1, 2, 3, 4, 5, ...]'
+    """
     try:
-        text = repr(value)
-    except RecursionError:
+        text = _bounded(value, _REPR_DEPTH, limit)
+    except Exception:  # a repr must never break a message or a summary
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bounded(value: Any, depth: int, limit: int) -> str:
+    t = type(value)
+    if t is str or t is bytes or t is bytearray:
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if t is int:
+        bits = value.bit_length()
+        return repr(value) if bits <= _REPR_INT_BITS else f"<int of {bits} bits>"
+    if t is InertObject:
+        return f"<inert {value.global_name}>"
+    if t in _CONTAINERS:
+        name = t.__name__
+        if depth <= 0:
+            return f"<{name} of {len(value)}>"
+        if isinstance(value, dict):
+            items = [f"{_bounded(k, depth - 1, limit)}: {_bounded(v, depth - 1, limit)}"
+                     for k, v in _first(dict.items(value))]
+            open_, close = ("{", "}") if t is dict else (f"{name}({{", "})")
+        else:
+            items = [_bounded(x, depth - 1, limit) for x in _first(value)]
+            if isinstance(value, list):
+                open_, close = "[", "]"
+            elif isinstance(value, tuple):
+                open_, close = "(", ",)" if len(value) == 1 else ")"
+            else:
+                open_, close = f"{name}({{", "})"
+        if len(value) > _REPR_ITEMS:
+            items.append("...")
+        return open_ + ", ".join(items) + close
+    return repr(value)
+
+
+def _first(items: Any) -> list[Any]:
+    out = []
+    for x in items:
+        if len(out) == _REPR_ITEMS:
+            break
+        out.append(x)
+    return out
 
 
 class Device:

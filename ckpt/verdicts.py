@@ -134,8 +134,33 @@ DANGEROUS_NAMES: dict[str, str] = {
 }
 
 
-def verdict_for(qualname: str) -> tuple[str, str]:
-    """``(verdict, reason)`` for a global that is not on ckpt's allowlist."""
+def verdict_for(qualname: str, name: str | None = None) -> tuple[str, str]:
+    """``(verdict, reason)`` for a global that is not on ckpt's allowlist.
+
+    ``name`` is the part after the module, when the caller knows it: a dotted name
+    (``pathlib`` + ``os.system``) walks attributes the way ``pickle`` resolves it for protocol 4+,
+    so it is judged by where it lands, and walking through special attributes (``__globals__``,
+    ``__subclasses__``, ...) is an introspection chain.
+
+    >>> verdict_for("pathlib.os.system", "os.system")[0]
+    'dangerous'
+    """
+    verdict = _verdict(qualname)
+    if verdict[0] == "dangerous" or not name or "." not in name:
+        return verdict
+    parts = name.split(".")
+    special = [p for p in parts if p.startswith("__") and p.endswith("__")]
+    if special:
+        return "dangerous", f"{qualname} walks through the special attribute {special[0]} (an introspection chain)"
+    for i in range(len(parts) - 1):
+        inner = ".".join(parts[i:])
+        inner_verdict, why = _verdict(inner)
+        if inner_verdict == "dangerous":
+            return "dangerous", f"{qualname} reaches {inner} by attribute access: {why}"
+    return verdict
+
+
+def _verdict(qualname: str) -> tuple[str, str]:
     if qualname in DANGEROUS_NAMES:
         return "dangerous", f"{qualname} {DANGEROUS_NAMES[qualname]}"
     module = qualname
