@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
-from .values import GlobalRef, InertObject
+from .values import GlobalRef, InertObject, brief_repr
 
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
@@ -106,6 +106,7 @@ _small_tuples: dict[bytes, tuple[int, ...] | None] = {}
 _TUPLE_ARITY = {0x85: 1, 0x86: 2, 0x87: 3}
 _DICT_TYPES = (dict, OrderedDict, Counter)
 _SCALAR_KEYS = (str, int, float, bool, type(None), bytes)
+_KEY_NODES = 100_000
 
 
 def _small_int(raw: bytes) -> int:
@@ -161,8 +162,13 @@ def check_hashable(key: Any, max_nesting: int) -> None:
     if type(key) in _SCALAR_KEYS:
         return
     todo = [(key, 0)]
+    budget = _KEY_NODES
     while todo:
         obj, depth = todo.pop()
+        budget -= 1
+        if budget < 0:
+            # Hashing walks shared tuples once per path: a small "billion laughs" key would hang.
+            raise CorruptCheckpointError(f"a dict key or set member holds more than {_KEY_NODES:,} items")
         t = type(obj)
         if t is tuple or t is frozenset:
             if depth >= max_nesting:
@@ -287,8 +293,9 @@ class Unpickler:
             if type(state) is not dict:
                 raise self._error(f"BUILD state for {t.__name__} must be a dict", pos)
             for key, value in state.items():
-                if type(key) is not str or key.startswith("__"):
-                    raise self._error(f"BUILD may not set attribute {key!r} on {t.__name__}", pos)
+                if type(key) is not str or key.startswith("__") or hasattr(t, key):
+                    # special names, and names that would shadow the mapping's own methods (keys, get)
+                    raise self._error(f"BUILD may not set attribute {brief_repr(key)} on {t.__name__}", pos)
                 inst.__dict__[key] = value
             return
         if self._is_trusted_instance(inst):

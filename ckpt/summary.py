@@ -27,6 +27,7 @@ from .jsonable import brief, json_scalar
 from .walk import MAPPINGS, is_scalar_collection, join_path, walk
 
 SCHEMA = "ckpt.inspect/1"
+_ROW_KEY_BUDGET = 2_000_000  # key parts over all listed rows (~ tens of MB at most)
 
 
 class TensorInfo:
@@ -122,6 +123,7 @@ class Summary:
         refs: list[dict[str, str]] | None = None,
         elided: list[str] | None = None,
         filter: str | None = None,
+        unlisted: dict[str, int] | None = None,
     ) -> None:
         self.path = path
         self.file_size = file_size
@@ -136,6 +138,7 @@ class Summary:
         self.refs = refs or []
         self.elided = elided or []
         self.filter = filter
+        self.unlisted = unlisted or {"tensors": 0, "values": 0}
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -152,6 +155,7 @@ class Summary:
             "storages": list(self.storages.values()),
             "shared_objects": self.refs,
             "elided": self.elided,
+            "unlisted": self.unlisted,
             "findings": [f.as_json() for f in self.findings],
         }
 
@@ -195,13 +199,24 @@ def summarize(
     mappings: list[tuple[tuple[Any, ...], Any]] = [((), root)] if type(root) in MAPPINGS else []
     first_path: dict[int, str] = {}
     views: dict[str, int] = {}
+    unlisted_refs: list[TensorRef] = []
+    unlisted = {"tensors": 0, "values": 0}
+    # Rows keep their keys and dotted path, so a deep and wide pickle could make them cost
+    # leaves x depth: past a budget of key parts, rows are counted (tensors still totalled), not listed.
+    budget = _ROW_KEY_BUDGET
     for event in walk(root, max_depth=limits.max_walk_depth, atomic=is_scalar_collection):
         kind = event.kind
         if kind == "tensor":
+            ref: TensorRef = event.value
+            if budget < 0:
+                if match is None:
+                    unlisted["tensors"] += 1
+                    unlisted_refs.append(ref)
+                continue
             path_s = join_path(event.keys)
             if match is not None and not match(path_s):
                 continue
-            ref: TensorRef = event.value
+            budget -= len(event.keys)
             same = first_path.get(id(ref))
             if same is None:
                 first_path[id(ref)] = path_s
@@ -210,9 +225,13 @@ def summarize(
                     views[key] = views.get(key, 0) + 1
             tensors.append(TensorInfo(path_s, event.keys, ref, same))
         elif kind == "value":
+            if budget < 0:
+                unlisted["values"] += match is None
+                continue
             path_s = event.path
             if match is not None and not match(path_s):
                 continue
+            budget -= len(event.keys)
             values.append(_value_info(path_s, event.keys, event.value))
         elif kind == "container":
             if type(event.value) in MAPPINGS:
@@ -225,13 +244,17 @@ def summarize(
             elided.append(event.path)
 
     structure = _structure(mappings)
-    totals = _totals(tensors, storages, views)
+    for ref in unlisted_refs:  # not listed, still counted
+        if id(ref) not in first_path and ref.storage is not None:
+            first_path[id(ref)] = ""
+            views[ref.storage.key] = views.get(ref.storage.key, 0) + 1
+    totals = _totals(tensors, storages, views, unlisted_refs)
     shared = _shared_storages(tensors, storages, {k for k, n in views.items() if n > 1})
     kind = _root_kind(root, structure)
     return Summary(
         path=path, file_size=file_size, facts=facts, kind=kind, structure=structure,
         tensors=tensors, values=values, storages=shared, totals=totals, findings=list(findings),
-        refs=refs, elided=elided, filter=filter,
+        refs=refs, elided=elided, filter=filter, unlisted=unlisted,
     )
 
 
@@ -311,16 +334,19 @@ def _structure(mappings: list[tuple[tuple[Any, ...], Any]]) -> list[dict[str, An
     return rows
 
 
-def _totals(tensors: list[TensorInfo], storages: dict[str, StorageRef], views: dict[str, int]) -> dict[str, Any]:
+def _totals(
+    tensors: list[TensorInfo], storages: dict[str, StorageRef], views: dict[str, int],
+    unlisted: list[TensorRef] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
     by_dtype: dict[str, dict[str, int]] = {}
     by_device: dict[str, int] = {}
     numel = nbytes = count = 0
-    for t in tensors:
-        if t.same_as:
-            continue
-        ref = t.ref
+    seen = {id(t.ref) for t in tensors}
+    refs = [t.ref for t in tensors if not t.same_as]
+    refs += [r for r in unlisted if id(r) not in seen and not seen.add(id(r))]  # type: ignore[func-returns-value]
+    for ref in refs:
         dt = ref.dtype
-        n = t.numel
+        n = ref.numel
         b = n * dt.itemsize
         count += 1
         numel += n

@@ -216,6 +216,9 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     return out
 
 
+_INT64_LIMIT = 1 << 63
+
+
 def make_view(
     storage: StorageRef,
     dtype: DType,
@@ -230,8 +233,10 @@ def make_view(
         size = _int_tuple(size, "size")
     if type(stride) is not tuple:
         stride = _int_tuple(stride, "stride")
-    if type(offset) is not int or offset < 0:
-        raise CorruptCheckpointError(f"tensor storage offset must be a non-negative int, not {offset!r}")
+    if type(offset) is not int:
+        raise CorruptCheckpointError(f"tensor storage offset must be an int, not a {type(offset).__name__}")
+    if offset < 0:
+        raise CorruptCheckpointError(f"tensor storage offset must not be negative ({offset})")
     if len(size) != len(stride):
         raise CorruptCheckpointError(f"tensor has {len(size)} sizes but {len(stride)} strides")
     if type(requires_grad) is not bool:
@@ -255,5 +260,10 @@ def make_view(
             f"tensor view {dtype.name}{list(size)} (stride {list(stride)}, offset {offset}) needs "
             f"{stop:,} bytes of a storage that holds {storage.nbytes:,}: the view is out of bounds",
             record=storage.record,
+        )
+    if numel * item >= _INT64_LIMIT:  # zero strides can make huge views of small storages
+        raise CorruptCheckpointError(
+            f"tensor view {dtype.name}{list(size)} holds {numel:,} elements, more than any tensor can "
+            "(int64 overflow)", record=storage.record,
         )
     return TensorRef(storage, dtype, size, stride, offset, requires_grad)

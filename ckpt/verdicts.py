@@ -8,7 +8,7 @@ in) is known to run code, spawn processes, touch files or the network, or resolv
 ('dangerous', 'unknown')
 >>> verdict_for("posix.system")[0], verdict_for("builtins.eval")[0]
 ('dangerous', 'dangerous')
->>> verdict_for("pathlib.os.system")[0]
+>>> verdict_for("pathlib.os.system", "os.system")[0]
 'dangerous'
 
 """
@@ -172,16 +172,4 @@ def _verdict(qualname: str) -> tuple[str, str]:
             return "dangerous", f"{qualname}: {module} {DANGEROUS_NAMES[module]}"
     if qualname.startswith("copyreg.extension."):
         return "dangerous", f"{qualname}: an extension code resolved through process-wide copyreg state"
-    # Protocol-4 pickles resolve dotted names attribute by attribute, so `pathlib` + `os.system`
-    # reaches os.system through pathlib's own import of os.
-    parts = qualname.split(".")
-    for i in range(1, len(parts)):
-        inner = ".".join(parts[i:])
-        for j in range(len(parts) - i, 0, -1):
-            head = ".".join(parts[i : i + j])
-            if head in DANGEROUS_MODULES or f"builtins.{inner}" in DANGEROUS_NAMES:
-                return "dangerous", (
-                    f"{qualname}: a dotted name reaching {head if head in DANGEROUS_MODULES else inner} "
-                    "through attributes (pickle resolves dotted names at protocol 4+)"
-                )
     return "unknown", f"{qualname} is not on ckpt's allowlist; ckpt did not run it, pickle.load would"

@@ -46,6 +46,7 @@ STORED = 0
 DEFLATED = 8
 _CHUNK = 1 << 24
 _WINDOW = 1 << 18
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot inflate more than about 1032:1
 _SMALL_READ = 1 << 15
 
 
@@ -291,8 +292,16 @@ class ZipArchive:
                     "record is encrypted; checkpoints are never encrypted", path=self.name,
                     record=_decode_name(raw, flags),
                 )
-            if offset + 30 + nlen > cd_offset:
-                raise self._corrupt("local header offset points past the record area", record=_decode_name(raw, flags))
+            if offset + 30 + nlen + csize > cd_offset:
+                raise self._corrupt(
+                    f"record of {csize:,} bytes at offset {offset:,} would run into the central directory "
+                    "(truncated or damaged file)", record=_decode_name(raw, flags),
+                )
+            if method == DEFLATED and usize > csize * _DEFLATE_MAX_RATIO + 1024:
+                raise self._corrupt(
+                    f"deflated record declares {usize:,} bytes from {csize:,}: more than deflate can produce",
+                    record=_decode_name(raw, flags),
+                )
             if raw in raw_entries:
                 raise self._corrupt(
                     "two records share this name; the archive is ambiguous (readers disagree on "
@@ -451,6 +460,8 @@ class ZipArchive:
                 path=self.name,
                 record=entry.name,
             )
+        self._check_method(entry)
+        self.data_offset(entry)  # the local header is checked before anything is allocated
         buf = bytearray(entry.size)
         self.readinto(entry, memoryview(buf), verify_crc=verify_crc)
         return bytes(buf)

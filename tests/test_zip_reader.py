@@ -33,12 +33,6 @@ PKL = kit.tensor_pickle(3)
 DATA = kit.floats(1.0, 2.0, 3.0)
 GiB = 1 << 30
 
-ZIPREAD_BOUNDS_FIX = (
-    "zipread.ZipArchive._parse_central does not check, from the directory alone, that a record's "
-    "compressed bytes fit before the central directory or that a deflated record's declared size is "
-    "reachable (deflate inflates at most ~1032:1); and ZipArchive.read allocates entry.size before "
-    "data_offset() validates the record (see the final report for the exact fix)"
-)
 
 
 def members(**overrides: kit.Member) -> list[kit.Member]:
@@ -517,7 +511,6 @@ def test_data_pkl_declaring_40_gib_is_refused(tmp_path: Path, method: int) -> No
     assert out["rss_growth_kb"] < 64 << 10, out
 
 
-@pytest.mark.xfail(strict=True, reason=ZIPREAD_BOUNDS_FIX)
 @pytest.mark.parametrize("method", [0, 8])
 def test_data_pkl_declaring_1_5_gib_in_a_tiny_file_allocates_nothing(tmp_path: Path, method: int) -> None:
     """Under the 2 GiB pickle limit, but the file is a few hundred bytes: refuse before allocating.
@@ -538,7 +531,6 @@ def storage_declaring_40_gib(tmp_path: Path, method: int) -> Path:
                                                       zip64=True))
 
 
-@pytest.mark.xfail(strict=True, reason=ZIPREAD_BOUNDS_FIX)
 @pytest.mark.parametrize("method", [0, 8])
 def test_storage_declaring_40_gib_is_refused_by_open(tmp_path: Path, method: int) -> None:
     """The directory alone shows the record cannot hold 40 GiB (a 600-byte file; a deflate stream
@@ -547,7 +539,6 @@ def test_storage_declaring_40_gib_is_refused_by_open(tmp_path: Path, method: int
     assert_all_raise(path, ckpt.CorruptCheckpointError)
 
 
-@pytest.mark.xfail(strict=True, reason=ZIPREAD_BOUNDS_FIX)
 @pytest.mark.parametrize("method", [0, 8])
 @pytest.mark.parametrize("flavor", ["numpy"] + (["torch"] if kit.HAVE_TORCH else []))
 def test_storage_declaring_40_gib_is_not_allocated_by_load(tmp_path: Path, method: int, flavor: str) -> None:
