@@ -23,6 +23,7 @@ import re
 import struct
 from collections import Counter, OrderedDict
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Callable
 
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
@@ -100,60 +101,138 @@ _TENSOR_RECORD_PATTERN = (
 def tensor_record_regex() -> re.Pattern[bytes]:
     """The compiled tensor-record pattern (compiled on first use: it costs ~20 ms at import)."""
     return re.compile(_TENSOR_RECORD_PATTERN, re.DOTALL)
-_FAST_CACHE_LIMIT = 1 << 14
-_small_ints: dict[bytes, int] = {}
-_small_tuples: dict[bytes, tuple[int, ...] | None] = {}
 _TUPLE_ARITY = {0x85: 1, 0x86: 2, 0x87: 3}
 _DICT_TYPES = (dict, OrderedDict, Counter)
 _SCALAR_KEYS = (str, int, float, bool, type(None), bytes)
 _KEY_NODES = 100_000
 
 
-def _small_int(raw: bytes) -> int:
-    """The int a matched BINGET/LONG_BINGET/BININT1/BININT2/BININT opcode and argument encode
-    (cached: the same few encodings recur for every tensor)."""
-    value = _small_ints.get(raw)
-    if value is None:
-        op = raw[0]
-        if op == 104 or op == 75:
-            value = raw[1]
-        elif op == 77:
-            value = raw[1] | (raw[2] << 8)
-        elif op == 106:
-            value = _unpack_I(raw, 1)[0]
-        else:
-            value = _unpack_i(raw, 1)[0]
-        if len(_small_ints) < _FAST_CACHE_LIMIT:
-            _small_ints[raw] = value
-    return value
+class _RecordLayout:
+    """The exact byte layout of one tensor record as a ``struct`` format, so that every record
+    with the same opcodes and argument widths (nearly all of them in a state dict) decodes with
+    one ``unpack_from`` and one comparison of its opcode bytes.
+
+    ``derive`` builds it from a record the regex matched; ``decode`` returns a record's fields, or
+    None when the bytes at that offset do not have exactly this layout.
+    """
+
+    __slots__ = ("unpack", "size", "get_ops", "op_values", "len_index", "key_index", "key_len",
+                 "get_scalars", "size_slice", "stride_slice", "size_put", "stride_put", "grad")
+
+    def decode(self, data: bytes, at: int) -> tuple[Any, ...] | None:
+        if at + self.size > len(data):
+            return None
+        vals = self.unpack(data, at)
+        if self.get_ops(vals) != self.op_values or vals[self.len_index] != self.key_len:
+            return None
+        key = vals[self.key_index]
+        if not key.isdigit():
+            return None
+        name_i, type_i, key_put, location_i, numel, pid_put, offset, od_i, hooks_put, args_put, result_put = (
+            self.get_scalars(vals)
+        )
+        return (
+            name_i, type_i, key.decode("ascii"), key_put, location_i, numel, pid_put, offset,
+            vals[self.size_slice], None if self.size_put is None else vals[self.size_put],
+            vals[self.stride_slice], None if self.stride_put is None else vals[self.stride_put],
+            self.grad, od_i, hooks_put, args_put, result_put,
+        )
+
+    @classmethod
+    def derive(cls, data: bytes, at: int, end: int) -> _RecordLayout | None:
+        """The layout of the record ``data[at:end]`` (already matched by the regex), or None if
+        a run of ints does not fit its tuple opcode's arity."""
+        fmt = ["<"]
+        ops: list[int] = []
+        p = at
+
+        def field(code: str, width: int) -> int:
+            nonlocal p
+            fmt.append(code)
+            p += width
+            return len(fmt) - 2  # index of this field in the unpacked tuple
+
+        def opcode() -> int:
+            ops.append(field("B", 1))
+            return data[p - 1]
+
+        def memo_ref() -> int:
+            return field("B", 1) if opcode() in (104, 113) else field("I", 4)
+
+        def int_arg(op: int) -> int:
+            return field(*_INT_FIELDS[op])
+
+        def small_tuple() -> tuple[slice, int | None] | None:
+            op = opcode()
+            if op == 41:  # EMPTY_TUPLE
+                return slice(0, 0), None
+            marked = op == 40
+            first = len(fmt) - 1 if not marked else len(fmt)  # index of the first int argument
+            count = 0
+            if not marked:
+                int_arg(op)
+                count = 1
+            while True:
+                op = opcode()
+                if op not in _INT_FIELDS:
+                    break
+                int_arg(op)
+                count += 1
+            if marked != (op == 116) or (not marked and _TUPLE_ARITY[op] != count):
+                return None
+            # ints and their opcodes alternate: the values are every other field
+            return slice(first, first + 2 * count, 2), memo_ref()
+
+        memo_ref()  # the rebuild function
+        opcode()
+        opcode()  # MARK MARK
+        name_i = memo_ref()
+        type_i = memo_ref()
+        opcode()  # BINUNICODE
+        key_len = data[p]
+        len_index = field("I", 4)
+        key_index = field(f"{key_len}s", key_len)
+        key_put = memo_ref()
+        location_i = memo_ref()
+        numel = int_arg(opcode())
+        opcode()  # TUPLE
+        pid_put = memo_ref()
+        opcode()  # BINPERSID
+        offset = int_arg(opcode())
+        size = small_tuple()
+        stride = small_tuple() if size is not None else None
+        if size is None or stride is None:
+            return None
+        grad = opcode() == 0x88  # NEWTRUE; the opcode comparison pins it for every record of this layout
+        od_i = memo_ref()
+        opcode()
+        opcode()  # EMPTY_TUPLE REDUCE
+        hooks_put = memo_ref()
+        opcode()  # TUPLE
+        args_put = memo_ref()
+        opcode()  # REDUCE
+        result_put = memo_ref()
+        if p != end:  # pragma: no cover - the regex fixed the structure
+            return None
+        layout = cls()
+        compiled = struct.Struct("".join(fmt))
+        layout.unpack = compiled.unpack_from
+        layout.size = compiled.size
+        layout.get_ops = itemgetter(*ops)
+        layout.op_values = layout.get_ops(compiled.unpack_from(data, at))
+        layout.len_index = len_index
+        layout.key_index = key_index
+        layout.key_len = key_len
+        layout.get_scalars = itemgetter(
+            name_i, type_i, key_put, location_i, numel, pid_put, offset, od_i, hooks_put, args_put, result_put
+        )
+        layout.size_slice, layout.size_put = size
+        layout.stride_slice, layout.stride_put = stride
+        layout.grad = grad
+        return layout
 
 
-def _small_tuple(raw: bytes) -> tuple[int, ...] | None:
-    """The tuple a matched run of INT opcodes and TUPLE1/2/3 (or MARK ... TUPLE) leaves on the
-    stack, or None if it would not leave exactly that one tuple (e.g. ``K1 K2 TUPLE1``)."""
-    value = _small_tuples.get(raw, _NO_MATCH)
-    if value is not _NO_MATCH:
-        return value  # type: ignore[return-value]
-    marked = raw[0] == 40
-    i = 1 if marked else 0
-    items = []
-    while True:
-        c = raw[i]
-        if c == 75:
-            items.append(raw[i + 1])
-            i += 2
-        elif c == 77:
-            items.append(raw[i + 1] | (raw[i + 2] << 8))
-            i += 3
-        elif c == 74:
-            items.append(_unpack_i(raw, i + 1)[0])
-            i += 5
-        else:
-            break
-    result = tuple(items) if marked == (c == 116) and (marked or _TUPLE_ARITY[c] == len(items)) else None
-    if len(_small_tuples) < _FAST_CACHE_LIMIT:
-        _small_tuples[raw] = result
-    return result
+_INT_FIELDS = {75: ("B", 1), 77: ("H", 2), 74: ("i", 4)}  # BININT1, BININT2, BININT
 
 
 def check_hashable(key: Any, max_nesting: int) -> None:
@@ -215,6 +294,7 @@ class Unpickler:
         self.allow_trailing = allow_trailing
         self.protocol = 0
         self._trusted: dict[int, Any] = {}
+        self._layout: _RecordLayout | None = None
         self.fast_tensor_op: Op | None = None
         """The Op for ``torch._utils._rebuild_tensor_v2``; set it to enable the tensor-record fast path."""
 
@@ -359,44 +439,51 @@ class Unpickler:
 
     # -- the tensor-record fast path ---------------------------------------------------------
 
-    def _tensor_record(self, m: re.Match[bytes], memo: dict[int, Any], at: int) -> Any:
-        """Decode one matched tensor record (see ``tensor_record_regex``); ``_NO_MATCH`` if the ints
-        before a tuple opcode do not match its arity (then the opcode loop handles it)."""
-        (name_op, type_op, key_b, key_put, location_op, numel_op, pid_put, offset_op,
-         size_empty, size_ops, size_put, stride_empty, stride_ops, stride_put, grad, od_op,
-         hooks_put, args_put, result_put) = m.groups()
-        value = _small_int
-        size = () if size_empty is not None else _small_tuple(size_ops)
-        stride = () if stride_empty is not None else _small_tuple(stride_ops)
-        if size is None or stride is None or m.string[m.start(3) - 4] != len(key_b):
-            return _NO_MATCH
+    def _tensor_record(self, data: bytes, at: int, memo: dict[int, Any]) -> Any:
+        """Decode and apply the tensor record at ``at`` (see ``tensor_record_regex``); returns
+        ``(result, end)``, or ``_NO_MATCH`` when the bytes there are not such a record (then the
+        opcode loop handles them)."""
+        fields = None
+        layout = self._layout
+        if layout is not None:
+            fields = layout.decode(data, at)
+        if fields is None:
+            m = tensor_record_regex().match(data, at)
+            if m is None:
+                return _NO_MATCH
+            layout = _RecordLayout.derive(data, at, m.end())
+            if layout is None:
+                return _NO_MATCH
+            self._layout = layout
+            fields = layout.decode(data, at)
+            if fields is None:  # pragma: no cover - a derived layout always decodes its own record
+                return _NO_MATCH
+        (name_i, type_i, key, key_put, location_i, numel, pid_put, offset, size, size_put, stride,
+         stride_put, requires_grad, od_i, hooks_put, args_put, result_put) = fields
         persistent_load = self.persistent_load
         if persistent_load is None:
             raise self._error("a persistent id appears where none is allowed", at)
-        fb = int.from_bytes
         try:
-            storage_name = memo[value(name_op)]
-            storage_type = memo[value(type_op)]
-            key = key_b.decode("ascii")
-            memo[fb(key_put, "little")] = key
-            location = memo[value(location_op)]
-            pid = (storage_name, storage_type, key, location, value(numel_op))
-            memo[fb(pid_put, "little")] = pid
+            storage_name = memo[name_i]
+            storage_type = memo[type_i]
+            memo[key_put] = key
+            pid = (storage_name, storage_type, key, memo[location_i], numel)
+            memo[pid_put] = pid
             storage = persistent_load(pid)
             if size_put is not None:
-                memo[fb(size_put, "little")] = size
+                memo[size_put] = size
             if stride_put is not None:
-                memo[fb(stride_put, "little")] = stride
-            ordered_dict = memo[value(od_op)]
+                memo[stride_put] = stride
+            ordered_dict = memo[od_i]
         except KeyError as e:
             raise self._error(f"memo key {e.args[0]} used before it was set", at) from None
         if type(ordered_dict) is Op and ordered_dict.name == "collections.OrderedDict":
             hooks: Any = OrderedDict()
         else:
             hooks = self._call(ordered_dict, (), at)
-        memo[fb(hooks_put, "little")] = hooks
-        args = (storage, value(offset_op), size, stride, grad == b"\x88", hooks)
-        memo[fb(args_put, "little")] = args
+        memo[hooks_put] = hooks
+        args = (storage, offset, size, stride, requires_grad, hooks)
+        memo[args_put] = args
         rebuild = self.fast_tensor_op  # the rebuild function the record began with
         try:
             result = rebuild.fn(*args)  # type: ignore[union-attr]
@@ -404,8 +491,8 @@ class Unpickler:
             raise e.with_context(path=self.path, record=self.record)
         except (TypeError, ValueError, OverflowError) as e:
             raise self._error(f"{rebuild.name} called with bad arguments ({e})", at) from None  # type: ignore[union-attr]
-        memo[fb(result_put, "little")] = result
-        return result
+        memo[result_put] = result
+        return result, at + layout.size
 
     # -- the interpreter ---------------------------------------------------------------------
 
@@ -437,7 +524,6 @@ class Unpickler:
         persistent = self.persistent_load
         error = self._error
         fast_op = self.fast_tensor_op
-        fast_match = tensor_record_regex().match if fast_op is not None else None
         at = pos
         try:
             while True:
@@ -460,13 +546,11 @@ class Unpickler:
                     except KeyError:
                         raise error(f"memo key {key} used before it was set", at) from None
                     if value is fast_op and fast_op is not None:
-                        m = fast_match(data, at)
-                        if m is not None:
-                            result = self._tensor_record(m, memo, at)
-                            if result is not _NO_MATCH:
-                                push(result)
-                                pos = m.end()
-                                continue
+                        record = self._tensor_record(data, at, memo)
+                        if record is not _NO_MATCH:
+                            push(record[0])
+                            pos = record[1]
+                            continue
                     push(value)
                 elif op == 88:  # BINUNICODE
                     (ln,) = _unpack_I(data, pos)

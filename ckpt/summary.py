@@ -27,7 +27,8 @@ from .jsonable import brief, json_scalar
 from .walk import MAPPINGS, is_scalar_collection, join_path, walk
 
 SCHEMA = "ckpt.inspect/1"
-_ROW_KEY_BUDGET = 2_000_000  # key parts over all listed rows (~ tens of MB at most)
+_ROW_KEY_BUDGET = 2_000_000
+_UNIT_STRIDE = (1,)  # key parts over all listed rows (~ tens of MB at most)
 
 
 class TensorInfo:
@@ -59,23 +60,28 @@ class TensorInfo:
 
     def as_json(self) -> dict[str, Any]:
         ref = self.ref
+        storage = ref.storage
+        extra = ref._extra
+        shape = ref.shape
+        stride = ref.stride
         out = {
             "path": self.path,
             "keys": [k if type(k) is str or type(k) is int else repr(k) for k in self.keys],
             "dtype": ref.dtype.name,
-            "shape": list(ref.shape),
-            "stride": list(ref.stride),
+            "shape": list(shape),
+            "stride": list(stride),
             "offset": ref.offset,
-            "storage": ref.storage.key if ref.storage is not None else None,
-            "device": ref.device,
+            "storage": storage.key if storage is not None else None,
+            "device": storage.location if extra is None and storage is not None else ref.device,
             "numel": self.numel,
             "nbytes": self.numel * ref.dtype.itemsize,
             "requires_grad": ref.requires_grad,
-            "parameter": ref.is_parameter,
-            "contiguous": ref.is_contiguous,
+            "parameter": extra is not None and ref.is_parameter,
+            "contiguous": stride == _UNIT_STRIDE or (len(shape) != 1 and ref.is_contiguous),
         }
-        if ref.subclass:
-            out["subclass"] = ref.subclass
+        if extra is not None:
+            if ref.subclass:
+                out["subclass"] = ref.subclass
         if self.same_as:
             out["same_as"] = self.same_as
         return out
