@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .rebuild import Builder
 
 GROUPS: dict[str, str] = {
-    "builtins": "Python built-in values (frozenset, slice, range, Ellipsis) and built-in types named as values",
+    "builtins": "Python built-in values (bytes, frozenset, slice, range, Ellipsis) and built-in types named as values",
     "typing": "typing names stored as values (typing.Any, typing.Dict, ...), as OmegaConf metadata holds them",
     "datetime": "datetime, date, time, timedelta and fixed-offset timezone values",
     "pathlib": "pathlib paths, as pure paths (no file-system access)",
@@ -207,6 +207,18 @@ def _slice(b: Builder, *args: Any) -> slice:
     if not 1 <= len(args) <= 3 or any(type(a) not in (int, type(None)) for a in args):
         raise CorruptCheckpointError("slice() takes one to three ints or None")
     return slice(*args)
+
+
+def _bytes(b: Builder, source: Any = b"", encoding: Any = None) -> bytes:
+    """``bytes()``: how protocols 0-2 pickle ``b''`` (numpy's empty arrays too); also a list of byte
+    values, or text with a latin-1 encoding."""
+    if type(source) is bytes and encoding is None:
+        return source
+    if type(source) is list and encoding is None and all(type(x) is int and 0 <= x < 256 for x in source):
+        return bytes(source)
+    if type(source) is str and type(encoding) is str and encoding.lower() in ("latin1", "latin-1", "iso-8859-1"):
+        return source.encode("latin-1")
+    raise CorruptCheckpointError("bytes() takes nothing, a list of byte values, or latin-1 text")
 
 
 def _range(b: Builder, *args: Any) -> range:
@@ -416,6 +428,7 @@ def _table() -> list[Profile]:
         P("builtins.frozenset", "builtins", "call", "a `frozenset` of hashable plain values", make=_frozenset),
         P("builtins.slice", "builtins", "call", "a `slice` of ints or None", make=_slice),
         P("builtins.range", "builtins", "call", "a `range` of ints (pickled as `__builtin__.xrange` too)", make=_range),
+        P("builtins.bytes", "builtins", "call", "`bytes` (`b''` pickles as `bytes()` at protocols 0-2)", make=_bytes),
         P("builtins.Ellipsis", "builtins", "value", "`Ellipsis`", value=lambda: Ellipsis),
         *(P(f"builtins.{n}", "builtins", "value", f"the type `{n}`, as a value (it is never called)",
             value=(lambda t=t: t)) for n, t in _TYPES.items()),

@@ -22,15 +22,13 @@ REFUSED = {
     # a protocol-0 pickle spells each persistent id as str() of a tuple holding a class: nobody can read it
     "protocol_0": (ckpt.CorruptCheckpointError, "persistent id"),
     "unknown_global": (ckpt.UnsafeGlobalError, "argparse.Namespace"),
-    "empty_bytes": (ckpt.UnsafeGlobalError, "builtins.bytes"),
     "tensor_subclass": (ckpt.UnsafeGlobalError, "__main__.TaggedTensor"),
 }
 # ckpt reads these where torch's safe loader refuses them (pickle protocols other than 2)
-READ_WHERE_TORCH_REFUSES = {"protocol_1", "protocol_3", "protocol_4", "protocol_5", "protocol_0_values"}
+READ_WHERE_TORCH_REFUSES = {"protocol_1", "protocol_3", "protocol_4", "protocol_5", "protocol_0_values", "empty_bytes"}
 # ckpt.load(..., allow=...) reads these as inert data
 ALLOWED_READS = {
     "unknown_global": ["argparse.Namespace"],
-    "empty_bytes": ["builtins.bytes"],
     "tensor_subclass": ["__main__.TaggedTensor"],
 }
 
