@@ -5,8 +5,8 @@ numpy pickles these as calls into its own machinery (``numpy._core.multiarray.sc
 ``numpy._core.numeric._frombuffer`` at protocol 5; numpy 1.x names the same functions under
 ``numpy.core``). ckpt never calls any of them: it checks every descriptor (kind, size, byte order,
 fields, offsets, subarray shapes, datetime units) and every length, then builds the dtype with
-``numpy.dtype(...)`` from plain strings and ints and the array with ``numpy.empty`` plus a copy
-of exactly ``numel × itemsize`` bytes. Object dtypes (``O``), which hold pickled Python objects,
+``numpy.dtype(...)`` from plain strings and ints and the array over a writable copy of exactly
+``numel × itemsize`` bytes. Object dtypes (``O``), which hold pickled Python objects,
 are refused everywhere, also inside structured dtypes and subarrays.
 
 Structured dtypes (named fields, titles, explicit offsets, aligned structs) and subarray dtypes are
@@ -332,7 +332,7 @@ class _Numpy:
             raise _corrupt(
                 f"a numpy {dt} array of shape {shape} needs {n * dt.itemsize:,} bytes, the file gives {len(raw):,}"
             )
-        out = np.empty(shape, dtype=dt, order=order)
-        if n and dt.itemsize:
-            np.copyto(out, np.frombuffer(raw, dtype=dt, count=n).reshape(shape, order=order), casting="no")
-        return out
+        if not n or not dt.itemsize:
+            return np.empty(shape, dtype=dt, order=order)
+        # a writable copy of exactly these bytes (padding of aligned structs included)
+        return np.frombuffer(bytearray(raw), dtype=dt, count=n).reshape(shape, order=order)
