@@ -162,10 +162,15 @@ class Record(dict):  # type: ignore[type-arg]
         self.profile = profile
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probe for special methods
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(f"{self.type} record has no field {name!r}") from None
+            raise AttributeError(f"the record has no field {name!r}") from None
+
+    def __reduce__(self) -> Any:
+        return _remake, (Record, self.type, dict(self), self.info, self.takes_items)
 
     def __ckpt_build__(self, state: Any) -> None:
         if self.profile is None:
@@ -203,6 +208,16 @@ class ListRecord(list):  # type: ignore[type-arg]
 
     def __repr__(self) -> str:
         return f"{self.type}({list.__repr__(self)})"
+
+    def __reduce__(self) -> Any:
+        return _remake, (ListRecord, self.type, list(self), self.info, None)
+
+
+def _remake(cls: type, type_name: str, content: Any, info: dict[str, Any], takes_items: Any) -> Any:
+    """Copy and pickle support for :class:`Record` and :class:`ListRecord` (profile not kept)."""
+    out = cls(type_name, content) if takes_items is None else cls(type_name, content, takes_items=takes_items)
+    out.info = info
+    return out
 
 
 class EnumMember:

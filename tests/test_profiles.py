@@ -467,3 +467,23 @@ def test_records_refuse_bad_state_and_arguments(tmp_path: Path) -> None:
         data = b"\x80\x02}X\x01\x00\x00\x00v" + body + b"s."
         with pytest.raises(ckpt.CorruptCheckpointError):
             ckpt.load(write_raw(tmp_path / f"{name}.pt", data), as_="numpy", profiles="all")
+
+
+def test_records_copy_and_pickle_like_plain_data(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path / "a.pt", {"args": argparse.Namespace(lr=0.1, dims=[1, 2])})
+    args = ckpt.load(path, as_="numpy", profiles="all")["args"]
+    for twin in (copy.copy(args), copy.deepcopy(args)):
+        assert type(twin) is Record and twin == args and twin.type == "argparse.Namespace"
+    assert b"ckpt.values" in pickle.dumps(args)  # a record pickles as ckpt's own data class
+    with pytest.raises(AttributeError):
+        args.__missing_dunder__  # special names are never fields
+
+
+def test_open_takes_profiles_and_inspect_policy_shows_everything(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path / "a.pt", {"args": argparse.Namespace(lr=0.1), "when": datetime.date(2020, 1, 1)})
+    with pytest.raises(ckpt.UnsafeGlobalError):
+        ckpt.open(path)
+    with ckpt.open(path, profiles=["argparse"], allow=["datetime.date"]) as ck:
+        assert ck.root["args"].lr == 0.1 and ck.root["when"] == datetime.date(2020, 1, 1) and ck.findings == []
+    with ckpt.open(path, policy="inspect") as ck:
+        assert type(ck.root["args"]) is Record and [f.name for f in ck.findings] == ["argparse.Namespace"]
