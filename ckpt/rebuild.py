@@ -217,6 +217,12 @@ class Builder:
         target.attrs = {**(target.attrs or {}), **attrs}
         return obj
 
+    def set_plain_attrs(self, obj: Any, attrs: dict[str, Any]) -> Any:
+        """Python attributes saved with a sparse or nested tensor: kept in the record's ``info``."""
+        if type(obj) is Record:
+            obj.info["attrs"] = attrs
+        return obj
+
     def as_subclass(self, obj: Any, new_type: Any) -> Any:
         """Re-type a rebuilt tensor as ``new_type`` (``torch.Tensor``, Parameter or an unknown class)."""
         name = _type_name(new_type)
@@ -414,7 +420,8 @@ class Builder:
     def rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, state: Any) -> Any:
         if type(func) is not Op or func.fn not in (
             self.rebuild_tensor_v1, self.rebuild_tensor_v2, self.rebuild_tensor_v3,
-            self.rebuild_parameter, self.rebuild_meta_tensor,
+            self.rebuild_parameter, self.rebuild_meta_tensor, self.rebuild_qtensor, self.rebuild_sparse_tensor,
+            self.rebuild_nested_tensor,
         ):
             raise CorruptCheckpointError("_rebuild_from_type_v2 must wrap a tensor rebuild function")
         if type(args) is not tuple:
@@ -423,7 +430,10 @@ class Builder:
         obj = self.as_subclass(obj, new_type)
         attrs = _attr_state(state)
         if attrs:
-            obj = self.set_attrs(obj, self.tensor_ref(obj), attrs)
+            ref = self._ref_of(obj, TensorRef)
+            if ref is None:  # a sparse or nested tensor: no single view stands for it
+                return self.set_plain_attrs(obj, attrs)
+            obj = self.set_attrs(obj, ref, attrs)
         return obj
 
     # -- sparse, quantized and nested tensors ------------------------------------------------

@@ -169,6 +169,9 @@ class TorchBuilder(Builder):
                 raise CorruptCheckpointError(f"cannot restore tensor attribute {key!r} ({e})") from None
         return obj
 
+    def set_plain_attrs(self, obj: Any, attrs: dict[str, Any]) -> Any:
+        return self.set_attrs(obj, None, attrs)  # type: ignore[arg-type]
+
     def as_subclass(self, obj: Any, new_type: Any) -> Any:
         if type(new_type) is Trusted:
             return self.remember(obj.as_subclass(new_type.obj), self.tensor_ref(obj))

@@ -272,3 +272,19 @@ def test_nested_component_outside_its_buffer_is_refused(tmp_path: Path) -> None:
     for kw in ({}, {"as_": "numpy"}):
         with pytest.raises(ckpt.CorruptCheckpointError, match="runs past its buffer"):
             ckpt.load(out, **kw)
+
+
+def test_attributes_saved_with_sparse_and_quantized_tensors(tmp_path: Path) -> None:
+    """torch wraps them in _rebuild_from_type_v2 when a tensor has Python attributes."""
+    s = torch.tensor([[0.0, 1.0], [2.0, 0.0]]).to_sparse()
+    s.tag = "sparse"
+    q = torch.quantize_per_tensor(torch.tensor([1.0, 2.0]), 0.5, 1, torch.quint8)
+    q.tag = "quantized"
+    path = save({"s": s, "q": q}, tmp_path / "a.pt")
+    reference = torch_load(path)
+    loaded = ckpt.load(path)
+    assert (loaded["s"].tag, loaded["q"].tag) == (reference["s"].tag, reference["q"].tag)
+    same_sparse(loaded["s"], reference["s"])
+    same_quantized(loaded["q"], reference["q"])
+    arrays = ckpt.load(path, as_="numpy")
+    assert arrays["s"].info["attrs"] == {"tag": "sparse"} and arrays["q"].info["attrs"] == {"tag": "quantized"}
