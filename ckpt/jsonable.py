@@ -14,7 +14,7 @@ from typing import Any
 
 from .dtypes import DType
 from .tensors import TensorRef
-from .values import Device, GlobalRef, InertObject, Size, TorchConstant, brief_repr
+from .values import Device, EnumMember, GlobalRef, InertObject, ListRecord, Record, Size, TorchConstant, brief_repr
 
 SCALARS = (str, int, float, bool, complex, type(None), bytes)
 _CONTAINERS = (list, tuple, set, frozenset, dict, OrderedDict, Counter)
@@ -35,6 +35,17 @@ def json_scalar(value: Any, depth: int = 0) -> Any:
     if t is TensorRef:
         return {"dtype": value.dtype.name, "shape": list(value.shape)}
     return brief(value)
+
+
+def numpy_brief(value: Any) -> str:
+    """``numpy.ndarray float32[2, 3]``, ``numpy.float64 0.5``, ``dtype('<f4')``: short forms of numpy values."""
+    if type(value).__module__ == "numpy.dtypes":  # a dtype
+        return repr(value)
+    if type(value).__name__ == "ndarray":
+        return f"numpy.ndarray {value.dtype}{list(value.shape)}"
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):  # a numpy scalar
+        return f"numpy.{type(value).__name__} {value.item()!r}"
+    return repr(value)  # a dtype
 
 
 def finite_number(value: Any) -> int | float | None:
@@ -65,6 +76,18 @@ def brief(value: Any, limit: int = 80) -> str:
         text = repr(value)
     elif t is InertObject:
         text = f"<inert {value.global_name}>"
+    elif t is Record:
+        text = f"{value.type} of {len(value)} field{'s' if len(value) != 1 else ''}"
+    elif t is ListRecord:
+        text = f"{value.type} of {len(value)}"
+    elif t is EnumMember:
+        text = repr(value)
+    elif t.__module__ in ("numpy", "numpy.dtypes"):
+        text = numpy_brief(value)
+    elif t is type:
+        text = f"<class {value.__module__}.{value.__qualname__}>"
+    elif t.__module__ in ("datetime", "pathlib") or t in (slice, range) or value is Ellipsis:
+        text = repr(value)
     elif t in (list, tuple, set, frozenset) and len(value) <= 8 and all(type(v) in SCALARS for v in value):
         text = brief_repr(value, limit)
     elif t in _CONTAINERS:

@@ -24,11 +24,12 @@ import struct
 from collections import Counter, OrderedDict
 from functools import lru_cache
 from operator import itemgetter
+from collections import defaultdict as _defaultdict
 from typing import Any, Callable
 
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
-from .values import GlobalRef, InertObject, brief_repr
+from .values import GlobalRef, InertObject, ListRecord, Record, brief_repr
 
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
@@ -72,6 +73,35 @@ class Trusted:
     def __init__(self, name: str, obj: Any) -> None:
         self.name = name
         self.obj = obj
+
+
+class Pending:
+    """A value an :class:`Op` made that the pickle's BUILD completes into a *new* object.
+
+    numpy dtypes are immutable and a numpy array's size is known only from its BUILD state, so
+    ckpt cannot complete them in place as pickle does with ``__setstate__``. An Op returns a
+    ``Pending`` holding a provisional ``value`` and a ``finish(state)`` function; at BUILD the VM
+    puts the finished value where the pending one stands: on the stack and in the memo entries
+    made since it was created (``mark``), which is where a pickler puts it. A ``Pending`` that a
+    crafted pickle copies elsewhere stays a ``Pending``, harmless; consumers read ``.value``.
+    """
+
+    __slots__ = ("name", "value", "finish", "mark", "done")
+
+    def __init__(self, name: str, value: Any, finish: Callable[[Any], Any]) -> None:
+        self.name = name
+        self.value = value
+        self.finish = finish
+        self.mark = 0
+        self.done = False
+
+    def __repr__(self) -> str:
+        return f"<pending {self.name}: {self.value!r}>"
+
+
+def settled(value: Any) -> Any:
+    """``value``, or the value a :class:`Pending` stands for."""
+    return value.value if type(value) is Pending else value
 
 
 _NO_MATCH = object()
@@ -257,6 +287,8 @@ def check_hashable(key: Any, max_nesting: int) -> None:
             todo.extend((x, depth + 1) for x in obj)
         elif t is list or t is dict or t is set or t is bytearray or t is OrderedDict or t is Counter:
             raise CorruptCheckpointError(f"a {t.__name__} cannot be a dict key or set member")
+        elif getattr(t, "__hash__", None) is None:  # numpy arrays, records, defaultdicts, ...
+            raise CorruptCheckpointError(f"a {t.__name__} cannot be a dict key or set member")
 
 
 class Unpickler:
@@ -264,8 +296,8 @@ class Unpickler:
 
     ``resolve(module, name, offset)`` maps a global to a ckpt value (see module docs); ``None``
     refuses every global. ``persistent_load(pid)`` maps a persistent id to a value; ``None`` refuses them.
-    ``build_hook(obj, state)`` may handle BUILD on objects the VM does not know (returns the new
-    object, or ``NotImplemented``). Trailing bytes after STOP are an error unless
+    BUILD reaches ckpt's own objects through their ``__ckpt_build__(state)`` method, and completes
+    a :class:`Pending` into a new object. Trailing bytes after STOP are an error unless
     ``allow_trailing`` (multi-pickle streams); ``end`` then tells where the pickle stopped.
     """
 
@@ -295,6 +327,7 @@ class Unpickler:
         self.protocol = 0
         self._trusted: dict[int, Any] = {}
         self._layout: _RecordLayout | None = None
+        self._memo: dict[int, Any] = {}
         self.fast_tensor_op: Op | None = None
         """The Op for ``torch._utils._rebuild_tensor_v2``; set it to enable the tensor-record fast path."""
 
@@ -320,13 +353,19 @@ class Unpickler:
         if type(args) is not tuple:
             raise self._error(f"call arguments must be a tuple, not {type(args).__name__}", pos)
         t = type(func)
+        if t is GlobalRef and func.op is not None:
+            func = func.op
+            t = Op
         if t is Op:
             try:
-                return func.fn(*args)
+                result = func.fn(*args)
             except CheckpointError as e:
                 raise e.with_context(path=self.path, record=self.record)
             except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as e:
                 raise self._error(f"{func.name} called with bad arguments ({e})", pos) from None
+            if type(result) is Pending:
+                result.mark = len(self._memo)
+            return result
         if t is GlobalRef:
             return InertObject(func.qualname, args=args, how=how)
         if t is InertObject:
@@ -341,6 +380,9 @@ class Unpickler:
         if kwargs is not None and type(kwargs) is not dict:
             raise self._error("NEWOBJ_EX keyword arguments must be a dict", pos)
         t = type(cls)
+        if t is GlobalRef and cls.op is not None:
+            cls = cls.op
+            t = Op
         if t is Op and cls.newobj is not None:
             try:
                 return cls.newobj(*args, **(kwargs or {}))
@@ -365,7 +407,12 @@ class Unpickler:
             return
         hook = getattr(inst, "__ckpt_build__", None) if t not in _DICT_TYPES else None
         if hook is not None:
-            hook(state)
+            try:
+                hook(state)
+            except CheckpointError as e:
+                raise e.with_context(path=self.path, record=self.record)
+            except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as e:
+                raise self._error(f"BUILD state of a {t.__name__} is malformed ({e})", pos) from None
             return
         if t is OrderedDict or t is Counter:
             # torch saves module state dicts as OrderedDict + BUILD {'_metadata': ...}; like torch,
@@ -387,6 +434,29 @@ class Unpickler:
             return
         raise self._error(f"BUILD on a {t.__name__} is not allowed", pos)
 
+    def _finish_pending(self, inst: Pending, state: Any, memo: dict[int, Any], pos: int) -> Any:
+        """Complete a :class:`Pending` with its BUILD state and forward the memo entries made since
+        it was created to the finished value (bounded by the number of entries made since)."""
+        if inst.done:
+            raise self._error(f"BUILD applied twice to a {inst.name}", pos)
+        try:
+            value = inst.finish(state)
+        except CheckpointError as e:
+            raise e.with_context(path=self.path, record=self.record)
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as e:
+            raise self._error(f"BUILD state of {inst.name} is malformed ({e})", pos) from None
+        inst.value = value
+        inst.done = True
+        budget = len(memo) - inst.mark
+        if budget > 0:
+            for key in reversed(memo):
+                if memo[key] is inst:
+                    memo[key] = value
+                budget -= 1
+                if not budget:
+                    break
+        return value
+
     def _keep_trusted(self, obj: Any) -> Any:
         """Remember an object a trusted callable made: BUILD/APPEND/SETITEM on it act as in pickle."""
         self._trusted[id(obj)] = obj
@@ -397,7 +467,7 @@ class Unpickler:
 
     def _append(self, target: Any, items: list[Any], pos: int) -> None:
         t = type(target)
-        if t is list:
+        if t is list or t is ListRecord:
             target.extend(items)
         elif t is InertObject:
             target.listitems.extend(items)
@@ -411,7 +481,7 @@ class Unpickler:
         t = type(target)
         if len(items) % 2:
             raise self._error("SETITEMS with an odd number of items", pos)
-        if t is dict or t is OrderedDict or t is Counter:
+        if t is dict or t is OrderedDict or t is Counter or t is _defaultdict or (t is Record and target.takes_items):
             for i in range(0, len(items), 2):
                 key = items[i]
                 if type(key) not in _SCALAR_KEYS:
@@ -519,6 +589,7 @@ class Unpickler:
         metastack: list[list[Any]] = []
         push = stack.append
         memo: dict[int, Any] = {}
+        self._memo = memo
         resolve_global = self._global
         call = self._call
         persistent = self.persistent_load
@@ -655,7 +726,11 @@ class Unpickler:
                     pos += ln
                 elif op == 98:  # BUILD
                     state = stack.pop()
-                    self._build(stack[-1], state, at)
+                    inst = stack[-1]
+                    if type(inst) is Pending:
+                        stack[-1] = self._finish_pending(inst, state, memo, at)
+                    else:
+                        self._build(inst, state, at)
                 elif op == 128:  # PROTO
                     proto = data[pos]
                     pos += 1

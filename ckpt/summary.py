@@ -22,7 +22,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .policy import Finding
 from .recognize import recognize_optimizer, recognize_state_dict, recognize_training
 from .tensors import StorageRef, TensorRef
-from .values import Device, GlobalRef, InertObject, Size, TorchConstant
+from .values import Device, EnumMember, GlobalRef, InertObject, ListRecord, Record, Size, TorchConstant
 from .jsonable import brief, json_scalar
 from .walk import MAPPINGS, is_scalar_collection, join_path, walk
 
@@ -240,9 +240,10 @@ def summarize(
             budget -= len(event.keys)
             values.append(_value_info(path_s, event.keys, event.value))
         elif kind == "container":
-            if type(event.value) in MAPPINGS:
+            t = type(event.value)
+            if t in MAPPINGS:
                 mappings.append((event.keys, event.value))
-            elif type(event.value) is InertObject and (match is None or match(event.path)):
+            if (t is InertObject or t is Record or t is ListRecord) and (match is None or match(event.path)):
                 values.append(_value_info(event.path, event.keys, event.value))
         elif kind == "ref":
             refs.append({"path": event.path, "same_as": event.target or ""})
@@ -292,6 +293,17 @@ def describe_type(value: Any) -> str:
         return "storage"
     if t is OrderedDict:
         return "OrderedDict"
+    if t is Record or t is ListRecord or t is EnumMember:
+        return value.type
+    module = t.__module__
+    if module == "numpy.dtypes":
+        return "numpy.dtype"
+    if module == "numpy":
+        return f"numpy.{t.__name__}"
+    if t is type:
+        return "type"
+    if module in ("datetime", "pathlib", "collections"):
+        return f"{module}.{t.__name__}"
     return t.__name__
 
 
@@ -314,9 +326,36 @@ def _value_info(path: str, keys: tuple[Any, ...], value: Any) -> ValueInfo:
         json_value = value.name
     elif t is GlobalRef:
         json_value = value.qualname
-    elif (t is list or t is tuple) and len(value) <= 1000:
+    elif (t is list or t is tuple or t is ListRecord) and len(value) <= 1000:
         json_value = [json_scalar(v, 3) for v in value]
+    else:
+        json_value = _profiled_json(value)
     return ValueInfo(path=path, keys=keys, type=describe_type(value), value=json_value, repr=brief(value))
+
+
+def _profiled_json(value: Any) -> Any:
+    """The faithful JSON form of a value a profile rebuilt (numpy scalar, dtype, datetime, path,
+    enum member, type), else None."""
+    t = type(value)
+    module = t.__module__
+    if t is EnumMember:
+        return value.value if type(value.value) in (str, int, bool) else None
+    if t is type:
+        return f"{value.__module__}.{value.__qualname__}"
+    if module == "numpy.dtypes":
+        return value.str
+    if module == "numpy":
+        if t.__name__ != "ndarray" and getattr(value, "shape", None) == () and hasattr(value, "item"):  # a scalar
+            item = value.item()
+            if type(item) in (bool, int, str) or (type(item) is float and item == item and abs(item) != float("inf")):
+                return item
+            return None
+        return None
+    if module == "datetime":
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    if module == "pathlib":
+        return str(value)
+    return None
 
 
 def _structure(mappings: list[tuple[tuple[Any, ...], Any]]) -> list[dict[str, Any]]:

@@ -98,7 +98,7 @@ class TensorRef:
     ``storage`` is ``None`` for meta tensors (no data). ``is_parameter`` is True for
     ``nn.Parameter``; ``attrs`` holds Python attributes saved with a tensor or parameter;
     ``subclass`` names a tensor subclass the file asked for (kept as a name, never imported);
-    ``metadata`` is torch's conj/neg bits.
+    ``metadata`` is torch's conj/neg bits; ``quantizer`` describes a quantized tensor's scales.
     """
 
     # The rare fields live in one dict so that making the common tensor stays cheap.
@@ -134,6 +134,8 @@ class TensorRef:
     attrs = property(lambda self: self._get("attrs"), lambda self, v: self._set("attrs", v))
     subclass = property(lambda self: self._get("subclass"), lambda self, v: self._set("subclass", v))
     metadata = property(lambda self: self._get("metadata"), lambda self, v: self._set("metadata", v))
+    quantizer = property(lambda self: self._get("quantizer"))
+    """For a quantized tensor: ``qscheme`` and ``scale``/``zero_point`` or ``scales``/``zero_points``/``axis``."""
 
     @property
     def device(self) -> str:

@@ -18,13 +18,19 @@ from typing import Any
 
 
 class GlobalRef:
-    """A global the pickle named (``module.name``) and ckpt did not import."""
+    """A global the pickle named (``module.name``) and ckpt did not import.
 
-    __slots__ = ("module", "name")
+    ``op`` is set for names ckpt has a :mod:`profile <ckpt.profiles>` for: calling the global then
+    runs ckpt's own constructor (an :class:`~ckpt.pickle_vm.Op`) instead of recording the call,
+    while the global stored as a value (a class object kept as data) stays this reference.
+    """
 
-    def __init__(self, module: str, name: str) -> None:
+    __slots__ = ("module", "name", "op")
+
+    def __init__(self, module: str, name: str, op: Any = None) -> None:
         self.module = module
         self.name = name
+        self.op = op
 
     @property
     def qualname(self) -> str:
@@ -195,3 +201,109 @@ class TorchConstant:
 
     def __hash__(self) -> int:
         return hash((self.kind, self.name))
+
+
+class Record(dict):  # type: ignore[type-arg]
+    """An object of a class ckpt has a profile for, rebuilt as data: its fields are the items.
+
+    ``type`` is the ``module.name`` the file named (``argparse.Namespace``); ``info`` holds what
+    the object carried besides its fields (an OmegaConf container's metadata, ...). Fields read as
+    attributes too, as on the original object (``args.lr``); nothing of the class is imported.
+
+    >>> r = Record("argparse.Namespace", {"lr": 0.1})
+    >>> r.lr, r["lr"], r.type
+    (0.1, 0.1, 'argparse.Namespace')
+    """
+
+    __slots__ = ("type", "info", "takes_items", "profile")
+
+    def __init__(self, type: str, fields: Any = (), *, takes_items: bool = False, profile: Any = None) -> None:
+        super().__init__(fields)
+        self.type = type
+        self.info: dict[str, Any] = {}
+        self.takes_items = takes_items
+        self.profile = profile
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probe for special methods
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the record has no field {name!r}") from None
+
+    def __reduce__(self) -> Any:
+        return _remake, (Record, self.type, dict(self), self.info, self.takes_items)
+
+    def __ckpt_build__(self, state: Any) -> None:
+        if self.profile is None:
+            from .errors import CorruptCheckpointError
+
+            raise CorruptCheckpointError(f"BUILD on a {self.type} record is not allowed")
+        self.profile.build(self, state)
+
+    def __repr__(self) -> str:
+        return f"{self.type}({dict.__repr__(self)})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ListRecord(list):  # type: ignore[type-arg]
+    """A list-like object of a profiled class (an OmegaConf ``ListConfig``), rebuilt as a list.
+
+    ``type`` and ``info`` as in :class:`Record`.
+    """
+
+    __slots__ = ("type", "info", "profile")
+
+    def __init__(self, type: str, items: Any = (), *, profile: Any = None) -> None:
+        super().__init__(items)
+        self.type = type
+        self.info: dict[str, Any] = {}
+        self.profile = profile
+
+    def __ckpt_build__(self, state: Any) -> None:
+        if self.profile is None:
+            from .errors import CorruptCheckpointError
+
+            raise CorruptCheckpointError(f"BUILD on a {self.type} record is not allowed")
+        self.profile.build(self, state)
+
+    def __repr__(self) -> str:
+        return f"{self.type}({list.__repr__(self)})"
+
+    def __reduce__(self) -> Any:
+        return _remake, (ListRecord, self.type, list(self), self.info, None)
+
+
+def _remake(cls: type, type_name: str, content: Any, info: dict[str, Any], takes_items: Any) -> Any:
+    """Copy and pickle support for :class:`Record` and :class:`ListRecord` (profile not kept)."""
+    out = cls(type_name, content) if takes_items is None else cls(type_name, content, takes_items=takes_items)
+    out.info = info
+    return out
+
+
+class EnumMember:
+    """A member of an enum class ckpt has a profile for: ``(type, value)``, with the member's name
+    where the profile knows it.
+
+    >>> EnumMember("deepspeed.runtime.zero.config.ZeroStageEnum", 2, "gradients")
+    <ZeroStageEnum.gradients: 2>
+    """
+
+    __slots__ = ("type", "value", "name")
+
+    def __init__(self, type: str, value: Any, name: str | None = None) -> None:
+        self.type = type
+        self.value = value
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EnumMember) and (self.type, self.value) == (other.type, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.value))
+
+    def __repr__(self) -> str:
+        short = self.type.rsplit(".", 1)[-1]
+        return f"<{short}.{self.name if self.name is not None else '?'}: {self.value!r}>"

@@ -14,16 +14,16 @@ Dotted paths join keys with ``.``; list and tuple items are named by index:
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import ResourceLimitError
 from .tensors import TensorRef
-from .values import InertObject
+from .values import InertObject, ListRecord, Record
 
-MAPPINGS = (dict, OrderedDict, Counter)
-SEQUENCES = (list, tuple)
+MAPPINGS = (dict, OrderedDict, Counter, defaultdict, Record)
+SEQUENCES = (list, tuple, ListRecord)
 SETS = (set, frozenset)
 
 
