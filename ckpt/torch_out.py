@@ -16,7 +16,7 @@ from .errors import CorruptCheckpointError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 from .pickle_vm import Trusted
 from .rebuild import COMPRESSED_LAYOUTS, Builder, check_nested_components
-from .tensors import StorageRef, TensorRef
+from .tensors import StorageRef, TensorRef, contiguous_strides
 from .reader import Reader
 from .values import Device
 
@@ -72,12 +72,14 @@ class StorageHandle:
     only a storage the file stores bare (not inside a tensor) needs that, see
     :func:`holds_storage_handle`."""
 
-    __slots__ = ("ust", "ref", "device")
+    __slots__ = ("ust", "ref", "device", "raw", "first")
 
-    def __init__(self, ust: Any, ref: StorageRef, device: Any) -> None:
-        self.ust = ust
+    def __init__(self, ust: Any, ref: StorageRef, device: Any, raw: bytearray | None = None) -> None:
+        self.ust = ust  # None while the bytes wait in ``raw`` (see TorchBuilder._ust)
         self.ref = ref
         self.device = device
+        self.raw = raw
+        self.first: Any = None  # the tensor made straight from ``raw``, whose storage is this one
 
 
 def holds_storage_handle(root: Any) -> bool:
@@ -129,6 +131,11 @@ class TorchBuilder(Builder):
         self.restore = restore_location(map_location)
         self.meta = is_meta_location(map_location)
         self.byteswap = reader.needs_byteswap
+        self._cpu = self.torch.device("cpu")
+        # Small CPU storages may wait as bytes when placing them on the CPU changes nothing.
+        self.defer = not mmap and not self.meta and (
+            map_location is None or (str(map_location) == "cpu" and not isinstance(map_location, dict))
+        )
         self._loaded: dict[str, Any] = {}
         self._protos: dict[tuple[Any, Any], Any] = {}  # an empty tensor per (dtype, device) to make views from
         self._typed: dict[int, tuple[Any, StorageHandle]] = {}  # id(TypedStorage) -> (it, its handle)
@@ -144,15 +151,20 @@ class TorchBuilder(Builder):
         itself returns for a bare storage (see :func:`holds_storage_handle`)."""
         handle = self._loaded.get(ref.key)
         if handle is None:
-            ust = self._load_storage(ref)
-            handle = StorageHandle(ust, ref, ust.device)
-            # torch's own rule: a storage without data (empty, or on meta) is not shared between
-            # tensors, while an empty mmap slice (a real pointer) is
-            if ust.data_ptr() != 0:
+            raw = self._read_deferred(ref) if self.defer else None
+            if raw is not None:
+                handle = StorageHandle(None, ref, self._cpu, raw)
                 self._loaded[ref.key] = handle
+            else:
+                ust = self._load_storage(ref)
+                handle = StorageHandle(ust, ref, ust.device)
+                # torch's own rule: a storage without data (empty, or on meta) is not shared between
+                # tensors, while an empty mmap slice (a real pointer) is
+                if ust.data_ptr() != 0:
+                    self._loaded[ref.key] = handle
         if self.typed_storages:
             typed = self.torch.storage.TypedStorage(
-                wrap_storage=handle.ust, dtype=getattr(self.torch, ref.dtype.name), _internal=True
+                wrap_storage=self._ust(handle), dtype=getattr(self.torch, ref.dtype.name), _internal=True
             )
             self._typed[id(typed)] = (typed, handle)
             return typed
@@ -168,6 +180,29 @@ class TorchBuilder(Builder):
         if entry is None or entry[0] is not obj:
             raise CorruptCheckpointError(f"a tensor's storage argument is a {type(obj).__name__}, not a storage")
         return entry[1]
+
+    def _read_deferred(self, ref: StorageRef) -> bytearray | None:
+        """The bytes of a small, non-empty CPU storage that needs no byteswap or move, kept as Python
+        memory so the first tensor over all of it is made in one step (``torch.frombuffer``);
+        None for every other storage."""
+        if not 0 < ref.nbytes < _SMALL or ref.location != "cpu" or (self.byteswap and ref.dtype.itemsize > 1):
+            return None
+        data = self.reader.read_small(ref)
+        if data is None:
+            return None
+        return bytearray(data)
+
+    def _ust(self, handle: StorageHandle) -> Any:
+        """The handle's UntypedStorage, made from its pending bytes if needed."""
+        ust = handle.ust
+        if ust is None:
+            if handle.first is not None:
+                ust = handle.first.untyped_storage()
+            else:
+                ust = self.torch.frombuffer(handle.raw, dtype=self.torch.uint8).untyped_storage()
+            handle.ust = ust
+            handle.raw = None
+        return ust
 
     def _load_storage(self, ref: StorageRef) -> Any:
         torch = self.torch
@@ -209,7 +244,11 @@ class TorchBuilder(Builder):
                 t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
             else:
                 handle = storage if type(storage) is StorageHandle else self._handle(storage)
-                ust = handle.ust
+                if handle.raw is not None and handle.first is None and ref.offset == 0:
+                    t = self._whole(handle, ref)
+                    if t is not None:
+                        return self._finish(t, ref)
+                ust = self._ust(handle)
                 device = handle.device
                 proto = self._protos.get((ref.dtype, device))
                 if proto is None:
@@ -221,13 +260,31 @@ class TorchBuilder(Builder):
                 f"torch cannot make the tensor view {ref.dtype.name}{list(ref.shape)} ({e})",
                 record=ref.storage.record if ref.storage is not None else None,
             ) from None
+        return self._finish(t, ref)
+
+    def _whole(self, handle: StorageHandle, ref: TensorRef) -> Any:
+        """A contiguous tensor over all of a pending storage, in one step; None if the view is not that."""
+        raw = handle.raw
+        shape = ref.shape
+        n = 1
+        for s in shape:
+            n *= s
+        if n * ref.dtype.itemsize != len(raw) or ref.stride != contiguous_strides(shape):
+            return None
+        t = self.torch.frombuffer(raw, dtype=getattr(self.torch, ref.dtype.name))
+        if len(shape) != 1:
+            t = t.view(shape)
+        handle.first = t
+        return t
+
+    def _finish(self, t: Any, ref: TensorRef) -> Any:
         if ref.requires_grad:
             try:
                 t.requires_grad = True
             except RuntimeError as e:
                 raise CorruptCheckpointError(f"tensor cannot require gradients ({e})") from None
         if ref._extra is not None and ref.metadata:
-            torch._C._set_tensor_metadata(t, ref.metadata)
+            self.torch._C._set_tensor_metadata(t, ref.metadata)
         return self.remember(t, ref)
 
     def parameter(self, ref: TensorRef, data: Any, requires_grad: bool) -> Any:
@@ -293,6 +350,7 @@ class TorchBuilder(Builder):
         torch = self.torch
         dtype = getattr(torch, ref.dtype.name)
         handle = self._handle(storage)
+        self._ust(handle)
         device = handle.device
         if device.type == "meta":
             raise UnsupportedFeatureError("quantized tensors cannot be made on the meta device (torch cannot either)")
