@@ -19,6 +19,8 @@ from .rebuild import Builder
 from .sniff import HEAD_BYTES, explain, sniff
 from .tensors import StorageRef, TensorRef
 from . import torch_zip  # noqa: F401  (registers the zip reader)
+from . import torch_legacy  # noqa: F401  (registers the legacy reader)
+from . import safetensors_reader  # noqa: F401  (registers the safetensors reader)
 from .reader import READERS, Reader
 from .walk import iter_tensors
 from .zipread import RangedFile
@@ -106,18 +108,6 @@ def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Reader:
         factory = READERS.get(kind)
         if factory is not None:
             return factory(file, name, limits, head)
-        if kind == "torch-legacy":
-            raise UnsupportedFormatError(
-                "this is a legacy (pre-1.6, non-zip) torch checkpoint; reading it is not supported yet",
-                path=name,
-            )
-        if kind == "torch-tar":
-            raise UnsupportedFormatError(
-                "this is a tar archive (the pre-0.1.10 torch tar format, or another tar); not supported",
-                path=name,
-            )
-        if kind == "safetensors":
-            raise UnsupportedFormatError("safetensors files are not supported yet", path=name)
         raise NotACheckpointError(explain(kind, head, file.size), path=name)
     except BaseException:
         file.close()

@@ -44,7 +44,10 @@ def sniff(head: bytes, size: int) -> str:
     if _is_safetensors(head, size):
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 2 and head[1] <= 5:
-        if head[2:].startswith(LEGACY_MAGIC_LONG1):
+        body = head[2:]
+        if body[:1] == b"\x95":  # protocol 4/5: a FRAME opcode (8-byte length) comes first
+            body = body[9:]
+        if body.startswith(LEGACY_MAGIC_LONG1):
             return "torch-legacy"
         return "pickle"
     if _is_legacy_text_protocol(head):
@@ -67,10 +70,13 @@ def _is_tar(head: bytes) -> bool:
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian length, then a JSON object (the reader checks the length against
+    the file, so a truncated download is named as such rather than as unknown bytes)."""
     if len(head) < 9:
         return False
     (n,) = struct.unpack_from("<Q", head)
-    return 2 <= n <= size - 8 and head[8:9] == b"{"
+    body = head[8 : 8 + min(n, 64)].lstrip(b" \t\r\n")
+    return 2 <= n < 1 << 40 and body[:1] in (b"{", b"[")
 
 
 def _is_legacy_text_protocol(head: bytes) -> bool:
