@@ -21,6 +21,7 @@ from .tensors import StorageRef, TensorRef
 from . import torch_zip  # noqa: F401  (registers the zip reader)
 from . import torch_legacy  # noqa: F401  (registers the legacy reader)
 from . import safetensors_reader  # noqa: F401  (registers the safetensors reader)
+from . import sharded  # noqa: F401  (registers the sharded-index reader)
 from .reader import READERS, Reader
 from .walk import iter_tensors
 from .zipread import RangedFile
@@ -90,10 +91,7 @@ def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Reader:
     """Detect the format of ``path`` by content and return its reader (the file stays open)."""
     name = os.fspath(path)
     if os.path.isdir(name):
-        raise UnsupportedFormatError(
-            "is a directory; sharded and distributed (DCP) checkpoint folders are not supported yet",
-            path=name,
-        )
+        return sharded.open_folder(name, limits)
     try:
         file = RangedFile.open(name)
     except FileNotFoundError:

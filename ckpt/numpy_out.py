@@ -174,6 +174,7 @@ class NumpyBuilder(Builder):
         if unsupported_dtype not in UNSUPPORTED_DTYPE_CHOICES:
             raise ValueError(f"unsupported_dtype must be one of {UNSUPPORTED_DTYPE_CHOICES}")
         super().__init__(mode=mode, limits=limits)
+        self._settings = {"mmap": mmap, "unsupported_dtype": unsupported_dtype, "mode": mode, "limits": limits}
         self.reader = reader
         self.unsupported_dtype = unsupported_dtype
         self._loaded: dict[str, np.ndarray] = {}
@@ -182,6 +183,10 @@ class NumpyBuilder(Builder):
             fd = reader.fileno()
             if fd is not None and reader.file_size:
                 self._map = _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
+
+    def for_reader(self, reader: Reader) -> NumpyBuilder:
+        """A builder with the same settings for another file (a shard of a sharded checkpoint)."""
+        return NumpyBuilder(reader, **self._settings)
 
     def finish_storage(self, ref: StorageRef) -> Any:
         arr = self._loaded.get(ref.key)

@@ -11,6 +11,7 @@ HTML error page, an empty download, ...) into the actionable message users need.
 
 from __future__ import annotations
 
+import codecs
 import json
 import struct
 
@@ -87,8 +88,8 @@ def _is_legacy_text_protocol(head: bytes) -> bool:
 
 
 def _looks_textual(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
+    try:  # not final: a character cut in two at the end of ``head`` is still text
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return False
     return all(c.isprintable() or c in "\r\n\t" for c in text)
@@ -129,7 +130,7 @@ def explain(kind: str, head: bytes, size: int) -> str:
 def _explain_json(head: bytes) -> str:
     text = head.decode("utf-8", "replace")
     if '"weight_map"' in text:
-        return "this is a sharded-checkpoint index (weight_map); sharded checkpoints are not supported yet"
+        return "this is a sharded-checkpoint index (weight_map), but not a valid one"
     try:
         json.loads(text)
     except ValueError:

@@ -82,6 +82,7 @@ class TorchBuilder(Builder):
     ) -> None:
         self.torch = _torch()
         super().__init__(mode=mode, limits=limits)
+        self._settings = {"map_location": map_location, "mmap": mmap, "mode": mode, "limits": limits}
         self.reader = reader
         self.restore = restore_location(map_location)
         self.meta = is_meta_location(map_location)
@@ -89,9 +90,13 @@ class TorchBuilder(Builder):
         self._loaded: dict[str, Any] = {}
         self._protos: dict[tuple[Any, Any], Any] = {}  # an empty tensor per (dtype, device) to make views from
         self._overall = None
-        if mmap and not self.meta:
+        if mmap and not self.meta and reader.fileno() is not None:
             path = reader.path
             self._overall = self.torch.UntypedStorage.from_file(os.fspath(path), False, os.path.getsize(path))
+
+    def for_reader(self, reader: Reader) -> TorchBuilder:
+        """A builder with the same settings for another file (a shard of a sharded checkpoint)."""
+        return TorchBuilder(reader, **self._settings)
 
     # -- storages --------------------------------------------------------------------------
 
