@@ -191,8 +191,12 @@ class NumpyBuilder(Builder):
     def finish_storage(self, ref: StorageRef) -> Any:
         arr = self._loaded.get(ref.key)
         if arr is None:
-            offset = self.reader.data_offset(ref) if self._map is not None else None
-            if offset is not None:
+            view = self.reader.storage_base(ref)
+            offset = self.reader.data_offset(ref) if self._map is not None and view is None else None
+            if view is not None:  # a slice of another storage (legacy storage views): share its memory
+                base, start = view
+                arr = self.finish_storage(base)[start : start + ref.nbytes]
+            elif offset is not None:
                 arr = np.frombuffer(self._map, dtype=np.uint8, count=ref.nbytes, offset=offset)
             else:
                 arr = np.empty(ref.nbytes, dtype=np.uint8)

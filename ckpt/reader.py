@@ -49,6 +49,11 @@ class Reader(StorageReader):
         """A file descriptor to memory-map the file with, or None if it cannot be mapped."""
         return None
 
+    def storage_base(self, storage: StorageRef) -> tuple[StorageRef, int] | None:
+        """``(base, byte offset)`` when ``storage`` is a slice of another storage of the file (legacy
+        storage views), so that builders share memory between them as torch does; else None."""
+        return None
+
     @property
     def needs_byteswap(self) -> bool:
         return self.byteorder != sys.byteorder

@@ -325,6 +325,11 @@ class LegacyReader(Reader):
 
     def facts(self) -> dict[str, Any]:
         notes = list(self.notes)
+        if self._views:
+            notes.append(
+                f"{len(self._views)} storage view(s) (written by torch before 0.4) share the bytes of the "
+                "storage they slice; ckpt.load shares their memory as torch does"
+            )
         if self.modules:
             notes.append(
                 "the file pickles whole nn.Module objects (torch.save(model)): "
@@ -348,6 +353,13 @@ class LegacyReader(Reader):
         out = {ref.key: ref for ref in self._storages.values()}
         out.update((ref.key, ref) for ref, _, _ in self._views.values())
         return out
+
+    def storage_base(self, storage: StorageRef) -> tuple[StorageRef, int] | None:
+        key = storage.key[len(self.key_prefix):]
+        view = self._views.get(key)
+        if view is None or view[0] is not storage:
+            return None
+        return view[1], view[2] * view[1].dtype.itemsize
 
     def data_offset(self, storage: StorageRef) -> int | None:
         offset = self._offsets.get(storage.key)

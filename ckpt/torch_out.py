@@ -114,6 +114,11 @@ class TorchBuilder(Builder):
     def _load_storage(self, ref: StorageRef) -> Any:
         torch = self.torch
         dtype = getattr(torch, ref.dtype.name)
+        view = self.reader.storage_base(ref)
+        if view is not None:  # a slice of another storage (legacy storage views): share its memory
+            base, offset = view
+            ust = self.finish_storage(base)._untyped_storage[offset : offset + ref.nbytes]
+            return torch.storage.TypedStorage(wrap_storage=ust, dtype=dtype, _internal=True)
         if self.meta:
             ust = torch.UntypedStorage(ref.nbytes, device="meta")
         else:
