@@ -17,8 +17,18 @@ interpreter (:class:`~ckpt.pickle_vm.Unpickler`), which must stop at the same pl
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from .errors import CorruptCheckpointError, ResourceLimitError
-from .zipread import RangedFile
+
+
+class Source(Protocol):
+    """What :func:`pickle_end` reads from: a :class:`~ckpt.zipread.RangedFile`, or a cache over one."""
+
+    size: int
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
 
 # Argument layout of every opcode of protocols 0 to 5 (pickletools' table), by opcode byte:
 #   0: none; n > 0: n fixed bytes; LINE: one newline-terminated line; LINE2: two lines;
@@ -50,7 +60,7 @@ _MAX_CHUNK = 1 << 24
 
 
 def pickle_end(
-    file: RangedFile,
+    file: Source,
     start: int,
     *,
     limit: int = 1 << 31,

@@ -48,8 +48,8 @@ def sniff(head: bytes, size: int) -> str:
         body = head[2:]
         if body[:1] == b"\x95":  # protocol 4/5: a FRAME opcode (8-byte length) comes first
             body = body[9:]
-        if body.startswith(LEGACY_MAGIC_LONG1):
-            return "torch-legacy"
+        if body.startswith(LEGACY_MAGIC_LONG1) or (body and len(head) == size and LEGACY_MAGIC_LONG1.startswith(body)):
+            return "torch-legacy"  # (or its first bytes only: a truncated download the reader names)
         return "pickle"
     if _is_legacy_text_protocol(head):
         return "torch-legacy"

@@ -59,6 +59,7 @@ class LegacyReader(Reader):
 
     def __init__(self, file: RangedFile, *, path: str, limits: Limits) -> None:
         self.file = file
+        self._head = _Head(file)
         self.path = path
         self.limits = limits
         self.byteorder = "little"  # torch writes (and reads) legacy storages little-endian
@@ -100,8 +101,8 @@ class LegacyReader(Reader):
     # -- the preamble ------------------------------------------------------------------------
 
     def _preamble(self, pos: int, what: str) -> tuple[Any, int]:
-        end = pickle_end(self.file, pos, limit=_SMALL_PICKLE, path=self.path, what=what)
-        data = self.file.pread(pos, end - pos)
+        end = pickle_end(self._head, pos, limit=_SMALL_PICKLE, path=self.path, what=what)
+        data = self._head.pread(pos, end - pos)
 
         def no_globals(module: str, name: str, offset: int) -> Any:
             raise CorruptCheckpointError(
@@ -140,9 +141,9 @@ class LegacyReader(Reader):
     def _run(self, builder: Builder, policy: Policy, findings: list[Finding]) -> Any:
         record = "object pickle"
         if self._main is None:
-            self.main_end = pickle_end(self.file, self.main_start, limit=self.limits.max_pickle_bytes,
-                                       path=self.path, what=record)
-            self._main = self.file.pread(self.main_start, self.main_end - self.main_start)
+            self.main_end = pickle_end(self._head, self.main_start,
+                                       limit=self.limits.max_pickle_bytes, path=self.path, what=record)
+            self._main = self._head.pread(self.main_start, self.main_end - self.main_start)
         resolver = Resolver(policy, builder, path=self.path, record=record, findings=findings)
         finish = builder.finish_storage
 
@@ -262,9 +263,9 @@ class LegacyReader(Reader):
         """Read the key list and each storage's size field; check them against the pickle."""
         assert self.main_end is not None
         pos = self.main_end
-        end = pickle_end(self.file, pos, limit=max(self.limits.max_pickle_bytes, _SMALL_PICKLE),
+        end = pickle_end(self._head, pos, limit=max(self.limits.max_pickle_bytes, _SMALL_PICKLE),
                          path=self.path, what="storage-key list")
-        vm = Unpickler(self.file.pread(pos, end - pos), resolve=None, persistent_load=None,
+        vm = Unpickler(self._head.pread(pos, end - pos), resolve=None, persistent_load=None,
                        path=self.path, record="storage-key list", limits=self.limits)
         keys = vm.load()
         if type(keys) is not list or any(type(k) is not str for k in keys):
@@ -283,7 +284,7 @@ class LegacyReader(Reader):
                     f"the storage-key list names storage {key!r}, which the object's pickle never uses",
                     path=self.path,
                 )
-            head = self.file.pread(pos, _SIZE_FIELD)
+            head = self._head.pread(pos, _SIZE_FIELD)
             if len(head) != _SIZE_FIELD:
                 raise self._truncated(key, pos)
             count = int.from_bytes(head, "little", signed=True)
@@ -388,6 +389,25 @@ class LegacyReader(Reader):
 
     def close(self) -> None:
         self.file.close()
+
+
+class _Head:
+    """Positioned reads of a file, the first ones served from a single read of its start: the
+    preamble, the object's pickle and the key list of most files lie in their first 64 KiB."""
+
+    SIZE = 1 << 16
+
+    def __init__(self, file: RangedFile) -> None:
+        self.file = file
+        self.size = file.size
+        self.head = file.pread(0, min(self.SIZE, file.size))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset + length <= len(self.head):
+            return self.head[offset : offset + length]
+        if offset < len(self.head):  # the cached part, then the rest
+            return self.head[offset:] + self.file.pread(len(self.head), offset + length - len(self.head))
+        return self.file.pread(offset, length)
 
 
 def _read_sys_info(info: Any) -> tuple[bool | None, dict[str, int] | None]:

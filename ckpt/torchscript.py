@@ -20,10 +20,12 @@ run at load time). ckpt reads them differently and safely:
   is compiled, evaluated or run. ``.debug_pkl`` files and other pickles are listed, never read.
 
 ``ckpt.open``/``ckpt.inspect`` give the module tree (dotted paths ``sub.lin.weight``);
-``ckpt.load`` gives the flat state dict that ``torch.jit.load(path).state_dict()`` returns: for
-each module in tree order, its parameters (``__parameters__`` order), then its buffers
-(``__buffers__`` order), then its submodules; detached tensors (``requires_grad=False``), ``None``
-parameters left out.
+``ckpt.load`` gives the flat state dict that ``torch.jit.load(path).state_dict()`` returns: an
+``OrderedDict`` holding, for each module in tree order, its parameters (``__parameters__``
+order), then its buffers (``__buffers__`` order, non-persistent ones included, as TorchScript
+keeps no persistence flag), then its submodules' entries; each entry a new detached tensor
+(``requires_grad=False``) sharing its storage (tied weights stay tied); ``None`` parameters left
+out; ``_metadata`` giving every module version 1, as torch does.
 """
 
 from __future__ import annotations
@@ -241,7 +243,9 @@ class TorchScriptReader(TorchZipReader):
     def state_dict(self, root: Any, builder: Builder) -> OrderedDict[str, Any]:
         """What ``torch.jit.load(path).state_dict()`` returns, from the rebuilt module tree."""
         out: OrderedDict[str, Any] = OrderedDict()
+        metadata: OrderedDict[str, Any] = OrderedDict()
         for path, obj in self._walk_modules(root):
+            metadata[path] = {"version": 1}  # nn.Module._version: not stored, the same for every module
             params, buffers, _ = self._members_of_built(obj, builder)
             state = obj.state if type(obj.state) is dict else {}
             for name in (*params, *buffers):
@@ -254,6 +258,7 @@ class TorchScriptReader(TorchZipReader):
                         f"{type(value).__name__}", path=self.path, record=self.prefix + "data.pkl",
                     )
                 out[f"{path}.{name}" if path else name] = _detached(value)
+        out._metadata = metadata  # type: ignore[attr-defined]
         return out
 
     def _members_of_built(self, obj: InertObject, builder: Builder) -> tuple[list[str], list[str], bool]:
@@ -299,11 +304,15 @@ def _is_tensor(builder: Builder, value: Any) -> bool:
 
 
 def _detached(value: Any) -> Any:
-    """A state dict holds detached tensors (torch flavour); other flavours are left as they are."""
+    """What ``state_dict()`` puts in: a new detached tensor per entry, sharing the storage (torch
+    flavour), a new view of the same memory (numpy flavour), the reference itself (lazy)."""
+    if type(value) is TensorRef:
+        return value
     detach = getattr(value, "detach", None)
-    if detach is not None and getattr(value, "requires_grad", False):
+    if detach is not None:
         return detach()
-    return value
+    view = getattr(value, "view", None)
+    return view() if view is not None else value
 
 
 def _script_class(qualname: str) -> Op:
