@@ -142,7 +142,8 @@ class SafetensorsReader(Reader):
                 f"{buffer_len - expected:,} bytes follow the last tensor's data; the header does not cover the "
                 "file (appended data, or a damaged header)"
             )
-        # The order safetensors.torch.load_file returns: by data offset.
+        # The order safetensors.torch.load_file returns: by data offset (empty tensors share offsets;
+        # the library orders those ties at random, ckpt by their place in the header).
         self.entries = [entries[i] for i in order]
         self._index = {e.name: e for e in self.entries}
 

@@ -77,7 +77,7 @@ def _is_safetensors(head: bytes, size: int) -> bool:
         return False
     (n,) = struct.unpack_from("<Q", head)
     body = head[8 : 8 + min(n, 64)].lstrip(b" \t\r\n")
-    return 2 <= n < 1 << 40 and body[:1] in (b"{", b"[")
+    return n >= 2 and body[:1] in (b"{", b"[")
 
 
 def _is_legacy_text_protocol(head: bytes) -> bool:
