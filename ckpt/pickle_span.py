@@ -126,6 +126,10 @@ def pickle_end(
         if arg is None:
             raise corrupt(f"holds an unknown opcode 0x{op:02x} at offset {base + pos - 1:,}")
         if op == STOP:
+            if base + pos - start > limit:
+                raise ResourceLimitError(
+                    f"the {what} is longer than {limit:,} bytes (Limits.max_pickle_bytes)", path=path
+                )
             return base + pos
         if arg == 0:
             continue
