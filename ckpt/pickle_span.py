@@ -119,7 +119,8 @@ def pickle_end(
             scanned = pos + have
 
     while True:
-        need(1)
+        if pos >= len(buf):
+            need(1)
         op = buf[pos]
         pos += 1
         arg = _ARGS.get(op)
@@ -135,7 +136,8 @@ def pickle_end(
             continue
         if type(arg) is int:
             if arg > 0:
-                need(arg)
+                if pos + arg > len(buf):
+                    need(arg)
                 pos += arg
             else:
                 for _ in range(-arg):
@@ -143,7 +145,8 @@ def pickle_end(
                     pos = nl + 1
             continue
         _, width, signed = arg  # type: ignore[misc]
-        need(width)
+        if pos + width > len(buf):
+            need(width)
         length = int.from_bytes(buf[pos : pos + width], "little", signed=signed)
         if length < 0:
             raise corrupt(f"declares a negative length at offset {base + pos:,}")
