@@ -123,19 +123,20 @@ class LegacyReader(Reader):
         Storage bytes can be located only once every storage's dtype is known, that is after the
         object's pickle ran. So the first call runs it with a lazy builder (reading no tensor
         bytes), reads the key list and locates the storages; a torch or numpy builder then gets a
-        second pass over the (in-memory) pickle. Under that first pass, names the caller trusts
-        are only allowed (inert), so a trusted constructor runs once, in the real pass.
+        second pass over the (in-memory) pickle. That first pass uses the inspect policy (unknown
+        globals and tensor kinds become inert, trusted constructors are not called): it only
+        declares storages, and the real pass, under the caller's policy, decides what is refused.
         """
         if self.data_start is None:
-            lazy = builder if builder.flavor == "lazy" else Builder(mode=builder.mode, limits=self.limits)
-            first_policy = policy
-            if lazy is not builder and policy.trust:
-                first_policy = Policy(policy.mode, allow=policy.allow | set(policy.trust))
-            scratch: list[Finding] = findings if lazy is builder else []
-            root = self._run(lazy, first_policy, scratch)
-            self._locate()
-            if lazy is builder:
+            if builder.flavor == "lazy":
+                root = self._run(builder, policy, findings)
+                self._locate()
                 return root
+            # A pass that only declares the storages: whatever the real pass will accept or refuse,
+            # this one reads through (unknown globals and tensor kinds become inert; nothing the
+            # caller trusts is called), so the real pass is the one that decides.
+            self._run(Builder(mode="inspect", limits=self.limits), Policy("inspect"), [])
+            self._locate()
         return self._run(builder, policy, findings)
 
     def _run(self, builder: Builder, policy: Policy, findings: list[Finding]) -> Any:

@@ -427,3 +427,24 @@ def test_legacy_tar_format_is_named_and_refused_without_extraction(tmp_path, mon
     with pytest.raises(ckpt.NotACheckpointError, match="tar archive \\(members: README, ../escape\\)"):
         ckpt.inspect(other)
     assert not marker.exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_trusted_constructors_run_once_despite_two_passes(tmp_path, helpers):
+    """Loading a legacy file runs its pickle twice (storages first); a constructor the caller
+    trusts is called in the real pass only, and an unknown name fails there, not in the first."""
+    calls: list[tuple] = []
+
+    def config(*args: Any) -> dict:
+        calls.append(args)
+        return {"built_from": args}
+
+    main = pickle2({"w": legacy_tensor(legacy_pid("10", 6), 0, (2, 3), (3, 1)), "cfg": call(glob("mypkg", "Config"), 1, "a")})
+    path = _write(tmp_path, legacy_stream(main, [("10", 6, struct.pack("<6f", *range(6)))]))
+    loaded = ckpt.load(path, as_="numpy", trust={"mypkg.Config": config})
+    assert loaded["cfg"] == {"built_from": (1, "a")} and calls == [(1, "a")]
+    with pytest.raises(ckpt.UnsafeGlobalError, match="mypkg.Config"):
+        ckpt.load(path, as_="numpy")
+    if helpers.HAS_TORCH:
+        calls.clear()
+        assert ckpt.load(path, trust={"mypkg.Config": config})["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+        assert calls == [(1, "a")]
