@@ -30,9 +30,11 @@ PathLike = str | os.PathLike[str]
 
 
 class Checkpoint:
-    """An opened checkpoint. Nothing but the zip directory and the pickle has been read.
+    """An opened checkpoint. Nothing but its metadata has been read: the zip directory and the
+    pickle, a legacy file's pickles, a safetensors header, a sharded index and its shards' headers.
 
-    Attributes: ``path``; ``format`` (``"torch-zip"``); ``facts`` (format details: archive name,
+    Attributes: ``path``; ``format`` (``"torch-zip"``, ``"torch-legacy"``, ``"torchscript"``,
+    ``"safetensors"`` or ``"sharded"``); ``facts`` (format details: archive name,
     version, byte order, pickle protocol, ...); ``root`` (the object the file holds, tensors as
     :class:`~ckpt.tensors.TensorRef`); ``findings`` (globals outside the allowlist, in inspect
     mode); ``storages`` (key -> :class:`~ckpt.tensors.StorageRef`).
@@ -88,7 +90,9 @@ class Checkpoint:
 
 
 def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Reader:
-    """Detect the format of ``path`` by content and return its reader (the file stays open)."""
+    """Detect the format of ``path`` by content and return its reader (the file stays open).
+
+    A folder is the sharded checkpoint whose index it holds (:func:`ckpt.sharded.open_folder`)."""
     name = os.fspath(path)
     if os.path.isdir(name):
         return sharded.open_folder(name, limits)
