@@ -164,11 +164,13 @@ BENCHMARKS: list[Bench] = [
     ),
     Bench(
         "load-sharded", 4, ("sharded",),
-        about="ckpt.load of the sharded folder vs reading its index and load_file of each shard (the "
-              "call alone)",
+        about="ckpt.load(mmap=True) of the sharded folder vs reading its index and load_file of each "
+              "shard (which maps each shard), the call alone; the copying load for information",
         cases=(
-            Case("ckpt.load(sharded/)", (*TIMED, "ckpt-load", "{sharded}"), timing="call"),
+            Case("ckpt.load(sharded/, mmap=True)", (*TIMED, "ckpt-load", "{sharded}", "--mmap"), timing="call"),
             Case(ST_SHARDED_LOAD[0], ST_SHARDED_LOAD[1], role="baseline", timing="call"),
+            Case("ckpt.load(sharded/)", (*TIMED, "ckpt-load", "{sharded}"), role="info", timing="call",
+                 vs=ST_SHARDED_LOAD[0]),
         ),
     ),
 ]
