@@ -27,6 +27,9 @@ class Reader(StorageReader):
     path: str
     limits: Limits
     byteorder: str = "little"
+    key_prefix: str = ""
+    """Prepended to the key of every storage the reader makes: a multi-file reader (sharded
+    checkpoints) sets it per file so that keys of different files never collide."""
 
     def facts(self) -> dict[str, Any]:
         """Format details for ``Checkpoint.facts`` and inspect's ``format`` object (``format`` key first)."""

@@ -65,8 +65,6 @@ class SafetensorsReader(Reader):
         self.path = path
         self.limits = limits
         self.byteorder = "little"
-        self.key_prefix = ""
-        """Prepended to every storage key (a multi-file reader keeps its shards' keys apart)."""
         self.notes: list[str] = []
         self.metadata: dict[str, str] | None = None
         self.entries: list[Entry] = []

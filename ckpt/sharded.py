@@ -121,11 +121,7 @@ class ShardedReader(Reader):
                 reader.close()
                 raise CorruptCheckpointError(f"shard {shard!r} is itself an index; shards must hold tensors",
                                              path=self.path)
-            if not hasattr(reader, "key_prefix"):
-                reader.close()
-                raise UnsupportedFormatError(f"shard {shard!r} is in a format ckpt cannot use as a shard",
-                                             path=self.path)
-            reader.key_prefix = f"{shard}:"  # type: ignore[attr-defined]
+            reader.key_prefix = f"{shard}:"
             self._readers[shard] = reader
         return reader
 

@@ -63,8 +63,6 @@ class LegacyReader(Reader):
         self.path = path
         self.limits = limits
         self.byteorder = "little"  # torch writes (and reads) legacy storages little-endian
-        self.key_prefix = ""
-        """Prepended to every storage key (a multi-file reader keeps its shards' keys apart)."""
         self.notes: list[str] = []
         pos = 0
         magic, pos = self._preamble(pos, "magic-number pickle")

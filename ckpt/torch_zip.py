@@ -76,8 +76,6 @@ class TorchZipReader(Reader):
                     path=path,
                     record=raw.decode("utf-8", "replace"),
                 )
-        self.key_prefix = ""
-        """Prepended to every storage key (a multi-file reader keeps its shards' keys apart)."""
         self.pickle_entry = self._entry("data.pkl")
         if self.pickle_entry is None:
             raise CorruptCheckpointError(

@@ -30,8 +30,11 @@ def inspect_command(
 ) -> None:
     """Show the tensors, values and structure of a checkpoint, and anything suspicious in it.
 
-    Reads only the archive directory and the pickle: no tensor bytes, no torch import, nothing
-    in the file executed. Globals outside ckpt's allowlist are shown as findings (exit code 1).
+    Reads only metadata (a zip checkpoint's directory and pickle, a legacy file's pickles, a
+    TorchScript archive's module tree, a safetensors header, a sharded index and its shards'
+    headers): no tensor bytes, no torch import, nothing in the file executed. PATH may be a file of
+    any of these formats, whatever its name, or a folder holding a sharded checkpoint's index.
+    Globals outside ckpt's allowlist are shown as findings (exit code 1).
 
     \b
     Examples:
@@ -39,6 +42,8 @@ def inspect_command(
       ckpt inspect model.pt --filter 'model.layers.0.*'
       ckpt inspect model.pt --depth 2
       ckpt inspect model.pt --json | jq '.tensors[] | select(.dtype == "bfloat16") | .path'
+      ckpt inspect model.safetensors
+      ckpt inspect path/to/sharded-model/
 
     Exit codes: 0 nothing suspicious, 1 findings, 2 error.
     """
