@@ -87,6 +87,13 @@ INPUTS: dict[str, Input] = {
              "shape": [4], "dtype": "float32", "seed": 0, "format": "torch-zip"},
             "100,000 float32 tensors of [4] in one state dict (layers.{i}.sub{j}.weight), ~30 MB",
         ),
+        Input(
+            "numpy_values",
+            "numpy_values.pt",
+            {"kind": "numpy_values", "scalars": 50_000, "arrays": 5_000, "array_shape": [16], "seed": 0},
+            "a training log of numpy values: 50,000 numpy float64/int64 scalars and 5,000 float32 "
+            "arrays of [16] beside a 4-tensor model, torch.save zip format (~2 MB)",
+        ),
     )
 }
 

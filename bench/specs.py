@@ -173,4 +173,23 @@ BENCHMARKS: list[Bench] = [
                  vs=ST_SHARDED_LOAD[0]),
         ),
     ),
+    # ---- issue 4 (part B): numpy values and other profiled objects ---------------------------
+    Bench(
+        "load-numpy-values", 4, ("numpy_values",),
+        about="ckpt.load of a checkpoint holding 50,000 numpy scalars and 5,000 numpy arrays (read "
+              "by default, rebuilt by ckpt's own code) vs torch.load(weights_only=True) with the "
+              "numpy globals allowlisted (torch refuses the file otherwise); the call alone",
+        cases=(
+            Case("ckpt.load(numpy_values.pt)", (*TIMED, "ckpt-load", "{numpy_values}"), timing="call"),
+            Case("torch.load(numpy_values.pt, numpy allowlisted)",
+                 (*TIMED, "torch-load-numpy-allowed", "{numpy_values}"), role="baseline", timing="call"),
+            Case("ckpt.load(numpy_values.pt, as_=numpy)",
+                 (*TIMED, "ckpt-load", "{numpy_values}", "--as", "numpy", "--no-torch"), role="info",
+                 timing="call", vs="torch.load(numpy_values.pt, numpy allowlisted)"),
+            Case("ckpt inspect numpy_values.pt --json", ("{ckpt}", "inspect", "{numpy_values}", "--json"),
+                 role="info"),
+        ),
+        floors=(ratio_at_most("ckpt.load(numpy_values.pt)", "torch.load(numpy_values.pt, numpy allowlisted)",
+                              2.0, "numpy values cost at most twice what torch's allowlisted load costs"),),
+    ),
 ]

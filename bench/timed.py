@@ -5,6 +5,7 @@
     python bench/timed.py torch-load PATH [--mmap]
     python bench/timed.py st-load PATH [--as numpy]       # safetensors' load_file
     python bench/timed.py st-sharded-load FOLDER          # index + load_file of each shard
+    python bench/timed.py torch-load-numpy-allowed PATH     # numpy globals allowlisted
 
 Imports happen before the clock starts (torch first, then ckpt), so what is timed is the call
 alone; the harness still measures the whole process's wall time and peak RSS around it. The last
@@ -83,6 +84,21 @@ def st_sharded_load(a: argparse.Namespace) -> Callable[[], Any]:
         return out
 
     return load
+def torch_load_numpy_allowed(a: argparse.Namespace) -> Callable[[], Any]:
+    """torch.load(weights_only=True) with the numpy globals allowlisted, as torch's docs advise
+    (torch then runs numpy's own reconstruction functions)."""
+    import numpy as np
+    import torch
+
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype,
+               *(getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType"))]
+
+    def call() -> Any:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(a.path, mmap=a.mmap, weights_only=True)
+
+    return call
 
 
 CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
@@ -91,6 +107,7 @@ CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "torch-load": torch_load,
     "st-load": st_load,
     "st-sharded-load": st_sharded_load,
+    "torch-load-numpy-allowed": torch_load_numpy_allowed,
 }
 
 

@@ -123,18 +123,20 @@ def open(
     allow: Iterable[str] = (),
     trust: Mapping[str, Callable[..., Any]] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    profiles: str | Iterable[str] | None = None,
 ) -> Checkpoint:
     """Open a checkpoint lazily: read its directory and pickle, no tensor bytes.
 
     ``policy="strict"`` raises :class:`~ckpt.UnsafeGlobalError` at the first global outside the
     allowlist; ``policy="inspect"`` turns such globals into inert stand-ins listed in
     ``Checkpoint.findings``. ``allow`` names globals to accept as inert data; ``trust`` maps names
-    to real constructors to call (an explicit choice to run code).
+    to real constructors to call (an explicit choice to run code). ``profiles`` selects the
+    :mod:`profiles <ckpt.profiles>` read without ``allow``, as in :func:`ckpt.load`.
 
     >>> with ckpt.open("model.pt") as ck:                 # doctest: +SKIP
     ...     sd = ck.root                                   # tensors are TensorRef
     """
-    pol = Policy(policy, allow=allow, trust=trust)
+    pol = Policy(policy, allow=allow, trust=trust, profiles=profiles)
     reader = open_reader(path, limits=limits)
     try:
         findings: list[Finding] = []

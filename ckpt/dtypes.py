@@ -12,11 +12,10 @@ and the numpy dtype string where numpy has an exact native equivalent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class DType:
+class DType(NamedTuple):
     """One dtype as torch knows it.
 
     ``kind`` is one of ``float``, ``int``, ``uint``, ``bool``, ``complex``, ``quantized``, ``bits``.

@@ -48,6 +48,10 @@ class Reader(StorageReader):
     def file_size(self) -> int:
         raise NotImplementedError
 
+    def read_small(self, storage: StorageRef) -> bytes | None:
+        """A fast path for small storages: their bytes, or None to use ``readinto``."""
+        return None
+
     def fileno(self) -> int | None:
         """A file descriptor to memory-map the file with, or None if it cannot be mapped."""
         return None

@@ -20,6 +20,7 @@ HEAD_BYTES = 512
 # pickle of torch's legacy magic number 0x1950A86A20F9469CFC6C, as LONG1 (protocol >= 2)
 LEGACY_MAGIC_LONG1 = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 LEGACY_MAGIC_INT = 0x1950A86A20F9469CFC6C
+_FRAME = b"\x95"
 
 
 def sniff(head: bytes, size: int) -> str:
@@ -32,6 +33,8 @@ def sniff(head: bytes, size: int) -> str:
         return "empty"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
+    if size < 4 and len(head) >= 2 and b"PK\x03\x04".startswith(head):
+        return "zip"  # the first bytes of a zip and nothing else: a truncated download
     if head.startswith(b"PYTORCH1"):
         return "pytorch-preview"
     if head.startswith(b"version https://git-lfs"):
@@ -46,7 +49,7 @@ def sniff(head: bytes, size: int) -> str:
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 2 and head[1] <= 5:
         body = head[2:]
-        if body[:1] == b"\x95":  # protocol 4/5: a FRAME opcode (8-byte length) comes first
+        if body[:1] == _FRAME:  # protocol 4+: a FRAME opcode (+ u64 length) comes before the first value
             body = body[9:]
         if body.startswith(LEGACY_MAGIC_LONG1) or (body and len(head) == size and LEGACY_MAGIC_LONG1.startswith(body)):
             return "torch-legacy"  # (or its first bytes only: a truncated download the reader names)

@@ -12,10 +12,10 @@ import os
 from typing import Any
 
 from .dtypes import DType
-from .errors import CorruptCheckpointError
+from .errors import CorruptCheckpointError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 from .pickle_vm import Trusted
-from .rebuild import Builder
+from .rebuild import COMPRESSED_LAYOUTS, Builder, check_nested_components
 from .tensors import StorageRef, TensorRef
 from .reader import Reader
 from .values import Device
@@ -89,6 +89,7 @@ class TorchBuilder(Builder):
         self.byteswap = reader.needs_byteswap
         self._loaded: dict[str, Any] = {}
         self._protos: dict[tuple[Any, Any], Any] = {}  # an empty tensor per (dtype, device) to make views from
+        self._devices: dict[int, tuple[Any, Any, Any]] = {}  # id(typed storage) -> (it, untyped, device)
         self._overall = None
         if mmap and not self.meta and reader.fileno() is not None:
             path = reader.path
@@ -104,11 +105,13 @@ class TorchBuilder(Builder):
         typed = self._loaded.get(ref.key)
         if typed is None:
             typed = self._load_storage(ref)
+            ust = typed._untyped_storage
             # torch's own rule: a storage without data (empty, or on meta) is not shared between
             # tensors, while an empty mmap slice (a real pointer) is
-            if typed._data_ptr() != 0:
+            if ust.data_ptr() != 0:
                 self._loaded[ref.key] = typed
             self.remember(typed, ref)
+            self._devices[id(typed)] = (typed, ust, ust.device)
         return typed
 
     def _load_storage(self, ref: StorageRef) -> Any:
@@ -127,8 +130,12 @@ class TorchBuilder(Builder):
                 ust = self._overall[offset : offset + ref.nbytes]
             elif ref.nbytes < _SMALL:
                 # Python-owned memory: cheaper to make than a torch tensor for small storages.
-                raw = bytearray(ref.nbytes)
-                self.reader.readinto(ref, memoryview(raw))
+                data = self.reader.read_small(ref)
+                if data is not None:
+                    raw = bytearray(data)
+                else:
+                    raw = bytearray(ref.nbytes)
+                    self.reader.readinto(ref, memoryview(raw))
                 if raw:
                     ust = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage()
                 else:
@@ -146,21 +153,28 @@ class TorchBuilder(Builder):
 
     def finish_tensor(self, ref: TensorRef, storage: Any = None) -> Any:
         torch = self.torch
-        dtype = getattr(torch, ref.dtype.name)
-        if ref.storage is None:
-            t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
-        else:
-            ust = storage._untyped_storage
-            proto = self._protos.get((dtype, ust.device))
-            if proto is None:
-                proto = self._protos[(dtype, ust.device)] = torch.empty((0,), dtype=dtype, device=ust.device)
-            t = proto.new().set_(ust, ref.offset, ref.shape, ref.stride)
+        try:
+            if ref.storage is None:
+                dtype = getattr(torch, ref.dtype.name)
+                t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
+            else:
+                _, ust, device = self._devices[id(storage)]
+                proto = self._protos.get((ref.dtype, device))
+                if proto is None:
+                    dtype = getattr(torch, ref.dtype.name)
+                    proto = self._protos[(ref.dtype, device)] = torch.empty((0,), dtype=dtype, device=device)
+                t = proto.new().set_(ust, ref.offset, ref.shape, ref.stride)
+        except (RuntimeError, OverflowError) as e:  # e.g. "numel: integer multiplication overflow"
+            raise CorruptCheckpointError(
+                f"torch cannot make the tensor view {ref.dtype.name}{list(ref.shape)} ({e})",
+                record=ref.storage.record if ref.storage is not None else None,
+            ) from None
         if ref.requires_grad:
             try:
                 t.requires_grad = True
             except RuntimeError as e:
                 raise CorruptCheckpointError(f"tensor cannot require gradients ({e})") from None
-        if ref.metadata:
+        if ref._extra is not None and ref.metadata:
             torch._C._set_tensor_metadata(t, ref.metadata)
         return self.remember(t, ref)
 
@@ -179,10 +193,91 @@ class TorchBuilder(Builder):
                 raise CorruptCheckpointError(f"cannot restore tensor attribute {key!r} ({e})") from None
         return obj
 
+    def set_plain_attrs(self, obj: Any, attrs: dict[str, Any]) -> Any:
+        return self.set_attrs(obj, None, attrs)  # type: ignore[arg-type]
+
     def as_subclass(self, obj: Any, new_type: Any) -> Any:
         if type(new_type) is Trusted:
             return self.remember(obj.as_subclass(new_type.obj), self.tensor_ref(obj))
         return super().as_subclass(obj, new_type)
+
+    # -- sparse, quantized and nested tensors ------------------------------------------------
+
+    def sparse_tensor(
+        self, layout: str, parts: dict[str, Any], refs: dict[str, TensorRef], size: tuple[int, ...],
+        coalesced: bool | None,
+    ) -> Any:
+        """The sparse tensor torch's loader makes, after the invariant checks torch skips by
+        default (every index in range, compressed indices sorted): a bad index is an error here,
+        not a crash later."""
+        torch = self.torch
+        layout_obj = getattr(torch, layout.split(".", 1)[1])
+        values = parts["values"]
+        check = values.device.type != "meta"
+        try:
+            if layout == "torch.sparse_coo":
+                if check:
+                    torch._validate_sparse_coo_tensor_args(
+                        parts["indices"], values, size, coalesced, check_pinning=False
+                    )
+                t = torch.sparse_coo_tensor(
+                    parts["indices"], values, size, check_invariants=False, is_coalesced=coalesced
+                )
+            else:
+                first, second = COMPRESSED_LAYOUTS[layout][:2]
+                if check:
+                    torch._validate_sparse_compressed_tensor_args(
+                        parts[first], parts[second], values, size, layout_obj, check_pinning=False
+                    )
+                t = torch.sparse_compressed_tensor(
+                    parts[first], parts[second], values, size, layout=layout_obj, check_invariants=False
+                )
+        except RuntimeError as e:
+            raise CorruptCheckpointError(f"invalid {layout} tensor ({str(e).splitlines()[0]})") from None
+        return t
+
+    def quantized_tensor(self, storage: Any, ref: TensorRef, quantizer: dict[str, Any]) -> Any:
+        """The quantized tensor torch's ``_rebuild_qtensor`` makes (its checks were done already)."""
+        torch = self.torch
+        dtype = getattr(torch, ref.dtype.name)
+        device = storage.device
+        if device.type == "meta":
+            raise UnsupportedFeatureError("quantized tensors cannot be made on the meta device (torch cannot either)")
+        try:
+            if "scale" in quantizer:
+                t = torch._empty_affine_quantized(
+                    ref.shape, scale=quantizer["scale"], zero_point=quantizer["zero_point"], dtype=dtype, device=device
+                )
+            else:
+                scales, zero_points = quantizer["scales"], quantizer["zero_points"]
+                if type(scales) is list and type(zero_points) is list:
+                    floating = quantizer["qscheme"] == "torch.per_channel_affine_float_qparams"
+                    scales = torch.tensor(scales, dtype=torch.float if floating else torch.double, device=device)
+                    zero_points = torch.tensor(
+                        zero_points, dtype=torch.float if floating else torch.long, device=device
+                    )
+                t = torch._empty_per_channel_affine_quantized(
+                    ref.shape, scales=scales, zero_points=zero_points, axis=quantizer["axis"], dtype=dtype,
+                    device=device,
+                )
+            t.set_(storage, ref.offset, ref.shape, ref.stride)
+        except (RuntimeError, TypeError) as e:
+            raise CorruptCheckpointError(f"invalid quantized tensor ({str(e).splitlines()[0]})") from None
+        return self.remember(t, ref)
+
+    def nested_tensor(self, parts: dict[str, Any], refs: dict[str, TensorRef]) -> Any:
+        """The nested tensor torch makes, after checking every component lies inside the buffer
+        (torch's ``_nested_view_from_buffer`` trusts the file)."""
+        torch = self.torch
+        buffer = parts["buffer"]
+        if buffer.device.type != "meta":
+            check_nested_components(
+                parts["sizes"].tolist(), parts["strides"].tolist(), parts["offsets"].tolist(), buffer.numel()
+            )
+        try:
+            return torch._nested_view_from_buffer(buffer, parts["sizes"], parts["strides"], parts["offsets"])
+        except RuntimeError as e:
+            raise CorruptCheckpointError(f"invalid nested tensor ({str(e).splitlines()[0]})") from None
 
     # -- values ----------------------------------------------------------------------------
 
@@ -200,3 +295,4 @@ class TorchBuilder(Builder):
 
     def constant(self, kind: str, name: str) -> Any:
         return getattr(self.torch, name.split(".", 1)[1])
+

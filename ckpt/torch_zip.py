@@ -24,6 +24,7 @@ from .errors import NotACheckpointError
 from .reader import Reader, register
 from .tensors import StorageRef, StorageType
 from .zipread import STORED, RangedFile, ZipArchive, ZipEntry
+from .values import brief_repr
 
 FORMAT = "torch-zip"
 MAX_VERSION = 10  # highest file format version torch 2.13 reads (caffe2 kMaxSupportedFileFormatVersion)
@@ -183,11 +184,13 @@ class TorchZipReader(Reader):
         make = self._storage_from_pid
 
         def persistent_load(pid: Any) -> Any:
-            if type(pid) is tuple and len(pid) == 5 and type(pid[2]) is str:
+            # Fast path for a storage seen before; it must pass every check the slow path makes
+            # (kind 'storage', an int numel: 3.0 and True compare equal to 3 and 1).
+            if type(pid) is tuple and len(pid) == 5 and type(pid[2]) is str and pid[0] == "storage":
                 ref = storages.get(key_prefix + pid[2] if key_prefix else pid[2])
                 if (
                     ref is not None and type(pid[1]) is StorageType and ref.dtype is pid[1].dtype
-                    and ref.numel == pid[4] and ref.location == pid[3]
+                    and type(pid[4]) is int and ref.numel == pid[4] and ref.location == pid[3]
                 ):
                     return finish(ref)
             return finish(make(pid, folder))
@@ -216,7 +219,7 @@ class TorchZipReader(Reader):
         if type(typename) is not str:
             typename = typename.decode("ascii", "replace") if type(typename) is bytes else typename
         if typename != "storage":
-            raise self._corrupt_pid(f"unknown persistent id kind {typename!r}")
+            raise self._corrupt_pid(f"unknown persistent id kind {brief_repr(typename)}")
         if type(stype) is not StorageType:
             raise self._corrupt_pid("a persistent id's storage type is not a torch storage class")
         if type(key) is bytes:
@@ -226,13 +229,13 @@ class TorchZipReader(Reader):
         if type(key) is not str or type(location) is not str or type(numel) is not int:
             raise self._corrupt_pid("a persistent id has a malformed key, location or size")
         if numel < 0 or len(location) > 128 or not location.isprintable():
-            raise self._corrupt_pid(f"storage {key!r} declares an invalid size or location")
+            raise self._corrupt_pid(f"storage {brief_repr(key)} declares an invalid size or location")
         record = f"{self.prefix}{folder}{key}"
         name, key = key, self.key_prefix + (folder if folder != "data/" else "") + key
         size = self.archive.size_of(record)
         if size is None:
             raise CorruptCheckpointError(
-                f"the pickle refers to storage {key!r} but the archive has no record for it (truncated "
+                f"the pickle refers to storage {brief_repr(name)} but the archive has no record for it (truncated "
                 "or damaged file)",
                 path=self.path, record=record,
             )
@@ -247,7 +250,7 @@ class TorchZipReader(Reader):
         if known is not None:
             if known.dtype is not ref.dtype or known.numel != numel or known.location != location:
                 raise CorruptCheckpointError(
-                    f"storage {name!r} is declared twice with different types, sizes or devices; the file "
+                    f"storage {brief_repr(name)} is declared twice with different types, sizes or devices; the file "
                     "is ambiguous",
                     path=self.path, record=record,
                 )
@@ -267,6 +270,10 @@ class TorchZipReader(Reader):
     def readinto(self, storage: StorageRef, buf: memoryview, *, verify_crc: bool = True) -> None:
         entry = self.archive.entry(storage.record or "")
         self.archive.readinto(entry, buf, verify_crc=verify_crc, readahead=True)
+
+    def read_small(self, storage: StorageRef) -> bytes | None:
+        """A small storage's bytes read ahead in file order, or None (then use :meth:`readinto`)."""
+        return self.archive.read_small(storage.record or "")
 
     def data_offset(self, storage: StorageRef) -> int | None:
         entry = self.archive.entry(storage.record or "")

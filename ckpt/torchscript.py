@@ -146,7 +146,11 @@ class TorchScriptReader(TorchZipReader):
         assert entry is not None
         root, self.pickle_protocol = self.run_pickle(entry, builder, policy, findings, resolve=self._resolve)
         if builder.flavor == "lazy":
-            self.modules = self._module_rows(root)
+            if self._is_module(root):
+                self.modules = self._module_rows(root)
+            else:  # shown as it is (with its findings); ckpt.load refuses it (no state dict)
+                self.modules = []
+                self._notes.append("data.pkl's root is not a TorchScript module: the archive holds no module tree")
             self._read_constants(builder, policy, findings)
             return root
         return self.state_dict(root, builder)

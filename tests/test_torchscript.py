@@ -254,9 +254,12 @@ def test_declared_parameter_that_is_not_a_tensor_is_an_error(tmp_path):
 
 
 def test_root_must_be_a_module(tmp_path):
+    """No module tree, no state dict: ckpt.load refuses; inspect shows what is there, with a note."""
     path = _archive(tmp_path / "list.pt", pickle2([1, 2]))
     with pytest.raises(ckpt.CorruptCheckpointError, match="does not hold a TorchScript module"):
-        ckpt.open(path)
+        ckpt.load(path, as_="numpy")
+    summary = ckpt.inspect(path)
+    assert summary.facts["modules"] == [] and any("not a TorchScript module" in n for n in summary.facts["notes"])
 
 
 def test_pre_1_3_model_json_archives_are_refused(tmp_path):
