@@ -66,6 +66,17 @@ def load(
 
             builder = NumpyBuilder(reader, mmap=mmap, unsupported_dtype=unsupported_dtype, limits=limits)
         findings: list[Finding] = []
-        return reader.load(builder, policy, findings)
+        result = reader.load(builder, policy, findings)
+        if as_ == "torch":
+            from .torch_out import holds_storage_handle
+
+            if holds_storage_handle(result):
+                # The file stores a bare storage: torch returns it as a TypedStorage, which ckpt
+                # makes only when needed, so this rare file is read once more making them.
+                builder = TorchBuilder(
+                    reader, map_location=map_location, mmap=mmap, limits=limits, typed_storages=True
+                )
+                result = reader.load(builder, policy, findings)
+        return result
     finally:
         reader.close()

@@ -66,6 +66,47 @@ def is_meta_location(map_location: Any) -> bool:
     return isinstance(map_location, torch.device) and map_location.type == "meta"
 
 
+class StorageHandle:
+    """A loaded storage while the pickle runs: its torch ``UntypedStorage``, what the file said
+    about it, and its device. Cheaper than the ``TypedStorage`` torch makes for every storage;
+    only a storage the file stores bare (not inside a tensor) needs that, see
+    :func:`holds_storage_handle`."""
+
+    __slots__ = ("ust", "ref", "device")
+
+    def __init__(self, ust: Any, ref: StorageRef, device: Any) -> None:
+        self.ust = ust
+        self.ref = ref
+        self.device = device
+
+
+def holds_storage_handle(root: Any) -> bool:
+    """Whether a loaded object still holds a :class:`StorageHandle` anywhere (a bare storage, which
+    torch returns as a ``TypedStorage``): then load again with ``typed_storages=True``. Visits
+    every container once; tensors' Python attributes included."""
+    from .walk import children, is_container
+
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        t = type(obj)
+        if t is StorageHandle:
+            return True
+        if is_container(obj):
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            todo.extend(v for _, v in children(obj))
+            if isinstance(obj, dict) and obj.__class__ is not dict:
+                todo.extend(getattr(obj, "__dict__", {}).values())
+        elif getattr(obj, "__dict__", None):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                todo.extend(obj.__dict__.values())
+    return False
+
+
 class TorchBuilder(Builder):
     """Makes torch tensors, parameters, dtypes, devices and sizes while the pickle runs."""
 
@@ -79,8 +120,10 @@ class TorchBuilder(Builder):
         mmap: bool = False,
         mode: str = "strict",
         limits: Limits = DEFAULT_LIMITS,
+        typed_storages: bool = False,
     ) -> None:
         self.torch = _torch()
+        self.typed_storages = typed_storages
         super().__init__(mode=mode, limits=limits)
         self._settings = {"map_location": map_location, "mmap": mmap, "mode": mode, "limits": limits}
         self.reader = reader
@@ -89,7 +132,7 @@ class TorchBuilder(Builder):
         self.byteswap = reader.needs_byteswap
         self._loaded: dict[str, Any] = {}
         self._protos: dict[tuple[Any, Any], Any] = {}  # an empty tensor per (dtype, device) to make views from
-        self._devices: dict[int, tuple[Any, Any, Any]] = {}  # id(typed storage) -> (it, untyped, device)
+        self._typed: dict[int, tuple[Any, StorageHandle]] = {}  # id(TypedStorage) -> (it, its handle)
         self._overall = None
         if mmap and not self.meta and reader.fileno() is not None:
             path = reader.path
@@ -102,17 +145,34 @@ class TorchBuilder(Builder):
     # -- storages --------------------------------------------------------------------------
 
     def finish_storage(self, ref: StorageRef) -> Any:
-        typed = self._loaded.get(ref.key)
-        if typed is None:
-            typed = self._load_storage(ref)
-            ust = typed._untyped_storage
+        """A :class:`StorageHandle` (cheap), or with ``typed_storages`` the ``TypedStorage`` torch
+        itself returns for a bare storage (see :func:`holds_storage_handle`)."""
+        handle = self._loaded.get(ref.key)
+        if handle is None:
+            ust = self._load_storage(ref)
+            handle = StorageHandle(ust, ref, ust.device)
             # torch's own rule: a storage without data (empty, or on meta) is not shared between
             # tensors, while an empty mmap slice (a real pointer) is
             if ust.data_ptr() != 0:
-                self._loaded[ref.key] = typed
-            self.remember(typed, ref)
-            self._devices[id(typed)] = (typed, ust, ust.device)
-        return typed
+                self._loaded[ref.key] = handle
+        if self.typed_storages:
+            typed = self.torch.storage.TypedStorage(
+                wrap_storage=handle.ust, dtype=getattr(self.torch, ref.dtype.name), _internal=True
+            )
+            self._typed[id(typed)] = (typed, handle)
+            return typed
+        return handle
+
+    def storage_ref(self, obj: Any) -> StorageRef:
+        return self._handle(obj).ref
+
+    def _handle(self, obj: Any) -> StorageHandle:
+        if type(obj) is StorageHandle:
+            return obj
+        entry = self._typed.get(id(obj))
+        if entry is None or entry[0] is not obj:
+            raise CorruptCheckpointError(f"a tensor's storage argument is a {type(obj).__name__}, not a storage")
+        return entry[1]
 
     def _load_storage(self, ref: StorageRef) -> Any:
         torch = self.torch
@@ -147,7 +207,7 @@ class TorchBuilder(Builder):
             if self.byteswap and ref.dtype.itemsize > 1:
                 ust.byteswap(dtype)
             ust = self.restore(ust, ref.location)
-        return torch.storage.TypedStorage(wrap_storage=ust, dtype=dtype, _internal=True)
+        return ust
 
     # -- tensors ---------------------------------------------------------------------------
 
@@ -158,7 +218,9 @@ class TorchBuilder(Builder):
                 dtype = getattr(torch, ref.dtype.name)
                 t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
             else:
-                _, ust, device = self._devices[id(storage)]
+                handle = storage if type(storage) is StorageHandle else self._handle(storage)
+                ust = handle.ust
+                device = handle.device
                 proto = self._protos.get((ref.dtype, device))
                 if proto is None:
                     dtype = getattr(torch, ref.dtype.name)
@@ -240,7 +302,8 @@ class TorchBuilder(Builder):
         """The quantized tensor torch's ``_rebuild_qtensor`` makes (its checks were done already)."""
         torch = self.torch
         dtype = getattr(torch, ref.dtype.name)
-        device = storage.device
+        handle = self._handle(storage)
+        device = handle.device
         if device.type == "meta":
             raise UnsupportedFeatureError("quantized tensors cannot be made on the meta device (torch cannot either)")
         try:
@@ -260,7 +323,7 @@ class TorchBuilder(Builder):
                     ref.shape, scales=scales, zero_points=zero_points, axis=quantizer["axis"], dtype=dtype,
                     device=device,
                 )
-            t.set_(storage, ref.offset, ref.shape, ref.stride)
+            t.set_(handle.ust, ref.offset, ref.shape, ref.stride)
         except (RuntimeError, TypeError) as e:
             raise CorruptCheckpointError(f"invalid quantized tensor ({str(e).splitlines()[0]})") from None
         return self.remember(t, ref)

@@ -141,9 +141,9 @@ ATTACKS: dict[str, Attack] = {
         lambda cmd: glob("torch.storage", "_load_from_bytes") + tup(_binbytes(_inner_pickle(cmd))) + REDUCE,
         "torch.storage._load_from_bytes"),
     "unknown-class-newobj-build": Attack(
-        lambda cmd: glob("argparse", "Namespace") + EMPTY_TUPLE + kit.NEWOBJ + EMPTY_DICT + ustr("cmd")
+        lambda cmd: glob("mytrainer.config", "Config") + EMPTY_TUPLE + kit.NEWOBJ + EMPTY_DICT + ustr("cmd")
         + ustr(cmd) + SETITEM + BUILD,
-        "argparse.Namespace", how="newobj", verdict="unknown"),
+        "mytrainer.config.Config", how="newobj", verdict="unknown"),
 }
 
 
@@ -325,9 +325,10 @@ def test_build_on_allowed_global_ref_is_refused(tmp_path: Path) -> None:
 
 
 def test_build_on_allowed_inert_object_records_state(tmp_path: Path) -> None:
-    payload = glob("argparse", "Namespace") + EMPTY_TUPLE + REDUCE + EMPTY_DICT + ustr("lr") + binint(1) + SETITEM + BUILD
+    # a class no profile knows (argparse.Namespace has a profile and comes back as a Record)
+    payload = glob("mytrainer.config", "Config") + EMPTY_TUPLE + REDUCE + EMPTY_DICT + ustr("lr") + binint(1) + SETITEM + BUILD
     path = kit.write(tmp_path / "m.pt", kit.checkpoint_with(payload))
-    with ckpt.open(path, allow=["argparse.Namespace"]) as ck:
+    with ckpt.open(path, allow=["mytrainer.config.Config"]) as ck:
         obj = ck.root["x"]
     assert type(obj) is InertObject and obj.state == {"lr": 1}
 
