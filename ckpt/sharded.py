@@ -86,6 +86,7 @@ class ShardedReader(Reader):
         self._index_size = os.path.getsize(index_path)
         self._readers: dict[str, Reader] = {}
         self._rows: list[dict[str, Any]] = []
+        self._load_notes: list[str] = []
         self._storages: dict[str, StorageRef] = {}
 
     def _check_shard_name(self, name: str, shard: str) -> str:
@@ -129,6 +130,7 @@ class ShardedReader(Reader):
         """``{name: tensor}`` for every name of the weight map, in the index's order."""
         found: dict[str, Any] = {}
         rows = []
+        self._load_notes: list[str] = []  # a second load (torch's bare storages) says them once
         for shard in self.shards:
             reader = self._open_shard(shard)
             for_reader = getattr(builder, "for_reader", None)
@@ -157,7 +159,7 @@ class ShardedReader(Reader):
             listed = set(names)
             extra = [k for k in obj if k not in listed]
             if extra:
-                self.notes.append(
+                self._load_notes.append(
                     f"{shard} holds {len(extra)} tensor(s) the index does not list (first: {extra[0]!r}); "
                     "left out, as the index defines the checkpoint"
                 )
@@ -177,7 +179,7 @@ class ShardedReader(Reader):
     # -- facts and bytes -----------------------------------------------------------------------
 
     def facts(self) -> dict[str, Any]:
-        notes = list(self.notes)
+        notes = [*self.notes, *self._load_notes]
         nbytes = None
         if self._storages:
             nbytes = sum(ref.nbytes for ref in self._storages.values())

@@ -125,7 +125,8 @@ class TorchBuilder(Builder):
         self.torch = _torch()
         self.typed_storages = typed_storages
         super().__init__(mode=mode, limits=limits)
-        self._settings = {"map_location": map_location, "mmap": mmap, "mode": mode, "limits": limits}
+        self._settings = {"map_location": map_location, "mmap": mmap, "mode": mode, "limits": limits,
+                          "typed_storages": typed_storages}
         self.reader = reader
         self.restore = restore_location(map_location)
         self.meta = is_meta_location(map_location)
@@ -180,8 +181,7 @@ class TorchBuilder(Builder):
         view = self.reader.storage_base(ref)
         if view is not None:  # a slice of another storage (legacy storage views): share its memory
             base, offset = view
-            ust = self.finish_storage(base)._untyped_storage[offset : offset + ref.nbytes]
-            return torch.storage.TypedStorage(wrap_storage=ust, dtype=dtype, _internal=True)
+            return self._handle(self.finish_storage(base)).ust[offset : offset + ref.nbytes]
         if self.meta:
             ust = torch.UntypedStorage(ref.nbytes, device="meta")
         else:

@@ -448,3 +448,22 @@ def test_trusted_constructors_run_once_despite_two_passes(tmp_path, helpers):
         calls.clear()
         assert ckpt.load(path, trust={"mypkg.Config": config})["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
         assert calls == [(1, "a")]
+
+
+def test_bare_storages_load_as_torch_gives_them(tmp_path, helpers):
+    """A legacy file that stores storages themselves (not only tensors): TypedStorages, shared with
+    the tensor that views them, as torch.load returns them."""
+    torch = helpers.require_torch()
+    t = torch.arange(4, dtype=torch.float32)
+    path = tmp_path / "storages.pt"
+    torch.save({"typed": t.storage(), "tensor": t}, path, _use_new_zipfile_serialization=False)
+    reference = torch.load(path, weights_only=True)
+    for mmap in (False, True):
+        helpers.compare_loaded(ckpt.load(path, mmap=mmap), reference)
+    # torch 2.13 cannot load an UntypedStorage back from this format ('no attribute dtype'); ckpt can
+    untyped = tmp_path / "untyped.pt"
+    torch.save({"u": torch.arange(3, dtype=torch.int16).untyped_storage()}, untyped, _use_new_zipfile_serialization=False)
+    with pytest.raises(AttributeError):
+        torch.load(untyped, weights_only=True)
+    loaded = ckpt.load(untyped)["u"]
+    assert loaded.dtype == torch.uint8 and bytes(loaded.untyped()) == bytes([0, 0, 1, 0, 2, 0])
