@@ -98,3 +98,18 @@ def test_errors_exit_2_with_one_line(make, tmp_path):
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("ckpt: error:"), result.output
+
+
+@pytest.mark.slow
+def test_format_fixtures_regenerate_byte_for_byte(helpers):
+    """make_format_fixtures.py --check rebuilds the legacy, TorchScript and safetensors fixtures and
+    their answers in a temporary folder and compares bytes (TorchScript source maps excepted)."""
+    torch = helpers.require_torch()
+    if not torch.__version__.startswith("2.13."):
+        pytest.skip(f"fixtures were made with torch 2.13, this is {torch.__version__}")
+    proc = subprocess.run(
+        [sys.executable, str(helpers.FIXTURES / "make_format_fixtures.py"), "--check"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "regenerate byte for byte" in proc.stdout
