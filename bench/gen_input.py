@@ -57,6 +57,28 @@ def make_state_dict(recipe: dict[str, Any], out: str) -> None:
         raise SystemExit(f"gen_input: unknown format {fmt!r}")
 
 
+def make_sharded(recipe: dict[str, Any], out: str) -> None:
+    """A folder of ``shards`` safetensors files and a ``model.safetensors.index.json`` naming them,
+    as Hugging Face's save_pretrained lays them out."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    sd = _state_dict(recipe)
+    n = int(recipe["shards"])
+    names = list(sd)
+    per = -(-len(names) // n)
+    os.makedirs(out)
+    weight_map = {}
+    for s in range(n):
+        shard = f"model-{s + 1:05d}-of-{n:05d}.safetensors"
+        part = {k: sd[k] for k in names[s * per : (s + 1) * per]}
+        save_file(part, os.path.join(out, shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 def make_numpy_values(recipe: dict[str, Any], out: str) -> None:
     """A checkpoint whose non-tensor state is numpy values, as training loops log them."""
     import numpy as np
@@ -72,6 +94,7 @@ def make_numpy_values(recipe: dict[str, Any], out: str) -> None:
 
 GENERATORS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "state_dict": make_state_dict,
+    "sharded": make_sharded,
     "numpy_values": make_numpy_values,
 }
 

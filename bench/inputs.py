@@ -59,6 +59,28 @@ INPUTS: dict[str, Input] = {
             "~1.6 GB: 200 float32 tensors of [2000, 1000] (8 MB each), torch.save zip format",
         ),
         Input(
+            "legacy",
+            "big-legacy.pt",
+            {"kind": "state_dict", "count": 128, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+             "dtype": "float32", "seed": 0, "format": "torch-legacy"},
+            "~1 GB: 128 float32 tensors of [2000, 1000], legacy format (_use_new_zipfile_serialization=False)",
+        ),
+        Input(
+            "st",
+            "big.safetensors",
+            {"kind": "state_dict", "count": 128, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+             "dtype": "float32", "seed": 0, "format": "safetensors"},
+            "~1 GB: 128 float32 tensors of [2000, 1000], safetensors",
+        ),
+        Input(
+            "sharded",
+            "sharded",
+            {"kind": "sharded", "shards": 16, "count": 2048, "keys": "layers.{i}.sub{j}.weight", "group": 16,
+             "shape": [128, 256], "dtype": "bfloat16", "seed": 0, "format": "safetensors"},
+            "a folder of 16 safetensors shards (2,048 bfloat16 tensors of [128, 256], 128 MiB) and "
+            "model.safetensors.index.json",
+        ),
+        Input(
             "many",
             "many.pt",
             {"kind": "state_dict", "count": 100_000, "keys": "layers.{i}.sub{j}.weight", "group": 10,

@@ -37,5 +37,9 @@ class Limits(NamedTuple):
     max_walk_depth: int = 512
     """Nesting depth below which inspect stops descending and reports the subtree as elided."""
 
+    max_json_bytes: int = 100_000_000
+    """Largest JSON ckpt parses: a safetensors header (the safetensors library's own cap) or a
+    sharded checkpoint's index."""
+
 
 DEFAULT_LIMITS = Limits()

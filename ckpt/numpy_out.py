@@ -175,6 +175,7 @@ class NumpyBuilder(Builder):
         if unsupported_dtype not in UNSUPPORTED_DTYPE_CHOICES:
             raise ValueError(f"unsupported_dtype must be one of {UNSUPPORTED_DTYPE_CHOICES}")
         super().__init__(mode=mode, limits=limits)
+        self._settings = {"mmap": mmap, "unsupported_dtype": unsupported_dtype, "mode": mode, "limits": limits}
         self.reader = reader
         self.unsupported_dtype = unsupported_dtype
         self._loaded: dict[str, np.ndarray] = {}
@@ -184,11 +185,19 @@ class NumpyBuilder(Builder):
             if fd is not None and reader.file_size:
                 self._map = _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
 
+    def for_reader(self, reader: Reader) -> NumpyBuilder:
+        """A builder with the same settings for another file (a shard of a sharded checkpoint)."""
+        return NumpyBuilder(reader, **self._settings)
+
     def finish_storage(self, ref: StorageRef) -> Any:
         arr = self._loaded.get(ref.key)
         if arr is None:
-            offset = self.reader.data_offset(ref) if self._map is not None else None
-            if offset is not None:
+            view = self.reader.storage_base(ref)
+            offset = self.reader.data_offset(ref) if self._map is not None and view is None else None
+            if view is not None:  # a slice of another storage (legacy storage views): share its memory
+                base, start = view
+                arr = self.finish_storage(base)[start : start + ref.nbytes]
+            elif offset is not None:
                 arr = np.frombuffer(self._map, dtype=np.uint8, count=ref.nbytes, offset=offset)
             else:
                 data = self.reader.read_small(ref)

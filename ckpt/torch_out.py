@@ -127,6 +127,8 @@ class TorchBuilder(Builder):
         self.torch = _torch()
         self.typed_storages = typed_storages
         super().__init__(mode=mode, limits=limits)
+        self._settings = {"map_location": map_location, "mmap": mmap, "mode": mode, "limits": limits,
+                          "typed_storages": typed_storages}
         self.reader = reader
         self.restore = restore_location(map_location)
         self.meta = is_meta_location(map_location)
@@ -140,9 +142,13 @@ class TorchBuilder(Builder):
         self._protos: dict[tuple[Any, Any], Any] = {}  # an empty tensor per (dtype, device) to make views from
         self._typed: dict[int, tuple[Any, StorageHandle]] = {}  # id(TypedStorage) -> (it, its handle)
         self._overall = None
-        if mmap and not self.meta:
+        if mmap and not self.meta and reader.fileno() is not None:
             path = reader.path
             self._overall = self.torch.UntypedStorage.from_file(os.fspath(path), False, os.path.getsize(path))
+
+    def for_reader(self, reader: Reader) -> TorchBuilder:
+        """A builder with the same settings for another file (a shard of a sharded checkpoint)."""
+        return TorchBuilder(reader, **self._settings)
 
     # -- storages --------------------------------------------------------------------------
 
@@ -207,6 +213,10 @@ class TorchBuilder(Builder):
     def _load_storage(self, ref: StorageRef) -> Any:
         torch = self.torch
         dtype = getattr(torch, ref.dtype.name)
+        view = self.reader.storage_base(ref)
+        if view is not None:  # a slice of another storage (legacy storage views): share its memory
+            base, offset = view
+            return self._handle(self.finish_storage(base)).ust[offset : offset + ref.nbytes]
         if self.meta:
             ust = torch.UntypedStorage(ref.nbytes, device="meta")
         else:

@@ -3,8 +3,9 @@
 Every one must give a clear, one-line :class:`ckpt.CheckpointError` naming the file and what it
 is, from ``ckpt.open``, ``ckpt.load`` and ``ckpt.inspect`` alike, and ``ckpt inspect`` must exit 2
 with a single ``ckpt: error: ...`` line (a traceback only with ``--debug``). Formats ckpt does not
-read yet must be refused before anything in them is interpreted: their payloads would create a
-marker file, which must never appear.
+read yet must be refused before anything in them is interpreted, and formats it reads (legacy
+streams, TorchScript) meet the same restricted interpreter: their payloads would create a marker
+file, which must never appear.
 """
 
 from __future__ import annotations
@@ -76,9 +77,10 @@ NOT_CHECKPOINTS: dict[str, tuple[bytes, type, tuple[str, ...]]] = {
         b"\n\n  <html><body>Sign in to continue</body></html>", ckpt.NotACheckpointError, ("HTML",),
     ),
     "json": (b'{"error": "Repository not found", "code": 404}\n', ckpt.NotACheckpointError, ("JSON",)),
+    # an index whose shards did not come with it (they are read as one checkpoint when present)
     "sharded-index-json": (
         json.dumps({"metadata": {"total_size": 10}, "weight_map": {"a": "model-00001-of-00002.bin"}}).encode(),
-        ckpt.NotACheckpointError, ("sharded", "not supported yet"),
+        ckpt.CorruptCheckpointError, ("shard file", "model-00001-of-00002.bin", "incomplete download"),
     ),
     "plain-text": (b"Model weights are available on request.\n", ckpt.NotACheckpointError, ("text file",)),
     "gzip": (gzip.compress(b"\0" * 1000), ckpt.NotACheckpointError, ("gzip", "decompress")),
@@ -119,12 +121,17 @@ def test_plain_pickle_is_not_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("api", list(APIS))
 def test_directory(tmp_path: Path, api: str) -> None:
+    """A folder is read only as a sharded checkpoint's index and shards; a DCP folder is named."""
     folder = tmp_path / "checkpoint-1000"
     folder.mkdir()
     (folder / ".metadata").write_bytes(b"x")
+    with pytest.raises(ckpt.NotACheckpointError) as info:
+        APIS[api](folder)
+    assert "folder without a sharded-checkpoint index" in str(info.value) and str(folder) in str(info.value)
+    (folder / "__0_0.distcp").write_bytes(b"x")
     with pytest.raises(ckpt.UnsupportedFormatError) as info:
         APIS[api](folder)
-    assert "directory" in str(info.value) and str(folder) in str(info.value)
+    assert "DCP" in str(info.value) and str(folder) in str(info.value)
 
 
 @pytest.mark.parametrize("api", list(APIS))
@@ -179,15 +186,15 @@ def safetensors_file() -> bytes:
 
 
 UNSUPPORTED: dict[str, tuple[object, tuple[str, ...]]] = {
-    "legacy-stream": (lambda m: legacy_stream(kit.pickle_of(marker_payload(m))), ("legacy", "not supported yet")),
+    "legacy-tar": (legacy_tar, ("tar format", "before 0.1.10", "Nothing in it was extracted or run")),
+}
+# Formats ckpt reads (issue 4): their payloads meet the same restricted interpreter and allowlist.
+READ_WITH_PAYLOAD: dict[str, object] = {
+    "legacy-stream": lambda m: legacy_stream(kit.pickle_of(marker_payload(m))),
     # protocol 4/5 put a FRAME opcode before the magic number (torch.save(..., pickle_protocol=4))
-    "legacy-stream-p4": (lambda m: legacy_stream(kit.pickle_of(marker_payload(m), 4), 4),
-                         ("legacy", "not supported yet")),
-    "legacy-stream-p0": (lambda m: legacy_stream(kit.pickle_of(marker_payload(m), 0), 0),
-                         ("legacy", "not supported yet")),
-    "torchscript": (torchscript_zip, ("TorchScript", "not supported yet")),
-    "legacy-tar": (legacy_tar, ("tar", "not supported")),
-    "safetensors": (lambda m: safetensors_file(), ("safetensors", "not supported yet")),
+    "legacy-stream-p4": lambda m: legacy_stream(kit.pickle_of(marker_payload(m), 4), 4),
+    "legacy-stream-p0": lambda m: legacy_stream(kit.pickle_of(marker_payload(m), 0), 0),
+    "torchscript": torchscript_zip,
 }
 
 
@@ -206,28 +213,55 @@ def test_unsupported_format_is_refused_without_running_it(tmp_path: Path, kind: 
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("api", list(APIS))
+@pytest.mark.parametrize("kind", list(READ_WITH_PAYLOAD))
+def test_payloads_in_legacy_and_torchscript_files_never_run(tmp_path: Path, kind: str, api: str) -> None:
+    """Strict APIs refuse the payload's global; inspect reports it as a dangerous finding."""
+    marker = tmp_path / "PWNED"
+    path = kit.write(tmp_path / "model.pt", READ_WITH_PAYLOAD[kind](marker))  # type: ignore[operator]
+    if api == "inspect":
+        summary = APIS[api](path)
+        assert [(f.name, f.verdict) for f in summary.findings] == [("os.system", "dangerous")]
+    else:
+        if api == "load" and not kit.HAVE_TORCH:
+            pytest.skip("needs torch")
+        with pytest.raises(ckpt.UnsafeGlobalError, match="os.system") as info:
+            APIS[api](path)
+        assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
 @needs_torch
 @pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
 def test_real_legacy_checkpoint(tmp_path: Path, protocol: int) -> None:
-    """torch.save(..., _use_new_zipfile_serialization=False) at every pickle protocol."""
+    """torch.save(..., _use_new_zipfile_serialization=False) at every pickle protocol: read, except
+    protocol 0, whose persistent ids are text nobody can read back."""
     import torch
 
     path = tmp_path / "legacy.pt"
     torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
-    for api in APIS.values():
-        with pytest.raises(ckpt.UnsupportedFormatError, match="legacy .*not supported yet"):
-            api(path)
+    if protocol == 0:
+        for api in APIS.values():
+            with pytest.raises(ckpt.CorruptCheckpointError, match="protocol-0"):
+                api(path)
+        return
+    assert torch.equal(ckpt.load(path)["w"], torch.ones(3))
+    assert ckpt.load(path, as_="numpy")["w"].tolist() == [1.0, 1.0, 1.0]
+    assert ckpt.inspect(path).facts["format"] == "torch-legacy"
 
 
 @needs_torch
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_real_torchscript_archive(tmp_path: Path) -> None:
     import torch
 
     path = tmp_path / "scripted.pt"
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
-    for api in APIS.values():
-        with pytest.raises(ckpt.UnsupportedFormatError, match="TorchScript.*not supported yet"):
-            api(path)
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    torch.jit.save(scripted, str(path))
+    loaded = ckpt.load(path)
+    assert list(loaded) == ["weight", "bias"]
+    assert all(torch.equal(loaded[k], v) for k, v in scripted.state_dict().items())
+    assert ckpt.inspect(path).facts["format"] == "torchscript"
 
 
 def test_real_safetensors_file(tmp_path: Path) -> None:
@@ -235,9 +269,8 @@ def test_real_safetensors_file(tmp_path: Path) -> None:
 
     path = tmp_path / "model.safetensors"
     save_file({"w": np.ones(3, dtype=np.float32)}, str(path))
-    for api in APIS.values():
-        with pytest.raises(ckpt.UnsupportedFormatError, match="safetensors"):
-            api(path)
+    assert ckpt.load(path, as_="numpy")["w"].tolist() == [1.0, 1.0, 1.0]
+    assert ckpt.inspect(path).facts["format"] == "safetensors"
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -275,7 +308,7 @@ def test_cli_unsupported_format(tmp_path: Path, kind: str) -> None:
 def test_cli_directory_and_missing(tmp_path: Path) -> None:
     folder = tmp_path / "dir.pt"
     folder.mkdir()
-    assert "directory" in cli_error_line(CliRunner().invoke(cli, ["inspect", str(folder)]))
+    assert "folder without a sharded-checkpoint index" in cli_error_line(CliRunner().invoke(cli, ["inspect", str(folder)]))
     assert "no such file" in cli_error_line(CliRunner().invoke(cli, ["inspect", str(tmp_path / "gone.pt")]))
 
 
@@ -294,10 +327,22 @@ def test_cli_real_process_one_line_and_debug_traceback(tmp_path: Path) -> None:
 
 def test_cli_real_process_unsupported_format(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED"
-    path = kit.write(tmp_path / "model.pt", torchscript_zip(marker))
+    path = kit.write(tmp_path / "model.pt", legacy_tar(marker))
     proc = kit.run_cli("inspect", "--json", str(path))
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and "TorchScript" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "tar format" in proc.stderr
+    assert not marker.exists()
+
+
+def test_cli_real_process_torchscript_payload(tmp_path: Path) -> None:
+    """A TorchScript archive whose data.pkl calls os.system: read, the call a finding (exit 1)."""
+    marker = tmp_path / "PWNED"
+    path = kit.write(tmp_path / "model.pt", torchscript_zip(marker))
+    proc = kit.run_cli("inspect", "--json", str(path))
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["format"]["format"] == "torchscript"
+    assert [(f["global"], f["verdict"]) for f in doc["findings"]] == [("os.system", "dangerous")]
     assert not marker.exists()
 
 
