@@ -216,7 +216,7 @@ class TorchBuilder(Builder):
         view = self.reader.storage_base(ref)
         if view is not None:  # a slice of another storage (legacy storage views): share its memory
             base, offset = view
-            return self._handle(self.finish_storage(base)).ust[offset : offset + ref.nbytes]
+            return self._ust(self._handle(self.finish_storage(base)))[offset : offset + ref.nbytes]
         if self.meta:
             ust = torch.UntypedStorage(ref.nbytes, device="meta")
         else:
