@@ -49,7 +49,8 @@ def inspect_command(
     """
     summary = ckpt.inspect(path, allow=allow, filter=pattern)
     if as_json:
-        json.dump(summary.as_json(), sys.stdout, separators=(",", ":"), allow_nan=False)
+        # dumps, not dump: json.dump streams through the pure-Python encoder, ~10x slower
+        sys.stdout.write(json.dumps(summary.as_json(), separators=(",", ":"), allow_nan=False))
         sys.stdout.write("\n")
     else:
         render(summary, depth=depth, show_all=show_all, max_rows=max_rows)
