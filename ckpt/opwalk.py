@@ -17,7 +17,7 @@ calls, missing ``persistent_load``); it stops only where both stop before runnin
 (unknown opcode, truncated argument, stack underflow, an unset memo key, ``STACK_GLOBAL`` on literal
 non-strings), and says so in :attr:`Walk.error`.
 
-Runs of torch's regular tensor records (see :data:`ckpt.pickle_vm._TENSOR_RECORD`) are decoded in one
+Runs of torch's regular tensor records (see :func:`ckpt.pickle_vm.tensor_record_regex`) are decoded in one
 step with exactly the stack, memo and event effects the opcode loop has (``fast=False`` turns this
 off; the tests compare both on the same inputs).
 
@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from itertools import chain, repeat
 from typing import Any
 
-from .pickle_vm import _NO_MATCH, _TENSOR_RECORD, _small_tuple
+from .pickle_vm import _NO_MATCH, tensor_record_regex
 
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
@@ -342,7 +342,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
     shapes: list[_Shape] = []
     eshapes: list[_EntryShape] = []
     tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
-    generic = _TENSOR_RECORD.match
+    generic = tensor_record_regex().match
     if keep_memo:
         w.memo = memo
 
@@ -993,7 +993,7 @@ class _Shape:
     length of the storage key. A layout gets its own regex, with no alternatives and no captures
     (every variable byte a wildcard, the key ``[0-9]{N}``), and a ``struct`` that reads every operand
     at its fixed offset in one call. It is learned from a match of the general regex
-    (``pickle_vm._TENSOR_RECORD``), so it accepts exactly the records of that layout which the general
+    (``pickle_vm.tensor_record_regex()``), so it accepts exactly the records of that layout which the general
     regex accepts, decomposed the same way."""
 
     __slots__ = ("match", "unpack", "size", "stride", "tail", "picks", "length", "pattern", "format", "get_len", "count")
@@ -1117,6 +1117,31 @@ class _EntryShape:
         self.unpack = packer.unpack_from
         self.length = packer.size
         assert self.length == 5 + key_len + put_len + record.length
+
+
+_ARITY = {0x85: 1, 0x86: 2, 0x87: 3}
+
+
+def _small_tuple(raw: bytes) -> tuple[int, ...] | None:
+    """The tuple a matched run of INT opcodes and TUPLE1/2/3 (or MARK ... TUPLE) leaves on the
+    stack, or None if it would not leave exactly that one tuple (e.g. ``K1 K2 TUPLE1``)."""
+    marked = raw[0] == 40
+    i = 1 if marked else 0
+    items = []
+    while True:
+        c = raw[i]
+        if c == 75:
+            items.append(raw[i + 1])
+            i += 2
+        elif c == 77:
+            items.append(raw[i + 1] | (raw[i + 2] << 8))
+            i += 3
+        elif c == 74:
+            items.append(_unpack_i(raw, i + 1)[0])
+            i += 5
+        else:
+            break
+    return tuple(items) if marked == (c == 116) and (marked or _ARITY[c] == len(items)) else None
 
 
 def _learn(m: Any) -> _Shape | None:

@@ -418,11 +418,25 @@ _SAFE: frozenset[str] | None = None
 
 
 def allowlist() -> frozenset[str]:
-    """ckpt's allowlist: every ``module.name`` the restricted unpickler resolves by default."""
+    """ckpt's allowlist: every ``module.name`` the restricted unpickler resolves by default (its
+    constructors, and the names of the profiles ``ckpt.load`` reads by default)."""
     global _SAFE
     if _SAFE is None:
-        _SAFE = frozenset(Builder().table)
+        from .profiles import BY_NAME
+
+        _SAFE = frozenset(Builder().table) | frozenset(n for n, p in BY_NAME.items() if p.default)
     return _SAFE
+
+
+def _profile_reason(qualname: str) -> str | None:
+    """Why a name with an opt-in profile is ``unknown`` (the reason ``ckpt inspect`` gives), or None."""
+    from .profiles import BY_NAME
+
+    profile = BY_NAME.get(qualname)
+    if profile is None or profile.default:
+        return None
+    return (f"{qualname} is shown as data by ckpt's {profile.group!r} profile; ckpt.load reads it only "
+            f"when asked (profiles=[{profile.group!r}] or allow=[{qualname!r}])")
 
 
 TORCHSCRIPT_PREFIXES = ("__torch__.", "torch.jit._pickle.")
@@ -509,10 +523,12 @@ class _FileScan:
                     "allowed by the caller" if qualname in self.allow and qualname not in allowlist()
                     else "on ckpt's allowlist"
                 )
+            elif _profile_reason(qualname) is not None:
+                verdict, reason = "unknown", _profile_reason(qualname)  # type: ignore[assignment]
             elif self.torchscript and qualname.startswith(TORCHSCRIPT_PREFIXES):
-                verdict, reason = "unknown", (
-                    f"{qualname} is TorchScript: torch.jit.load resolves it from the archive's own code "
-                    "(which it compiles and runs), not by importing it"
+                verdict, reason = "safe", (
+                    f"{qualname} is TorchScript: resolved from the archive itself (ckpt reads it as a module "
+                    "record; torch.jit.load compiles the archive's code, reported on its own), never imported"
                 )
             else:
                 verdict, reason = verdict_for(qualname, qual_name)
@@ -553,6 +569,18 @@ class _FileScan:
                 self._try_nested(blob, (f"{record} > " if record else "") + f"literal at {at}" + (f" ({how})" if how else ""), depth, how)
 
     def _try_nested(self, blob: bytes, label: str, depth: int, how: str) -> None:
+        if _container_magic(blob[:PEEK]) and len(blob) >= 22:
+            # a zip, npy or compressed file inside a literal (torch.load(io.BytesIO(...)) carries one)
+            self.nested_bytes += len(blob)
+            if self.nested_bytes > self.limits.max_pickle_bytes:
+                self.error(label, "nested data exceed the bytes a scan reads (Limits.max_pickle_bytes)")
+                return
+            before = len(self.report.pickles)
+            self.analyze(RangedFile.from_bytes(blob), label + " > ", depth + 1)
+            if len(self.report.pickles) > before:
+                self.add("pickle.nested", label, "a literal holds an archive or compressed data with pickles in it: "
+                         "code that loads it (torch.load(io.BytesIO(...)), np.load, ...) runs them")
+            return
         if not _looks_like_pickle(blob):
             return
         self.nested_bytes += len(blob)
@@ -793,7 +821,8 @@ class _Scanner(_FileScan):
             return
         zip_like = head[:4] in (b"PK\x03\x04", b"PK\x05\x06")
         # zip: an end record anywhere at the end (also after other data: a polyglot)
-        zs = survey(file, limits=self.limits, headers=not (zip_like and self.light and not prefix))
+        light = self.light and not prefix  # inspect's scan: metadata reads only (no tail search, no data)
+        zs = survey(file, limits=self.limits, headers=not (zip_like and light)) if zip_like or not light else None
         if zs is not None and (zip_like or (zs.complete and any(e.local_ok for e in zs.entries))):
             formats.append("zip")
         else:
@@ -820,7 +849,7 @@ class _Scanner(_FileScan):
         # a pickle at byte 0 (never for a zip start: PERSID without persistent_load fails at once)
         first: Walk | None = None
         data = None
-        if not zip_like and head[0] in OPCODES and head[0] not in (0x93,):
+        if not zip_like and head[0] in OPCODES and head[0] not in (0x93,) and not (light and safetensors):
             data = _view(file)
             first = walk(data, 0, fast=self.fast)
             if is_pickle(first, data):
@@ -1045,6 +1074,8 @@ class _Scanner(_FileScan):
             if e.name.endswith(".npy") and not is_torch:
                 self.zip_npy(file, e, prefix)
                 continue
+            if self.light and self.torchscript and e.name.endswith(".debug_pkl"):
+                continue  # inspect reads no debug pickle (torch's own debug info); `ckpt scan` walks them
             role = "extra" if self.torchscript and rel is not None and rel.endswith(("pkl", ".debug_pkl")) else "unexpected"
             self.zip_record(file, e, prefix, role, depth, peek=True, crcs=zs.has_crcs)
         if code_files:
@@ -1515,8 +1546,9 @@ def _decompress(file: RangedFile, kind: str, limit: int, *, partial: bool = Fals
 
 
 def _view(file: RangedFile) -> Any:
-    """The file's bytes for a walk: in memory when small, memory-mapped otherwise."""
-    if file.size <= 64 << 20 or file.fileno() is None:
+    """The file's bytes for a walk, memory-mapped (only the pages a walk touches are read) or, for
+    in-memory data and tiny files, as bytes."""
+    if file.size <= 4096 or file.fileno() is None:
         return file.pread(0, file.size)
     import mmap
 

@@ -245,6 +245,7 @@ DANGEROUS_NAMES: dict[str, str] = {
     "keras.models.load_model": "loads nested models (and their code)",
     "tensorflow.keras.models.load_model": "loads nested models (and their code)",
     "weakref.finalize": "registers a callback that runs later",
+    "collections.defaultdict": "calls its factory on every missing key (ckpt's own profile accepts built-in types only)",
 }
 
 # Names inside the modules above that only build plain values: not dangerous by themselves, so

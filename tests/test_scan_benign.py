@@ -23,7 +23,6 @@ import scan_kit as K
 
 # Fixtures that hold something outside ckpt's allowlist on purpose (never dangerous).
 NOT_CLEAN = {
-    "empty_bytes": {"builtins.bytes"},  # b"" pickled at protocol 2 calls builtins.bytes
     "tensor_subclass": {"__main__.TaggedTensor"},
     "unknown_global": {"argparse.Namespace"},
     "protocol_0": {"zip.unexpected-record"},  # protocol 0 cannot hold torch's tuple persistent ids

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ckpt.rebuild import Builder, canonical_name
-from ckpt.scanner import scan_file
+from ckpt.scanner import allowlist, scan_file
 from ckpt.verdicts import (
     DANGEROUS_ATTRIBUTES, DANGEROUS_MODULES, DANGEROUS_NAMES, NOT_DANGEROUS, verdict_for, worst,
 )
@@ -49,7 +49,8 @@ def test_every_dangerous_name(tmp_path: Path, qualname: str) -> None:
     verdict, why = verdict_for(qualname)
     assert verdict == "dangerous" and DANGEROUS_NAMES[qualname] in why
     module, name = qualname.rsplit(".", 1)
-    assert _scan_verdict(tmp_path, module, name) == "dangerous"
+    # the allowlist is decided first (collections.defaultdict has a profile that checks its factory)
+    assert _scan_verdict(tmp_path, module, name) == ("safe" if qualname in allowlist() else "dangerous")
 
 
 @pytest.mark.parametrize("attribute", sorted(DANGEROUS_ATTRIBUTES))
@@ -63,7 +64,7 @@ def test_every_dangerous_attribute(tmp_path: Path, attribute: str) -> None:
 def test_every_plain_value_name_is_only_unknown(tmp_path: Path, qualname: str) -> None:
     assert verdict_for(qualname)[0] == "unknown"
     module, name = qualname.rsplit(".", 1)
-    expected = "safe" if qualname in Builder().table else "unknown"
+    expected = "safe" if qualname in allowlist() else "unknown"
     assert _scan_verdict(tmp_path, module, name) == expected
 
 
@@ -101,7 +102,7 @@ def test_published_bypasses_are_dangerous(qualname: str) -> None:
 
 
 @pytest.mark.parametrize("qualname", [
-    "argparse.Namespace", "collections.defaultdict", "collections.ChainMap", "string.Template",
+    "argparse.Namespace", "collections.ChainMap", "string.Template",
     "copyreg._reconstructor", "builtins.object", "builtins.ValueError", "builtins.slice", "pathlib.PosixPath",
     "numpy.core.multiarray._reconstruct", "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray.scalar",
     "__main__.Net", "torch.nn.modules.linear.Linear", "mypkg.test.Config", "mypkg.code.Encoder",
@@ -123,9 +124,9 @@ def test_dotted_names_are_judged_by_where_they_land() -> None:
 
 def test_allowlisted_names_in_dangerous_modules_are_few_and_known() -> None:
     """The allowlist wins over the lists (safe is decided first); only these allowlisted names sit
-    inside a module the lists call dangerous."""
-    overlap = {n for n in Builder().table if verdict_for(n)[0] == "dangerous"}
-    assert overlap == {"torch.serialization._get_layout"}
+    inside a module the lists call dangerous (a defaultdict's factory is checked by its profile)."""
+    overlap = {n for n in allowlist() if verdict_for(n)[0] == "dangerous"}
+    assert overlap == {"torch.serialization._get_layout", "collections.defaultdict"}
 
 
 def test_worst() -> None:
