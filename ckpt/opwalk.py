@@ -725,7 +725,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
             elif op == 81:  # BINPERSID
                 pid = stack[-1]
                 pids.append(pid)
-                stack[-1] = STORAGE
+                stack[-1] = _persistent(pid)
             elif op == 74:  # BININT
                 push(_unpack_i(data, pos)[0])
                 pos += 4
@@ -959,6 +959,14 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
                 raise WalkError(f"unknown opcode 0x{op:02x} (pickle.load fails here)", at)
     except (IndexError, struct.error):
         raise _truncated(data, at) from None
+
+
+def _persistent(pid: Any) -> Any:
+    """What ``persistent_load`` returns, as torch's loaders answer: the class itself for a legacy
+    file's ``('module', <class>, source file, source)``, a storage for anything else."""
+    if type(pid) is tuple and len(pid) == 4 and type(pid[1]) is Ref and pid[0] in ("module", b"module"):
+        return pid[1]
+    return STORAGE
 
 
 def _stack_global(module_v: Any, name_v: Any, at: int, name_global: Any, events: list[Event]) -> Any:

@@ -757,8 +757,22 @@ def _zero_indices(flags: bytearray) -> list[int]:
     return np.flatnonzero(np.frombuffer(bytes(flags), dtype=np.uint8) == 0).tolist()
 
 
+_TEXT_PID = re.compile(r"\('storage', <class 'torch\.(?:cuda\.|storage\.)?(\w+)'>, '([^']*)', '[^']*', (\d+)[,)]")
+
+
 def _torch_storage_pid(pid: Any) -> tuple[str, int | None, int] | None:
-    """``(key, itemsize, numel)`` of a torch zip or legacy storage persistent id, or None."""
+    """``(key, itemsize, numel)`` of a torch zip or legacy storage persistent id, or None. A
+    protocol-0 pickle spells a tuple pid as its ``str()`` (which torch cannot read back); its
+    storage is still accounted for."""
+    if type(pid) is str:
+        m = _TEXT_PID.match(pid)
+        if m is None:
+            return None
+        try:
+            itemsize: int | None = _dt.by_storage_class(m.group(1)).itemsize
+        except KeyError:
+            itemsize = 1 if m.group(1) == "UntypedStorage" else None
+        return m.group(2), itemsize, int(m.group(3))
     if type(pid) is not tuple or len(pid) < 5:
         return None
     kind = pid[0]
