@@ -10,6 +10,7 @@ every global a file names resolves only to constructors ckpt owns.
 
 from .checkpoint import Checkpoint, open
 from .load import load
+from .save import save
 from .summary import Summary, inspect
 from .errors import (
     CheckpointError,
@@ -17,6 +18,7 @@ from .errors import (
     NotACheckpointError,
     ResourceLimitError,
     UnsafeGlobalError,
+    UnsavableObjectError,
     UnsupportedFeatureError,
     UnsupportedFormatError,
 )
@@ -38,9 +40,11 @@ __all__ = [
     "Summary",
     "TensorRef",
     "UnsafeGlobalError",
+    "UnsavableObjectError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
     "load",
     "inspect",
     "open",
+    "save",
 ]
