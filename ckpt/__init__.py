@@ -11,6 +11,7 @@ every global a file names resolves only to constructors ckpt owns.
 from .checkpoint import Checkpoint, open
 from .load import load
 from .save import save
+from .relocate import relocate
 from .summary import Summary, inspect
 from .errors import (
     CheckpointError,
@@ -46,5 +47,6 @@ __all__ = [
     "load",
     "inspect",
     "open",
+    "relocate",
     "save",
 ]

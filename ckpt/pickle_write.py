@@ -48,6 +48,10 @@ _pack_I = struct.Struct("<I").pack
 _pack_d = struct.Struct(">d").pack
 
 
+_BININT1 = [b"K" + bytes((i,)) for i in range(256)]
+_TUPLE_N = (b")", b"\x85", b"\x86", b"\x87")
+
+
 class Global:
     """A global a pickle names: ``GLOBAL module name`` (one object per name, so the memo finds it)."""
 
@@ -123,6 +127,33 @@ class PersistentId:
         self.pid = pid
 
 
+class TensorRecord:
+    """A dense tensor as torch pickles it: ``func(pid, offset, size, stride, requires_grad,
+    OrderedDict(), *tail)`` with ``pid = ('storage', storage_type, key, location, numel)``.
+
+    The same bytes as the equivalent :class:`Reduction` (fresh tuples and a fresh ``OrderedDict``
+    each time, as torch's ``__reduce_ex__`` makes them), written without building those objects.
+    """
+
+    __slots__ = ("func", "storage_type", "key", "location", "numel", "offset", "size", "stride",
+                 "requires_grad", "tail", "__weakref__")
+
+    def __init__(
+        self, func: Global, storage_type: Global, key: str, location: str, numel: int, offset: int,
+        size: tuple[int, ...], stride: tuple[int, ...], requires_grad: bool, tail: tuple[Any, ...] = (),
+    ) -> None:
+        self.func = func
+        self.storage_type = storage_type
+        self.key = key
+        self.location = location
+        self.numel = numel
+        self.offset = offset
+        self.size = size
+        self.stride = stride
+        self.requires_grad = requires_grad
+        self.tail = tail
+
+
 ReduceHook = Callable[[Any], Any]
 """``hook(obj)`` for an object of a type the pickler does not know: a :class:`Reduction`, a
 :class:`Global` (the object is that global), a :class:`PersistentId` (the object is a storage),
@@ -158,6 +189,7 @@ class Pickler:
             Reduction: self.save_reduction,
             Global: self.save_global,
             PersistentId: self.save_persistent_id,
+            TensorRecord: self.save_tensor_record,
         }
 
     def dumps(self, obj: Any) -> bytes:
@@ -170,6 +202,23 @@ class Pickler:
         return bytes(self.out)
 
     # -- memo --------------------------------------------------------------------------------
+
+    def _int_tuple(self, items: tuple[int, ...]) -> None:
+        """A fresh tuple of ints (a tensor's size or stride), as save_tuple writes it."""
+        n = len(items)
+        out = self.out
+        if n > 3:
+            out += b"("
+        for v in items:
+            if 0 <= v <= 0xFF:
+                out += _BININT1[v]
+            else:
+                self.save_int(v)
+        if n == 0:
+            out += b")"
+            return
+        out += _TUPLE_N[n] if n <= 3 else b"t"
+        self.put_fresh()
 
     def put(self, obj: Any) -> None:
         """Memoize ``obj`` (kept alive so its id stays unique) and write the PUT."""
@@ -208,6 +257,9 @@ class Pickler:
         if index is not None:
             self.get(index)
             return
+        if t is TensorRecord:
+            self.save_tensor_record(obj)
+            return
         fn = self._dispatch.get(t)
         if fn is not None:
             fn(obj)
@@ -226,6 +278,8 @@ class Pickler:
             self.save_global(made)
         elif type(made) is Reduction:
             self.save_reduction(made, memo_key=obj)
+        elif type(made) is TensorRecord:
+            self.save_tensor_record(made, memo_key=obj)
         elif type(made) is PersistentId:
             self.save_persistent_id(made)
         else:  # pragma: no cover - hook contract
@@ -235,7 +289,7 @@ class Pickler:
 
     def save_int(self, obj: int) -> None:
         if 0 <= obj <= 0xFF:
-            self.out += b"K" + bytes((obj,))
+            self.out += _BININT1[obj]
         elif 0 <= obj <= 0xFFFF:
             self.out += b"M" + obj.to_bytes(2, "little")
         elif -0x80000000 <= obj <= 0x7FFFFFFF:
@@ -492,6 +546,48 @@ class Pickler:
             except UnsavableObjectError as e:
                 raise e.inside(".__dict__") from None
             self.out += b"b"
+
+    def save_tensor_record(self, rec: TensorRecord, memo_key: Any = None) -> None:
+        """Exactly what :meth:`save_reduce` writes for the equivalent reduction (see TensorRecord)."""
+        memo = self.memo
+        save = self.save
+        index = memo.get(id(rec.func))
+        if index is None:
+            self.save_global(rec.func)
+        else:
+            self.get(index)
+        self.out += b"(("
+        save("storage")  # the literal torch uses: interned, so the same object
+        save(rec.storage_type)
+        save(rec.key)
+        save(rec.location)
+        self.save_int(rec.numel)
+        self.out += b"t"
+        self.put_fresh()
+        self.out += b"Q"
+        self.save_int(rec.offset)
+        self._int_tuple(rec.size)
+        self._int_tuple(rec.stride)
+        self.out += b"\x88" if rec.requires_grad else b"\x89"
+        index = memo.get(id(G_ORDERED_DICT))
+        if index is None:
+            self.save_global(G_ORDERED_DICT)
+        else:
+            self.get(index)
+        self.out += b")R"
+        self.put_fresh()
+        for i, item in enumerate(rec.tail):
+            self._save_item(item, 6 + i)
+        self.out += b"t"
+        self.put_fresh()
+        self.out += b"R"
+        key = rec if memo_key is None else memo_key
+        index = memo.get(id(key))
+        if index is not None:  # pragma: no cover - a tensor cannot contain itself
+            self.out += b"0"
+            self.get(index)
+            return
+        self.put(key)
 
     def save_persistent_id(self, pid: PersistentId) -> None:
         """The pid tuple (saved as any tuple, then memoized), then ``BINPERSID``. The storage

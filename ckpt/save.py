@@ -34,6 +34,7 @@ full disk, Ctrl-C) the destination is left as it was and the temporary file is r
 from __future__ import annotations
 
 import copyreg
+import ctypes
 import os
 import secrets
 import stat
@@ -47,7 +48,7 @@ from typing import IO, Any
 
 from . import dtypes as _dt
 from .errors import CheckpointError, CorruptCheckpointError, UnsavableObjectError
-from .pickle_write import Global, PersistentId, Pickler, Reduction
+from .pickle_write import Global, PersistentId, Pickler, Reduction, TensorRecord
 from .rebuild import Builder, canonical_name
 from .tensors import StorageRef, TensorRef
 from .values import Device, Size, TorchConstant
@@ -222,7 +223,10 @@ class _Saver:
         self.keep: list[Any] = []
 
     def dumps(self, obj: Any) -> bytes:
-        return Pickler(reduce=self.reduce, check_global=check_global).dumps(obj)
+        from .torch_zip import gc_paused
+
+        with gc_paused():  # the pickler's memo holds every object: collections would rescan it
+            return Pickler(reduce=self.reduce, check_global=check_global).dumps(obj)
 
     # -- the hook ------------------------------------------------------------------------------
 
@@ -231,7 +235,7 @@ class _Saver:
         if t is TensorRef:
             return self.tensor_ref(obj)
         if t is StorageRef:
-            return self.ref_storage_pid(obj, obj.dtype)
+            return self.ref_storage_pid(obj)
         if t is _dt.DType:
             return Global.of("torch", obj.name)
         if t is Size:
@@ -283,48 +287,54 @@ class _Saver:
 
     # -- tensors -------------------------------------------------------------------------------
 
-    def _tensor_args(
-        self, pid: PersistentId, dtype: _dt.DType, offset: int, shape: tuple[int, ...],
-        stride: tuple[int, ...], requires_grad: bool, metadata: dict[str, bool] | None,
-    ) -> tuple[Global, tuple[Any, ...]]:
-        args: tuple[Any, ...] = (pid, offset, (*shape,), (*stride,), requires_grad, OrderedDict())
+    def _record(
+        self, storage_type: Global, key: str, location: str, numel: int, dtype: _dt.DType, offset: int,
+        shape: tuple[int, ...], stride: tuple[int, ...], requires_grad: bool, metadata: dict[str, bool] | None,
+    ) -> TensorRecord:
+        """torch's ``_rebuild_tensor_v2`` (legacy dtypes) or ``_v3`` (the others, with the dtype)."""
         if dtype.uses_untyped_storage:
             func = G_REBUILD_V3
-            args += (Global.of("torch", dtype.name),)
+            tail: tuple[Any, ...] = (Global.of("torch", dtype.name),)
         else:
             func = G_REBUILD_V2
+            tail = ()
         if metadata:
-            args += (metadata,)
-        return func, args
+            tail += (metadata,)
+        return TensorRecord(func, storage_type, key, location, numel, offset, shape, stride, requires_grad, tail)
 
-    def tensor_ref(self, ref: TensorRef) -> Reduction:
+    def tensor_ref(self, ref: TensorRef) -> Reduction | TensorRecord:
         if ref.subclass:
             raise UnsavableObjectError(
                 f"a tensor of subclass {ref.subclass} cannot be read by torch.load(weights_only=True)",
                 hint="save it as a plain tensor",
             )
         inner_grad = False if ref.is_parameter else ref.requires_grad
+        inner: Reduction | TensorRecord
         if ref.storage is None:
-            func, args = G_META, (Global.of("torch", ref.dtype.name), (*ref.shape,), (*ref.stride,), inner_grad)
+            inner = Reduction(G_META, (Global.of("torch", ref.dtype.name), (*ref.shape,), (*ref.stride,), inner_grad))
         else:
-            pid = self.ref_storage_pid(ref.storage, ref.dtype)
             metadata = None
             if ref.metadata:  # as torch._C._get_tensor_metadata makes it: new strings, neg first
                 metadata = {_fresh(k): True for k in ("neg", "conj") if ref.metadata.get(k)}
-            func, args = self._tensor_args(pid, ref.dtype, ref.offset, ref.shape, ref.stride, inner_grad, metadata)
+            inner = self._record(*self.ref_storage(ref.storage, ref.dtype), ref.dtype, ref.offset, ref.shape,
+                                 ref.stride, inner_grad, metadata)
         attrs = ref.attrs
         if ref.is_parameter:
-            data = Reduction(func, args)
             if attrs:
-                return Reduction(G_PARAMETER_STATE, (data, ref.requires_grad, OrderedDict(), dict(attrs)))
-            return Reduction(G_PARAMETER, (data, ref.requires_grad, OrderedDict()))
+                return Reduction(G_PARAMETER_STATE, (inner, ref.requires_grad, OrderedDict(), dict(attrs)))
+            return Reduction(G_PARAMETER, (inner, ref.requires_grad, OrderedDict()))
         if attrs:
-            return Reduction(G_FROM_TYPE, (func, G_TENSOR, args, dict(attrs)))
-        return Reduction(func, args)
+            if type(inner) is TensorRecord:
+                args = (PersistentId((_STORAGE, inner.storage_type, inner.key, inner.location, inner.numel)),
+                        inner.offset, (*inner.size,), (*inner.stride,), inner.requires_grad, OrderedDict(), *inner.tail)
+                return Reduction(G_FROM_TYPE, (inner.func, G_TENSOR, args, dict(attrs)))
+            return Reduction(G_FROM_TYPE, (inner.func, G_TENSOR, inner.args, dict(attrs)))
+        return inner
 
-    def ref_storage_pid(self, ref: StorageRef, dtype: _dt.DType) -> PersistentId:
-        """The persistent id of a storage of an opened checkpoint, viewed as ``dtype`` (as torch
-        views a tensor's storage: typed for the legacy dtypes, untyped bytes for the others)."""
+    def ref_storage(self, ref: StorageRef, dtype: _dt.DType) -> tuple[Global, str, str, int]:
+        """``(storage type, key, location, numel)`` of a storage of an opened checkpoint viewed as
+        ``dtype``, as torch views a tensor's storage: typed for the legacy dtypes, untyped bytes
+        for the others."""
         # torch.load does not share a storage without data between the tensors that view it, so
         # torch.save of what it loads writes one empty record per view: so does ckpt.
         k = ("ref", id(ref)) if ref.nbytes else ("empty", len(self.keys))
@@ -333,8 +343,9 @@ class _Saver:
             key = self.keys[k] = str(len(self.keys))
             self.keep.append(ref)
             self.sources[key] = _RefSource(ref)
+        untyped = dtype.uses_untyped_storage
         if ref.nbytes:
-            as_dtype = _dt.UINT8 if dtype.uses_untyped_storage else dtype
+            as_dtype = _dt.UINT8 if untyped else dtype
             seen = self.storage_dtypes.setdefault(k, as_dtype)
             if seen is not as_dtype:
                 raise UnsavableObjectError(
@@ -343,12 +354,15 @@ class _Saver:
                 )
         location = self.location(ref) if self.location is not None else ref.location
         tag = _LITERAL_TAGS.get(location) or _fresh(location)
-        if dtype.uses_untyped_storage:
-            return PersistentId((_STORAGE, G_UNTYPED, key, tag, ref.nbytes))
-        cls = Global.of("torch", dtype.storage_class or "")
-        return PersistentId((_STORAGE, cls, key, tag, ref.nbytes // dtype.itemsize))
+        if untyped:
+            return G_UNTYPED, key, tag, ref.nbytes
+        return Global.of("torch", dtype.storage_class or ""), key, tag, ref.nbytes // dtype.itemsize
 
-    def ndarray(self, arr: Any) -> Reduction:
+    def ref_storage_pid(self, ref: StorageRef) -> PersistentId:
+        """A bare storage of an opened checkpoint (torch reads every storage back typed)."""
+        return PersistentId((_STORAGE, *self.ref_storage(ref, ref.dtype)))
+
+    def ndarray(self, arr: Any) -> TensorRecord:
         np = self.np
         assert np is not None
         row = _numpy_dtype_row(arr.dtype)
@@ -371,14 +385,11 @@ class _Saver:
             self.sources[key] = _MemorySource(lambda a=arr, n=extent: _array_span(a, n), extent)
         else:
             extent = self.sources[key].nbytes
-        shape = tuple(arr.shape)
         stride = tuple(s // item for s in arr.strides)
         if row.uses_untyped_storage:
-            pid = PersistentId((_STORAGE, G_UNTYPED, key, "cpu", extent))
-        else:
-            pid = PersistentId((_STORAGE, Global.of("torch", row.storage_class or ""), key, "cpu", extent // item))
-        func, args = self._tensor_args(pid, row, 0, shape, stride, False, None)
-        return Reduction(func, args)
+            return self._record(G_UNTYPED, key, "cpu", extent, row, 0, arr.shape, stride, False, None)
+        cls = Global.of("torch", row.storage_class or "")
+        return self._record(cls, key, "cpu", extent // item, row, 0, arr.shape, stride, False, None)
 
     def torch_tensor(self, t: Any) -> Any:
         torch = self.torch
@@ -389,36 +400,35 @@ class _Saver:
         ):
             return self.generic(t)
         storage = t.untyped_storage()
-        row = _dt.DTYPES[str(t.dtype).split(".", 1)[1]]
-        pid = self.torch_storage_pid(storage, dtype=row, torch_dtype=t.dtype)
-        metadata = torch._utils.get_tensor_metadata(t) or None
-        func, args = self._tensor_args(
-            pid, row, t.storage_offset(), tuple(t.size()), t.stride(), t.requires_grad, metadata
-        )
-        return Reduction(func, args)
+        row = _TORCH_DTYPE_ROWS.get(t.dtype)
+        if row is None:
+            row = _TORCH_DTYPE_ROWS[t.dtype] = _dt.DTYPES[str(t.dtype).split(".", 1)[1]]
+        metadata = torch._utils.get_tensor_metadata(t) if t.is_conj() or t.is_neg() else None
+        return self._record(*self.torch_storage(storage, row, t.dtype), row, t.storage_offset(), tuple(t.size()),
+                            t.stride(), t.requires_grad, metadata)
 
-    def torch_storage_pid(self, obj: Any, *, dtype: _dt.DType | None = None, torch_dtype: Any = None) -> PersistentId:
-        """torch's ``persistent_id`` (serialization.py ``_save``) for a storage or a tensor's storage."""
+    def torch_storage(self, storage: Any, row: _dt.DType, torch_dtype: Any) -> tuple[Global, str, str, int]:
+        """``(storage type, key, location, numel)`` of a tensor's (untyped) storage, as torch's
+        ``persistent_id`` gives them for the storage torch's ``__reduce_ex__`` passes."""
+        if row.uses_untyped_storage:
+            return self._torch_pid(storage, self.torch.uint8, G_UNTYPED, storage.nbytes())  # type: ignore[union-attr]
+        return self._torch_pid(storage, torch_dtype, Global.of("torch", row.storage_class or ""),
+                               storage.nbytes() // row.itemsize)
+
+    def torch_storage_pid(self, obj: Any) -> PersistentId:
+        """torch's ``persistent_id`` (serialization.py ``_save``) for a bare storage."""
         torch = self.torch
         assert torch is not None
-        if dtype is not None:  # a tensor's storage, viewed as its dtype
-            storage = obj
-            if dtype.uses_untyped_storage:
-                storage_type, numel, torch_dtype = G_UNTYPED, storage.nbytes(), torch.uint8
-            else:
-                storage_type = Global.of("torch", dtype.storage_class or "")
-                numel = storage.nbytes() // dtype.itemsize
-        elif isinstance(obj, torch.storage.TypedStorage):
-            storage = obj._untyped_storage
-            torch_dtype = obj.dtype
-            storage_type = Global.of("torch", obj._pickle_storage_type())
-            numel = obj._size()
+        if isinstance(obj, torch.storage.TypedStorage):
+            parts = self._torch_pid(obj._untyped_storage, obj.dtype, Global.of("torch", obj._pickle_storage_type()),
+                                    obj._size())
         else:
-            storage = obj
-            torch_dtype = torch.uint8
-            storage_type = G_UNTYPED
-            numel = storage.nbytes()
-        if str(storage.device) != "meta" and storage.data_ptr() != 0:
+            parts = self._torch_pid(obj, torch.uint8, G_UNTYPED, obj.nbytes())
+        return PersistentId((_STORAGE, *parts))
+
+    def _torch_pid(self, storage: Any, torch_dtype: Any, storage_type: Global, numel: int) -> tuple[Global, str, str, int]:
+        device = storage.device
+        if device.type != "meta" and storage.data_ptr() != 0:
             seen = self.storage_dtypes.setdefault(("ptr", storage.data_ptr()), torch_dtype)
             if seen != torch_dtype:
                 raise UnsavableObjectError(
@@ -430,8 +440,12 @@ class _Saver:
             key = self.keys[k] = str(len(self.keys))
             self.keep.append(storage)
             self.sources[key] = _torch_source(storage)
-        location = torch.serialization.location_tag(storage)
-        return PersistentId((_STORAGE, storage_type, key, location, numel))
+        # torch's tagger for the CPU returns its literal "cpu"; other tags may be built per call
+        location = "cpu" if device.type == "cpu" else self.torch.serialization.location_tag(storage)  # type: ignore[union-attr]
+        return storage_type, key, location, numel
+
+
+_TORCH_DTYPE_ROWS: dict[Any, _dt.DType] = {}
 
 
 def _torch_source(storage: Any) -> _Source:
@@ -439,9 +453,14 @@ def _torch_source(storage: Any) -> _Source:
         import torch
 
         cpu = storage if storage.device.type == "cpu" else storage.cpu()
+        if cpu.nbytes() <= _SMALL_COPY:  # a copy is cheaper than a tensor and a numpy view
+            return memoryview(ctypes.string_at(cpu.data_ptr(), cpu.nbytes()))
         return memoryview(torch.empty(0, dtype=torch.uint8).set_(cpu).numpy()).cast("B")
 
     return _MemorySource(view, storage.nbytes())
+
+
+_SMALL_COPY = 1 << 16
 
 
 def _array_span(arr: Any, nbytes: int) -> memoryview:
