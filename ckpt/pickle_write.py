@@ -319,7 +319,7 @@ class Pickler:
             self.save_reduce(G_CODECS_ENCODE, (obj.decode("latin-1"), _LATIN1), memo_key=obj)
 
     def save_bytearray(self, obj: bytearray) -> None:
-        self.save_reduce(G_BYTEARRAY, (bytes(obj),), memo_key=obj)
+        self.save_reduce(G_BYTEARRAY, (bytes(obj),) if obj else _EMPTY_TUPLE, memo_key=obj)
 
     def save_complex(self, obj: complex) -> None:
         self.save_reduce(G_COMPLEX, (obj.real, obj.imag), memo_key=obj)

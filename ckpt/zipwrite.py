@@ -268,6 +268,16 @@ class ZipSink:
             self._buf = bytearray()
             self._write_all(memoryview(buf))
 
+    def skip(self, size: int) -> None:
+        """Move ``size`` bytes ahead without writing them (a hole in a file)."""
+        self.flush()
+        if self.fd is not None:
+            os.lseek(self.fd, size, os.SEEK_CUR)
+        else:
+            assert self.fileobj is not None
+            self.fileobj.seek(size, os.SEEK_CUR)
+        self.position += size
+
     def copy_from(self, src_fd: int, offset: int, size: int) -> None:
         """Append ``size`` bytes of ``src_fd`` from ``offset``, in the kernel where possible."""
         self.flush()
@@ -407,6 +417,18 @@ class TorchZipWriter:
         rec.done = size
         rec.crc = None
         rec.given_crc = crc
+
+    def skip(self, size: int) -> None:
+        """Leave ``size`` bytes of the current record unwritten (a hole, CRC-32 0): torch's
+        ``write_record_metadata``, which its ``skip_data()`` mode uses to lay out a file first."""
+        rec = self._need_record()
+        if rec.done or size != rec.size:
+            raise ValueError("skip() stands for a whole record's data")
+        self.sink.skip(size)
+        rec.done = size
+        rec.crc = None
+        rec.given_crc = 0
+        rec.head = b""
 
     def end(self) -> None:
         """Finish the current record: data descriptor and central directory entry."""
