@@ -262,7 +262,9 @@ def _rewrite(
         for key, ref in ck.storages.items()
     ]
     result = Relocation(src, dst, locmap, "rewrite", moves, dry_run)
-    saver = _Saver(location=lambda ref: locmap(ref.location))
+    # The records keep the byte order they have: the copy is what torch.save writes for the
+    # relocated object on the machine that wrote the file, and no tensor byte changes.
+    saver = _Saver(location=lambda ref: locmap(ref.location), byteorder=ck.reader.byteorder)
     try:
         pickle_bytes = saver.dumps(ck.root)
     except UnsavableObjectError as e:

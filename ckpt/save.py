@@ -135,18 +135,21 @@ class _MemorySource(_Source):
 
 
 class _RefSource(_Source):
-    """A storage of an opened checkpoint: copied from its file, storage by storage."""
+    """A storage of an opened checkpoint: copied from its file, storage by storage (byte-swapped,
+    as torch.load swaps it, when the file's byte order is not the one being written)."""
 
-    def __init__(self, ref: StorageRef) -> None:
+    def __init__(self, ref: StorageRef, byteorder: str) -> None:
         self.ref = ref
         self.nbytes = ref.nbytes
+        self.byteorder = byteorder
 
     def write_to(self, writer: TorchZipWriter, progress: Callable[[int], None]) -> None:
         ref = self.ref
         reader = ref.reader
         if reader is None:
             raise CheckpointError("a tensor's storage has no data source", record=ref.record)
-        swap = ref.dtype.swap_size if getattr(reader, "needs_byteswap", False) and ref.dtype.itemsize > 1 else 1
+        foreign = getattr(reader, "byteorder", self.byteorder) != self.byteorder
+        swap = ref.dtype.swap_size if foreign and ref.dtype.itemsize > 1 else 1
         raw = _raw_record(ref)
         if raw is not None:
             fd, offset, crc = raw
@@ -213,8 +216,9 @@ def _byteswapped(data: bytes, size: int) -> bytes:
 class _Saver:
     """Pickles one object as torch.save would and collects the storages to write."""
 
-    def __init__(self, *, location: Callable[[StorageRef], str] | None = None) -> None:
+    def __init__(self, *, location: Callable[[StorageRef], str] | None = None, byteorder: str = sys.byteorder) -> None:
         self.location = location
+        self.byteorder = byteorder
         self.torch = sys.modules.get("torch")
         self.np = sys.modules.get("numpy")
         self.keys: dict[Any, str] = {}
@@ -342,7 +346,7 @@ class _Saver:
         if key is None:
             key = self.keys[k] = str(len(self.keys))
             self.keep.append(ref)
-            self.sources[key] = _RefSource(ref)
+            self.sources[key] = _RefSource(ref, self.byteorder)
         untyped = dtype.uses_untyped_storage
         if ref.nbytes:
             as_dtype = _dt.UINT8 if untyped else dtype
@@ -500,7 +504,7 @@ def write_archive(
     writer.write_record("data.pkl", pickle_bytes)
     writer.write_record(".format_version", FORMAT_VERSION)
     writer.write_record(".storage_alignment", str(writer.alignment).encode("ascii"))
-    writer.write_record("byteorder", sys.byteorder.encode("ascii"))
+    writer.write_record("byteorder", saver.byteorder.encode("ascii"))
     total = sum(s.nbytes for s in saver.sources.values())
     done = 0
 
