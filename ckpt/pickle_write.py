@@ -271,8 +271,8 @@ class Pickler:
         made = hook(obj) if hook is not None else None
         if made is None:
             raise UnsavableObjectError(
-                f"a {type(obj).__module__}.{type(obj).__qualname__} cannot be saved: torch.load(weights_only=True) "
-                "could not read it back",
+                f"{type(obj).__module__}.{type(obj).__qualname__} objects cannot be saved: "
+                "torch.load(weights_only=True) could not read them back",
             )
         if type(made) is Global:
             self.save_global(made)

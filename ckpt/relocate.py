@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,6 @@ from .checkpoint import Checkpoint, PathLike, open as open_checkpoint
 from .errors import CheckpointError, UnsafeGlobalError, UnsavableObjectError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 from .save import Progress, _Saver, atomic_output, write_archive
-from .tensors import StorageRef
 from .zipwrite import TorchZipWriter, ZipSink, archive_name_for
 
 SCHEMA = "ckpt.relocate/1"
@@ -248,7 +247,7 @@ def relocate(
         from .relocate_patch import relocate_by_patching
 
         return relocate_by_patching(src_path, dst_path, locmap, dry_run=dry_run, fsync=fsync,
-                                    progress=progress, limits=limits, reason=str(e))
+                                    progress=progress, limits=limits, reason=_why(e))
     with ck:
         return _rewrite(ck, src_path, dst_path, locmap, dry_run=dry_run, fsync=fsync, progress=progress, limits=limits)
 
@@ -271,7 +270,7 @@ def _rewrite(
         from .relocate_patch import relocate_by_patching
 
         return relocate_by_patching(src, dst, locmap, dry_run=dry_run, fsync=fsync, progress=progress,
-                                    limits=limits, reason=str(e))
+                                    limits=limits, reason=_why(e))
     if dry_run:
         return result
     archive = archive_name_for(dst)
@@ -280,4 +279,10 @@ def _rewrite(
     return result
 
 
-LocationOf = Callable[[StorageRef], str]
+def _why(e: CheckpointError) -> str:
+    """Why a file is patched rather than rewritten, in a few words."""
+    if isinstance(e, UnsafeGlobalError):
+        return f"it names {e.global_name}, which is not on ckpt's allowlist"
+    if isinstance(e, UnsavableObjectError):
+        return e.detail
+    return e.message

@@ -266,8 +266,7 @@ def relocate_by_patching(
             moves.append(StorageMove(pid.key, dtype.name, size, pid.location, locmap(pid.location)))
         result = Relocation(src, dst, locmap, "patch", moves, dry_run)
         result.notes.append(
-            "the pickle holds what ckpt does not rebuild, so only its storage locations were patched: "
-            + reason
+            f"only the storage locations in the pickle were replaced: ckpt does not rebuild all of it ({reason})"
         )
         new_pickle, _changed = patch(data, found, locmap)
         if dry_run:

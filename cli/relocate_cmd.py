@@ -119,6 +119,7 @@ def render(result: Relocation) -> None:
         line += f"; wrote {human_bytes(result.written_bytes)}"
     console.print(line, highlight=False, markup=False)
     for tag in result.unmatched:
-        console.print(f"note: no storage is stored on {tag!r}", style="yellow", highlight=False, markup=False)
+        console.print(f"note: no storage is tagged {tag!r}; mapping it changed nothing", style="yellow",
+                      highlight=False, markup=False)
     for note in result.notes:
         console.print(f"note: {note}", style="yellow", highlight=False, markup=False)

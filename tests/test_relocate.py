@@ -344,6 +344,8 @@ def test_cli_json_follows_the_schema(tmp_path: Path, helpers: Any) -> None:
     assert docs[2]["method"] == "patch" and docs[2]["notes"]
     missing = checker.declared_properties() - checker.seen
     assert not missing, f"schema properties never emitted: {sorted(missing)}"
+    example = json.loads((REPO / "docs" / "schemas" / "relocate-v1.example.json").read_text(encoding="utf-8"))
+    assert checker.validate(example) == []
 
 
 def test_cli_human_output(tmp_path: Path, helpers: Any) -> None:
@@ -353,7 +355,7 @@ def test_cli_human_output(tmp_path: Path, helpers: Any) -> None:
     assert "rewrote the pickle" in out and "cuda:1" in out and "3 of 4 storages change device" in out
     result = run("relocate", helpers.fixture_path("cuda_tagged"), tmp_path / "b.pt", "--map", "cuda:7=cpu", "--dry-run")
     assert result.exit_code == 0 and "dry run: nothing written" in result.output
-    assert "no storage is stored on 'cuda:7'" in result.output
+    assert "no storage is tagged 'cuda:7'" in result.output
     assert not (tmp_path / "b.pt").exists()
 
 
