@@ -2,6 +2,8 @@
 
     python bench/timed.py ckpt-load  PATH [--mmap] [--as numpy] [--no-torch]
     python bench/timed.py torch-load PATH [--mmap]
+    python bench/timed.py ckpt-save  PATH --out OUT [--no-fsync]   # PATH loaded by torch.load first
+    python bench/timed.py torch-save PATH --out OUT
 
 Imports happen before the clock starts (torch first, then ckpt), so what is timed is the call
 alone; the harness still measures the whole process's wall time and peak RSS around it. The last
@@ -45,9 +47,34 @@ def torch_load(a: argparse.Namespace) -> Callable[[], Any]:
     return lambda: torch.load(a.path, mmap=a.mmap, weights_only=True)
 
 
+def _in_memory(a: argparse.Namespace) -> Any:
+    """The checkpoint at ``a.path`` as torch tensors in memory (set-up, not timed)."""
+    import torch
+
+    if not a.out:
+        raise SystemExit("timed.py: --out is required for the save calls")
+    return torch.load(a.path, weights_only=True)
+
+
+def ckpt_save(a: argparse.Namespace) -> Callable[[], Any]:
+    obj = _in_memory(a)
+    import ckpt
+
+    return lambda: ckpt.save(obj, a.out, fsync=not a.no_fsync)
+
+
+def torch_save(a: argparse.Namespace) -> Callable[[], Any]:
+    import torch
+
+    obj = _in_memory(a)
+    return lambda: torch.save(obj, a.out)
+
+
 CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "ckpt-load": ckpt_load,
     "torch-load": torch_load,
+    "ckpt-save": ckpt_save,
+    "torch-save": torch_save,
 }
 
 
@@ -58,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mmap", action="store_true")
     p.add_argument("--as", dest="as_", default="torch", choices=("torch", "numpy"))
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--out", help="where the save calls write")
+    p.add_argument("--no-fsync", action="store_true", help="ckpt-save: fsync=False")
     a = p.parse_args(argv)
     if a.no_torch:
         sys.meta_path.insert(0, _BlockTorch())

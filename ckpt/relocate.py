@@ -36,8 +36,8 @@ from typing import Any
 from .checkpoint import Checkpoint, PathLike, open as open_checkpoint
 from .errors import CheckpointError, UnsafeGlobalError, UnsavableObjectError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
-from .save import Progress, _Saver, atomic_output, write_archive
-from .zipwrite import TorchZipWriter, ZipSink, archive_name_for
+from .save import Progress, _Saver, output_file, write_archive
+from .zipwrite import TorchZipWriter, archive_name_for
 
 SCHEMA = "ckpt.relocate/1"
 
@@ -274,8 +274,8 @@ def _rewrite(
     if dry_run:
         return result
     archive = archive_name_for(dst)
-    with atomic_output(dst, fsync=fsync) as fd:
-        result.written_bytes = write_archive(saver, pickle_bytes, TorchZipWriter(ZipSink.for_fd(fd), archive), progress)
+    with output_file(dst, fsync=fsync) as sink:
+        result.written_bytes = write_archive(saver, pickle_bytes, TorchZipWriter(sink, archive), progress)
     return result
 
 

@@ -30,10 +30,10 @@ from .checkpoint import open_reader
 from .dtypes import UINT8, by_storage_class
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
-from .save import Progress, atomic_output
+from .save import Progress, output_file
 from .torch_zip import TorchZipReader
 from .zipread import STORED
-from .zipwrite import TorchZipWriter, ZipSink, archive_name_for
+from .zipwrite import TorchZipWriter, archive_name_for
 
 _STRING_OPS = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
 _GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
@@ -273,8 +273,8 @@ def relocate_by_patching(
             return result
         total = sum(e.size for e in archive.entries)
         done = 0
-        with atomic_output(dst, fsync=fsync) as fd:
-            writer = TorchZipWriter(ZipSink.for_fd(fd), archive_name_for(dst))
+        with output_file(dst, fsync=fsync) as sink:
+            writer = TorchZipWriter(sink, archive_name_for(dst))
             writer.write_record("data.pkl", new_pickle)
             for e in archive.entries:
                 name = e.name[len(reader.prefix):]

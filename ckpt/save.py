@@ -39,6 +39,7 @@ import os
 import secrets
 import stat
 import sys
+import threading
 import types
 import zlib
 from collections import OrderedDict
@@ -546,8 +547,51 @@ def save(obj: Any, f: PathLike | IO[bytes], *, fsync: bool = True, progress: Pro
     if not isinstance(path, str):
         raise TypeError("ckpt.save takes a str or os.PathLike path, or a binary file object")
     archive = archive_name_for(path)
+    with output_file(path, fsync=fsync) as sink:
+        write_archive(saver, pickle_bytes, TorchZipWriter(sink, archive), progress)
+
+
+_WRITEBACK_EVERY = 64 << 20
+
+
+class _Writeback:
+    """Starts writing a file's data back to disk while more is being written: every 64 MB, a
+    thread runs ``fdatasync`` (which releases the GIL), so the fsync before the rename finds little
+    left to do and a big save costs about the slower of writing and flushing, not their sum."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = 0
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, nbytes: int) -> None:
+        self.pending += nbytes
+        if self.pending < _WRITEBACK_EVERY or (self.thread is not None and self.thread.is_alive()):
+            return
+        self.pending = 0
+        self.thread = threading.Thread(target=self._sync, name="ckpt-writeback", daemon=True)
+        self.thread.start()
+
+    def _sync(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError:  # the final fsync reports real failures
+            pass
+
+
+@contextmanager
+def output_file(path: str, *, fsync: bool = True) -> Iterator[ZipSink]:
+    """:func:`atomic_output` as a :class:`~ckpt.zipwrite.ZipSink`, with background writeback when
+    the file will be fsynced (the writeback thread is done before the file is synced and closed)."""
     with atomic_output(path, fsync=fsync) as fd:
-        write_archive(saver, pickle_bytes, TorchZipWriter(ZipSink.for_fd(fd), archive), progress)
+        sink = ZipSink.for_fd(fd)
+        writeback = _Writeback(fd) if fsync and hasattr(os, "fdatasync") else None
+        sink.on_written = writeback
+        try:
+            yield sink
+        finally:
+            if writeback is not None and writeback.thread is not None:
+                writeback.thread.join()
 
 
 @contextmanager

@@ -40,6 +40,7 @@ import struct
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from typing import IO
 
 ALIGNMENT = 64
@@ -227,6 +228,9 @@ class ZipSink:
         self.fileobj = fileobj
         self._buf = bytearray()
         self.position = 0
+        self.on_written: Callable[[int], None] | None = None
+        """Called with the number of bytes each large write or copy passed on (see save's
+        background writeback)."""
 
     @classmethod
     def for_fd(cls, fd: int) -> ZipSink:
@@ -245,6 +249,8 @@ class ZipSink:
         else:
             self.flush()
             self._write_all(memoryview(data).cast("B"))
+            if self.on_written is not None:
+                self.on_written(n)
         self.position += n
 
     def _write_all(self, view: memoryview) -> None:
@@ -299,6 +305,8 @@ class ZipSink:
             self._write_all(memoryview(chunk))
             done += len(chunk)
         self.position += size
+        if self.on_written is not None:
+            self.on_written(size)
 
 
 # copy_file_range refuses some pairs of files (other file systems on old kernels, special files):

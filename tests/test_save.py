@@ -485,6 +485,24 @@ def test_fsync_before_rename(tmp_path: Path, monkeypatch: Any) -> None:
     assert synced == []
 
 
+def test_big_writes_start_writeback_before_the_final_fsync(tmp_path: Path, monkeypatch: Any) -> None:
+    """With fsync on, written data is flushed in a background thread as the save goes (so the
+    final fsync finds little left); the thread is done before the file is closed."""
+    save_module = sys.modules["ckpt.save"]
+    monkeypatch.setattr(save_module, "_WRITEBACK_EVERY", 1)
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    arrays = {f"w{i}": np.full(100_000, i, np.float32) for i in range(4)}
+    ckpt.save(arrays, tmp_path / "w.pt")
+    assert synced
+    back = ckpt.load(tmp_path / "w.pt", as_="numpy")
+    assert all(np.array_equal(back[k], v) for k, v in arrays.items())
+    synced.clear()
+    ckpt.save(arrays, tmp_path / "n.pt", fsync=False)
+    assert synced == []
+
+
 def test_permissions_of_an_existing_destination_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "m.pt"
     path.write_bytes(b"x")
