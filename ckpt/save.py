@@ -551,24 +551,48 @@ def save(obj: Any, f: PathLike | IO[bytes], *, fsync: bool = True, progress: Pro
         write_archive(saver, pickle_bytes, TorchZipWriter(sink, archive), progress)
 
 
-_WRITEBACK_EVERY = 64 << 20
+_WRITEBACK_EVERY = 32 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Any:
+    """Linux's ``sync_file_range`` (not in the ``os`` module), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 class _Writeback:
-    """Starts writing a file's data back to disk while more is being written: every 64 MB, a
-    thread runs ``fdatasync`` (which releases the GIL), so the fsync before the rename finds little
-    left to do and a big save costs about the slower of writing and flushing, not their sum."""
+    """Starts writing a file's data back to disk while more is being written, so that the fsync
+    before the rename finds little left to do: a big save then costs about the slower of writing
+    and flushing, not their sum. Every 32 MB: ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux
+    (starts the writeback and returns); elsewhere, ``fdatasync`` in a thread."""
+
+    _kick: Any = False  # resolved once: the libc function, or None
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.pending = 0
         self.thread: threading.Thread | None = None
+        if _Writeback._kick is False:
+            _Writeback._kick = _sync_file_range()
 
     def __call__(self, nbytes: int) -> None:
         self.pending += nbytes
-        if self.pending < _WRITEBACK_EVERY or (self.thread is not None and self.thread.is_alive()):
+        if self.pending < _WRITEBACK_EVERY:
             return
         self.pending = 0
+        kick = _Writeback._kick
+        if kick is not None and kick(self.fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0:
+            return
+        if self.thread is not None and self.thread.is_alive():
+            return
         self.thread = threading.Thread(target=self._sync, name="ckpt-writeback", daemon=True)
         self.thread.start()
 

@@ -490,17 +490,26 @@ def test_big_writes_start_writeback_before_the_final_fsync(tmp_path: Path, monke
     final fsync finds little left); the thread is done before the file is closed."""
     save_module = sys.modules["ckpt.save"]
     monkeypatch.setattr(save_module, "_WRITEBACK_EVERY", 1)
-    synced: list[int] = []
-    real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    kicks: list[int] = []
     arrays = {f"w{i}": np.full(100_000, i, np.float32) for i in range(4)}
-    ckpt.save(arrays, tmp_path / "w.pt")
-    assert synced
-    back = ckpt.load(tmp_path / "w.pt", as_="numpy")
-    assert all(np.array_equal(back[k], v) for k, v in arrays.items())
-    synced.clear()
-    ckpt.save(arrays, tmp_path / "n.pt", fsync=False)
-    assert synced == []
+    for how in ("sync_file_range", "thread"):
+        if how == "sync_file_range":
+            real = save_module._sync_file_range()
+            if real is None:
+                continue
+            monkeypatch.setattr(save_module._Writeback, "_kick", lambda fd, o, n, f: (kicks.append(fd), real(fd, o, n, f))[1])
+        else:
+            monkeypatch.setattr(save_module._Writeback, "_kick", None)
+            real_sync = os.fdatasync
+            monkeypatch.setattr(os, "fdatasync", lambda fd: (kicks.append(fd), real_sync(fd))[1])
+        kicks.clear()
+        ckpt.save(arrays, tmp_path / "w.pt")
+        assert kicks, how
+        back = ckpt.load(tmp_path / "w.pt", as_="numpy")
+        assert all(np.array_equal(back[k], v) for k, v in arrays.items())
+        kicks.clear()
+        ckpt.save(arrays, tmp_path / "n.pt", fsync=False)
+        assert kicks == [], how
 
 
 def test_permissions_of_an_existing_destination_are_kept(tmp_path: Path) -> None:
