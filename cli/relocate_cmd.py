@@ -6,14 +6,17 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 import ckpt
-from ckpt.relocate import Relocation, location_map
 
 from .exit_codes import EXIT_OK
 from .render import human_bytes
+
+if TYPE_CHECKING:
+    from ckpt.relocation import Relocation
 
 
 def _parse_map(values: tuple[str, ...]) -> dict[str, str]:
@@ -55,6 +58,8 @@ def relocate_command(
 
     Exit codes: 0 done (or planned, with --dry-run), 2 error.
     """
+    from ckpt.relocation import location_map  # the writer is imported only when it is used
+
     if to is None and not maps:
         raise click.UsageError("say where to: --to DEVICE and/or --map FROM=TO")
     locmap = location_map(_parse_map(maps) or None, to=to)

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 
 import ckpt
 from ckpt.errors import CheckpointError
-from ckpt.relocate import location_map
-from ckpt.relocate_patch import patch, scan
+from ckpt.relocation import location_map
+from ckpt.relocation_patch import patch, scan
 from ckpt_cli.main import cli
 
 REPO = Path(__file__).resolve().parent.parent

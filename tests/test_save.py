@@ -360,6 +360,22 @@ def test_saving_numpy_and_lazy_tensors_never_imports_torch(tmp_path: Path, helpe
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
+def test_reading_does_not_import_the_writer() -> None:
+    """``import ckpt`` and the CLI (``ckpt inspect``'s start-up time) load the writer only when
+    ``ckpt.save`` / ``ckpt.relocate`` are first used."""
+    code = textwrap.dedent("""
+        import sys, ckpt, ckpt_cli.main
+        writer = {"ckpt.saving", "ckpt.relocation", "ckpt.zipwrite", "ckpt.pickle_write"}
+        assert not writer & set(sys.modules), writer & set(sys.modules)
+        assert callable(ckpt.save) and callable(ckpt.relocate)
+        import ckpt.saving  # a direct import of the module leaves the functions in place
+        assert callable(ckpt.save)
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_ckpt_values_are_saved(tmp_path: Path) -> None:
     from ckpt.dtypes import DTYPES
     from ckpt.values import Device, Size, TorchConstant
@@ -488,7 +504,7 @@ def test_fsync_before_rename(tmp_path: Path, monkeypatch: Any) -> None:
 def test_big_writes_start_writeback_before_the_final_fsync(tmp_path: Path, monkeypatch: Any) -> None:
     """With fsync on, written data is flushed in a background thread as the save goes (so the
     final fsync finds little left); the thread is done before the file is closed."""
-    save_module = sys.modules["ckpt.save"]
+    save_module = sys.modules["ckpt.saving"]
     monkeypatch.setattr(save_module, "_WRITEBACK_EVERY", 1)
     kicks: list[int] = []
     arrays = {f"w{i}": np.full(100_000, i, np.float32) for i in range(4)}

@@ -36,7 +36,7 @@ from typing import Any
 from .checkpoint import Checkpoint, PathLike, open as open_checkpoint
 from .errors import CheckpointError, UnsafeGlobalError, UnsavableObjectError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
-from .save import Progress, _Saver, output_file, write_archive
+from .saving import Progress, _Saver, output_file, write_archive
 from .zipwrite import TorchZipWriter, archive_name_for
 
 SCHEMA = "ckpt.relocate/1"
@@ -244,7 +244,7 @@ def relocate(
     try:
         ck = open_checkpoint(src_path, limits=limits)
     except (UnsafeGlobalError, UnsupportedFeatureError) as e:
-        from .relocate_patch import relocate_by_patching
+        from .relocation_patch import relocate_by_patching
 
         return relocate_by_patching(src_path, dst_path, locmap, dry_run=dry_run, fsync=fsync,
                                     progress=progress, limits=limits, reason=_why(e))
@@ -267,7 +267,7 @@ def _rewrite(
     try:
         pickle_bytes = saver.dumps(ck.root)
     except UnsavableObjectError as e:
-        from .relocate_patch import relocate_by_patching
+        from .relocation_patch import relocate_by_patching
 
         return relocate_by_patching(src, dst, locmap, dry_run=dry_run, fsync=fsync, progress=progress,
                                     limits=limits, reason=_why(e))

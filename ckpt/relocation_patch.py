@@ -30,7 +30,7 @@ from .checkpoint import open_reader
 from .dtypes import UINT8, by_storage_class
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
-from .save import Progress, output_file
+from .saving import Progress, output_file
 from .torch_zip import TorchZipReader
 from .zipread import STORED
 from .zipwrite import TorchZipWriter, archive_name_for
@@ -236,7 +236,7 @@ def relocate_by_patching(
     limits: Limits = DEFAULT_LIMITS, reason: str = "",
 ) -> Any:
     """:func:`ckpt.relocate` for a file ckpt does not rebuild (see the module docs)."""
-    from .relocate import Relocation, StorageMove
+    from .relocation import Relocation, StorageMove
 
     reader = open_reader(src, limits=limits)
     try:

@@ -34,9 +34,7 @@ full disk, Ctrl-C) the destination is left as it was and the temporary file is r
 from __future__ import annotations
 
 import copyreg
-import ctypes
 import os
-import secrets
 import stat
 import sys
 import threading
@@ -459,6 +457,8 @@ def _torch_source(storage: Any) -> _Source:
 
         cpu = storage if storage.device.type == "cpu" else storage.cpu()
         if cpu.nbytes() <= _SMALL_COPY:  # a copy is cheaper than a tensor and a numpy view
+            import ctypes
+
             return memoryview(ctypes.string_at(cpu.data_ptr(), cpu.nbytes()))
         return memoryview(torch.empty(0, dtype=torch.uint8).set_(cpu).numpy()).cast("B")
 
@@ -559,6 +559,8 @@ def _sync_file_range() -> Any:
     """Linux's ``sync_file_range`` (not in the ``os`` module), or None."""
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
@@ -642,7 +644,7 @@ def atomic_output(path: str, *, fsync: bool = True) -> Iterator[int]:
     fd = -1
     tmp = ""
     for _ in range(100):
-        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(folder, f".{base}.{os.urandom(6).hex()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
             break
