@@ -3,7 +3,7 @@
     python bench/timed.py ckpt-load  PATH [--mmap] [--as numpy] [--no-torch]
     python bench/timed.py torch-load PATH [--mmap]
     python bench/timed.py ckpt-save  PATH --out OUT [--no-fsync]   # PATH loaded by torch.load first
-    python bench/timed.py torch-save PATH --out OUT
+    python bench/timed.py torch-save PATH --out OUT [--fsync]       # --fsync: then fsync OUT
 
 Imports happen before the clock starts (torch first, then ckpt), so what is timed is the call
 alone; the harness still measures the whole process's wall time and peak RSS around it. The last
@@ -64,10 +64,22 @@ def ckpt_save(a: argparse.Namespace) -> Callable[[], Any]:
 
 
 def torch_save(a: argparse.Namespace) -> Callable[[], Any]:
+    import os
+
     import torch
 
     obj = _in_memory(a)
-    return lambda: torch.save(obj, a.out)
+
+    def call() -> None:
+        torch.save(obj, a.out)
+        if a.fsync:  # what ckpt.save does by default, for a like-for-like comparison
+            fd = os.open(a.out, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    return call
 
 
 CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
@@ -87,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--out", help="where the save calls write")
     p.add_argument("--no-fsync", action="store_true", help="ckpt-save: fsync=False")
+    p.add_argument("--fsync", action="store_true", help="torch-save: fsync the file after torch.save")
     a = p.parse_args(argv)
     if a.no_torch:
         sys.meta_path.insert(0, _BlockTorch())
