@@ -150,6 +150,22 @@ def test_serialization_id_of_a_known_file() -> None:
     assert serialization_id(names, combined) == "1572819951185464302605823121648058084398"
 
 
+@pytest.mark.parametrize("n", [0, 1, (1 << 20) - 1, 1 << 20, (2 << 20) + 7, (9 << 20) + 12345])
+def test_parallel_crc32_is_zlibs(n: int) -> None:
+    """Big records get their CRC-32 1 MiB at a time on a thread pool, combined as zlib's
+    crc32_combine does; the result is zlib.crc32's, from any starting value."""
+    from ckpt.zipwrite import _write_with_crc, parallel_crc32
+
+    data = random.Random(n).randbytes(n)
+    for start in (0, 0xDEADBEEF):
+        assert parallel_crc32(memoryview(data), start) == zlib.crc32(data, start)
+        buf = io.BytesIO()
+        sink = ZipSink.for_file(buf)
+        assert _write_with_crc(sink, memoryview(data), start) == zlib.crc32(data, start)
+        sink.flush()
+        assert buf.getvalue() == data
+
+
 def test_writer_refuses_misuse(tmp_path: Path) -> None:
     w = TorchZipWriter(ZipSink.for_file(io.BytesIO()), "a")
     w.begin("x", 3)
