@@ -273,6 +273,13 @@ def relocate_by_patching(
             return result
         total = sum(e.size for e in archive.entries)
         done = 0
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total)
+
         with output_file(dst, fsync=fsync) as sink:
             writer = TorchZipWriter(sink, archive_name_for(dst))
             writer.write_record("data.pkl", new_pickle)
@@ -282,6 +289,7 @@ def relocate_by_patching(
                     continue
                 writer.begin(name, e.size)
                 src_fd = archive.file.fileno()
+                pending = len(sink.pending)
                 if e.method == STORED and src_fd is not None:
                     offset = archive.data_offset(e)
                     writer.copy(src_fd, offset, e.size, crc=e.crc if archive.has_crcs else None)
@@ -290,9 +298,9 @@ def relocate_by_patching(
                     archive.readinto(e, memoryview(buf))
                     writer.write(buf)
                 writer.end()
-                done += e.size
-                if progress is not None:
-                    progress(done, total)
+                if len(sink.pending) == pending:
+                    step(e.size)
+            sink.run_copies(step)
             result.written_bytes = writer.finish()
         return result
     except CheckpointError:

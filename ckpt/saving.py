@@ -153,8 +153,12 @@ class _RefSource(_Source):
         if raw is not None:
             fd, offset, crc = raw
             if swap == 1 and crc is not None:
+                # In the kernel, later (ZipSink.run_copies reports the progress as copies land);
+                # a zip that is not a file descriptor copies at once.
+                pending = len(writer.sink.pending)
                 writer.copy(fd, offset, ref.nbytes, crc=crc)
-                progress(ref.nbytes)
+                if len(writer.sink.pending) == pending:
+                    progress(ref.nbytes)
                 return
             # Read it through: compute the CRC for the copy, check the source's on the way.
             step = _READ_CHUNK - _READ_CHUNK % 8
@@ -521,6 +525,7 @@ def write_archive(
         writer.begin(f"data/{key}", source.nbytes)
         source.write_to(writer, step)
         writer.end()
+    writer.sink.run_copies(step)  # the storages copied file to file (progress is reported as they land)
     return writer.finish()
 
 

@@ -227,6 +227,8 @@ class ZipSink:
         self.fileobj = fileobj
         self._buf = bytearray()
         self.position = 0
+        self.pending: list[tuple[int, int, int, int]] = []
+        """Ranges reserved by :meth:`copy_later`: (source fd, source offset, offset, size)."""
         self.on_written: Callable[[int], None] | None = None
         """Called with the number of bytes each large write or copy passed on (see save's
         background writeback)."""
@@ -283,6 +285,59 @@ class ZipSink:
             self.fileobj.seek(size, os.SEEK_CUR)
         self.position += size
 
+    def copy_later(self, src_fd: int, offset: int, size: int) -> None:
+        """Reserve the next ``size`` bytes for bytes of ``src_fd`` at ``offset``, copied by
+        :meth:`run_copies` (several at once, in the kernel). Only for a file descriptor; other
+        sinks copy at once."""
+        if self.fd is None or not hasattr(os, "copy_file_range"):
+            self.copy_from(src_fd, offset, size)
+            return
+        self.flush()
+        if size:
+            self.pending.append((src_fd, offset, self.position, size))
+            os.lseek(self.fd, size, os.SEEK_CUR)
+        self.position += size
+
+    def run_copies(self, progress: Callable[[int], None] | None = None) -> None:
+        """Fill every range :meth:`copy_later` reserved. The copies run on a few threads
+        (``copy_file_range`` releases the GIL): a storage whose offset in the new file is not its
+        offset in the old one modulo the page size copies at about half the speed of an aligned
+        copy, and copying several at once wins that back where there are cores to spare."""
+        jobs = []
+        for src_fd, src_off, dst_off, size in self.pending:
+            for start in range(0, size, _PARALLEL_COPY):
+                n = min(_PARALLEL_COPY, size - start)
+                jobs.append((src_fd, src_off + start, dst_off + start, n))
+        self.pending = []
+        if not jobs:
+            return
+        fd = self.fd
+        assert fd is not None
+        workers = min(4, os.cpu_count() or 1, len(jobs))
+        if workers <= 1:
+            for job in jobs:
+                _copy_range(fd, *job)
+                self._copied(job[3], progress)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckpt-copy") as pool:
+            futures = [pool.submit(_copy_range, fd, *job) for job in jobs]
+            try:
+                for f, job in zip(futures, jobs):
+                    f.result()
+                    self._copied(job[3], progress)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def _copied(self, n: int, progress: Callable[[int], None] | None) -> None:
+        if self.on_written is not None:
+            self.on_written(n)
+        if progress is not None:
+            progress(n)
+
     def copy_from(self, src_fd: int, offset: int, size: int) -> None:
         """Append ``size`` bytes of ``src_fd`` from ``offset``, in the kernel where possible."""
         self.flush()
@@ -306,6 +361,32 @@ class ZipSink:
         self.position += size
         if self.on_written is not None:
             self.on_written(size)
+
+
+_PARALLEL_COPY = 64 << 20
+
+
+def _copy_range(dst_fd: int, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
+    """Copy ``size`` bytes between two files at the given offsets (in the kernel if it can)."""
+    done = 0
+    try:
+        while done < size:
+            got = os.copy_file_range(src_fd, dst_fd, size - done, src_off + done, dst_off + done)
+            if got <= 0:
+                break
+            done += got
+    except OSError as e:
+        if done or e.errno not in _NO_KERNEL_COPY:
+            raise
+    while done < size:
+        chunk = os.pread(src_fd, min(size - done, _READ_CHUNK), src_off + done)
+        if not chunk:
+            raise OSError(f"the source ended {size - done:,} bytes early")
+        view = memoryview(chunk)
+        while view:
+            wrote = os.pwrite(dst_fd, view, dst_off + done)
+            view = view[wrote:]
+            done += wrote
 
 
 # copy_file_range refuses some pairs of files (other file systems on old kernels, special files):
@@ -404,7 +485,9 @@ class TorchZipWriter:
 
     def copy(self, src_fd: int, offset: int, size: int, *, crc: int | None = None) -> None:
         """Append ``size`` bytes of another file to the current record without reading them into
-        Python, when ``crc`` (their CRC-32) is known; otherwise they are read to compute it."""
+        Python, when ``crc`` (their CRC-32) is known (the copy itself may happen later, in the
+        kernel, before :meth:`finish` returns: see :meth:`ZipSink.run_copies`); otherwise they
+        are read to compute it."""
         rec = self._need_record()
         if rec.done + size > rec.size:
             raise ValueError(f"record {rec.name!r} is {rec.size:,} bytes; more were written")
@@ -420,7 +503,7 @@ class TorchZipWriter:
             return
         if size:
             rec.head = os.pread(src_fd, min(size, 8), offset)
-        self.sink.copy_from(src_fd, offset, size)
+        self.sink.copy_later(src_fd, offset, size)
         rec.done = size
         rec.crc = None
         rec.given_crc = crc
@@ -490,6 +573,7 @@ class TorchZipWriter:
         serialization id, the central directory and the end records. Returns the archive size."""
         if self._current is not None:
             raise RuntimeError(f"record {self._current.name!r} is not finished")
+        self.sink.run_copies()
         if "version" not in self._names and ".data/version" not in self._names:
             self.write_record("version", VERSION_RECORD)
         if "byteorder" not in self._names:
