@@ -6,7 +6,10 @@ every global a file names resolves only to constructors ckpt owns.
 >>> import ckpt                                  # doctest: +SKIP
 >>> ckpt.inspect("model.pt").totals["tensors"]   # doctest: +SKIP
 >>> sd = ckpt.load("model.pt", map_location="cpu")  # doctest: +SKIP
+>>> ckpt.save(sd, "copy.pt")                        # doctest: +SKIP
 """
+
+from typing import Any
 
 from .checkpoint import Checkpoint, open
 from .load import load
@@ -17,6 +20,7 @@ from .errors import (
     NotACheckpointError,
     ResourceLimitError,
     UnsafeGlobalError,
+    UnsavableObjectError,
     UnsupportedFeatureError,
     UnsupportedFormatError,
 )
@@ -25,6 +29,20 @@ from .policy import Finding
 from .tensors import StorageRef, TensorRef
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``ckpt.save`` and ``ckpt.relocate`` are imported on first use, so that reading (``ckpt
+    inspect``, ``ckpt.load``) never pays for the writer. (Their modules are ``ckpt.saving`` and
+    ``ckpt.relocation``: a submodule named ``save`` would replace the function on import.)"""
+    if name == "save":
+        from .saving import save as value
+    elif name == "relocate":
+        from .relocation import relocate as value
+    else:
+        raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 __all__ = [
     "Checkpoint",
@@ -38,9 +56,12 @@ __all__ = [
     "Summary",
     "TensorRef",
     "UnsafeGlobalError",
+    "UnsavableObjectError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
     "load",
     "inspect",
     "open",
+    "relocate",
+    "save",
 ]
