@@ -310,6 +310,11 @@ class _Saver:
         return TensorRecord(func, storage_type, key, location, numel, offset, shape, stride, requires_grad, tail)
 
     def tensor_ref(self, ref: TensorRef) -> Reduction | TensorRecord:
+        if ref.quantizer is not None:
+            raise UnsavableObjectError(
+                "quantized tensors cannot be written by ckpt yet",
+                hint="load the file with torch and save it with torch.save",
+            )
         if ref.subclass:
             raise UnsavableObjectError(
                 f"a tensor of subclass {ref.subclass} cannot be read by torch.load(weights_only=True)",

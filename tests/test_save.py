@@ -242,6 +242,9 @@ def test_lazy_tensors_are_saved_as_torch_saves_what_torch_loads(oracle_name: str
                 ckpt.save(ck.root, b)
     except ckpt.UnsupportedFeatureError:
         pytest.skip("ckpt does not rebuild this tensor kind")
+    except ckpt.UnsavableObjectError as e:
+        assert "quantized" in str(e)  # read, but not written yet: a clear refusal
+        pytest.skip("ckpt does not write quantized tensors yet")
     assert b.read_bytes() == a.read_bytes()
 
 
