@@ -67,7 +67,7 @@ def relocate_command(
         result = ckpt.relocate(src, dst, locmap.mapping or None, to=locmap.to, dry_run=dry_run,
                                fsync=not no_fsync, progress=progress)
     if as_json:
-        json.dump(result.as_json(), sys.stdout, separators=(",", ":"), allow_nan=False)
+        sys.stdout.write(json.dumps(result.as_json(), separators=(",", ":"), allow_nan=False))
         sys.stdout.write("\n")
     else:
         render(result)
