@@ -67,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     runner = harness.Runner(python=a.python, workdir=workdir, inputs=paths, timeout=a.timeout,
                             budget=a.budget, repo=repo)
     runner.plan(benches)
-    # Untimed: put the interpreter, torch's and ckpt's modules in the page cache, compile .pyc files
-    # (also of the modules ckpt imports lazily, such as its scanner), as any installed copy has them.
-    for warm in ([a.python, "-c", "import torch, numpy"], [a.python, "-c", "import ckpt, ckpt_cli.main"],
-                 [a.python, "-m", "compileall", "-q", str(repo / "ckpt"), str(repo / "cli")]):
+    # Untimed: put the interpreter, torch's and ckpt's modules in the page cache, and compile ckpt's
+    # .pyc files as `pip install .` does (also of the modules ckpt imports lazily, such as its scanner;
+    # an editable install under PYTHONDONTWRITEBYTECODE=1, as on some CI machines, would otherwise
+    # recompile every module in every timed process).
+    subprocess_run([a.python, "-m", "compileall", "-q", str(repo / "ckpt"), str(repo / "cli")])
+    for warm in ([a.python, "-c", "import torch, numpy"], [a.python, "-c", "import ckpt, ckpt_cli.main"]):
         subprocess_run(warm)
 
     rows, out_benches, verdict_count = [], [], {"PASS": 0, "FAIL": 0, "SKIP": 0}

@@ -6,7 +6,10 @@ every global a file names resolves only to constructors ckpt owns.
 >>> import ckpt                                  # doctest: +SKIP
 >>> ckpt.inspect("model.pt").totals["tensors"]   # doctest: +SKIP
 >>> sd = ckpt.load("model.pt", map_location="cpu")  # doctest: +SKIP
+>>> ckpt.save(sd, "copy.pt")                        # doctest: +SKIP
 """
+
+from typing import Any
 
 from .checkpoint import Checkpoint, open
 from .load import load
@@ -17,6 +20,7 @@ from .errors import (
     NotACheckpointError,
     ResourceLimitError,
     UnsafeGlobalError,
+    UnsavableObjectError,
     UnsupportedFeatureError,
     UnsupportedFormatError,
 )
@@ -26,18 +30,28 @@ from .tensors import StorageRef, TensorRef
 
 __version__ = "0.1.0"
 
+
 # The scanner (``ckpt.scan``) is imported on first use, so that ``import ckpt`` stays light.
 _LAZY = {"scan": "scanner", "ScanReport": "scanner", "FileReport": "scanner"}
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
+def __getattr__(name: str) -> Any:
+    """``ckpt.save``, ``ckpt.relocate`` and ``ckpt.scan`` are imported on first use, so that reading
+    (``ckpt inspect``, ``ckpt.load``) never pays for the writer or the scanner. (Their modules are
+    ``ckpt.saving``, ``ckpt.relocation`` and ``ckpt.scanner``: a submodule named ``save`` would
+    replace the function on import.)"""
+    if name == "save":
+        from .saving import save as value
+    elif name == "relocate":
+        from .relocation import relocate as value
+    elif name in _LAZY:
         import importlib
 
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
+    else:
+        raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 __all__ = [
     "Checkpoint",
@@ -53,10 +67,13 @@ __all__ = [
     "Summary",
     "TensorRef",
     "UnsafeGlobalError",
+    "UnsavableObjectError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
     "load",
     "inspect",
     "open",
+    "relocate",
+    "save",
     "scan",
 ]

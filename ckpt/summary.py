@@ -41,7 +41,8 @@ class TensorInfo:
         self.path = path
         self.keys = keys
         self.ref = ref
-        self.numel = ref.numel
+        shape = ref.shape
+        self.numel = shape[0] if len(shape) == 1 else ref.numel
         self.same_as = same_as
 
     dtype = property(lambda self: self.ref.dtype.name)
@@ -437,12 +438,12 @@ def _totals(
     by_dtype: dict[str, dict[str, int]] = {}
     by_device: dict[str, int] = {}
     numel = nbytes = count = 0
-    seen = {id(t.ref) for t in tensors}
-    refs = [t.ref for t in tensors if not t.same_as]
-    refs += [r for r in unlisted if id(r) not in seen and not seen.add(id(r))]  # type: ignore[func-returns-value]
-    for ref in refs:
+    pairs = [(t.ref, t.numel) for t in tensors if not t.same_as]
+    if unlisted:
+        seen = {id(t.ref) for t in tensors}
+        pairs += [(r, r.numel) for r in unlisted if id(r) not in seen and not seen.add(id(r))]  # type: ignore[func-returns-value]
+    for ref, n in pairs:
         dt = ref.dtype
-        n = ref.numel
         b = n * dt.itemsize
         count += 1
         numel += n
@@ -453,7 +454,7 @@ def _totals(
         row["tensors"] += 1
         row["numel"] += n
         row["nbytes"] += b
-        device = ref.device
+        device = ref.storage.location if ref._extra is None and ref.storage is not None else ref.device
         by_device[device] = by_device.get(device, 0) + 1
     return {
         "tensors": count,

@@ -64,7 +64,9 @@ def key_str(key: Any) -> str:
 
 
 def join_path(keys: tuple[Any, ...]) -> str:
-    return ".".join(key_str(k) if type(k) is not str else k for k in keys)
+    if len(keys) == 1 and type(keys[0]) is str:  # a flat state dict: the common case
+        return keys[0]  # type: ignore[no-any-return]
+    return ".".join([k if type(k) is str else key_str(k) for k in keys])
 
 
 def is_container(value: Any) -> bool:
