@@ -401,7 +401,14 @@ def _sarif_level(verdict: str) -> str:
 
 
 def _uri(path: str) -> str:
-    return path.replace(os.sep, "/")
+    """A SARIF ``artifactLocation.uri`` (a URI reference, RFC 3986): a relative path stays relative
+    (dashboards resolve it against the repository), percent-encoded; an absolute one is a file: URI."""
+    from pathlib import PurePath
+    from urllib.parse import quote
+
+    if os.path.isabs(path):
+        return PurePath(os.path.abspath(path)).as_uri()
+    return quote(path.replace(os.sep, "/"), safe="/")
 
 
 def _sarif_location(path: str, record: str | None, offset: int | None) -> dict[str, Any]:
@@ -597,6 +604,11 @@ class _FileScan:
         self.judge(w, label)
         if w.literals and depth + 1 < MAX_NESTING:
             self.nested(blob, w, label, depth + 1)
+        if w.complete and w.end < len(blob):
+            # more pickles after the first one's STOP: pickle.loads stops there, torch.load of a
+            # legacy stream and custom loops read on
+            if self.embedded(blob, w.end, len(blob), f"{label} > bytes at {w.end}", depth + 1):
+                self.add("pickle.stacked", label, "the literal holds several pickles in a row; loaders that read on run them all")
 
 
 _IDENT_PATH = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*")
@@ -1001,17 +1013,29 @@ class _Scanner(_FileScan):
             pos += 8 + count * itemsize  # type: ignore[operator]
         return pos
 
-    def embedded(self, data: Any, start: int, end: int, label: str) -> None:
-        """Bytes outside any structure: scanned for pickles starting at their first byte."""
+    def embedded(self, data: Any, start: int, end: int, label: str, depth: int = 0) -> int:
+        """Bytes outside any structure: scanned for pickles starting at their first byte, and for
+        more pickles after each one's STOP (a loader that reads on would run them). Returns how
+        many pickles were found."""
         chunk = bytes(data[start:end]) if end - start <= self.limits.max_pickle_bytes else None
-        if chunk is None or not chunk or chunk[0] not in OPCODES:
-            return
-        w = walk(chunk, 0, fast=self.fast)
-        if is_pickle(w, chunk):
-            self.report.pickles.append(PickleInfo(_shown(label), 0, w.end, w.protocol, w.complete, len(w.globals), "embedded"))
-            self.judge(w, label)
-            if w.literals:
-                self.nested(chunk, w, label, 0)
+        if chunk is None:
+            return 0
+        pos = found = 0
+        while pos < len(chunk) and chunk[pos] in OPCODES:
+            w = walk(chunk, pos, fast=self.fast)
+            if not is_pickle(w, chunk):
+                break
+            at = label if pos == 0 else f"{label} > pickle at {pos}"
+            self.report.pickles.append(PickleInfo(_shown(at), pos, w.end - pos, w.protocol, w.complete,
+                                                  len(w.globals), "embedded"))
+            self.judge(w, at)
+            if w.literals and depth < MAX_NESTING:
+                self.nested(chunk, w, at, depth)
+            found += 1
+            if not w.complete or w.end <= pos:
+                break
+            pos = w.end
+        return found
 
     # -- zip archives ----------------------------------------------------------------------------
 
@@ -1237,6 +1261,9 @@ class _Scanner(_FileScan):
                      f"the record holds a pickle ({len(w.globals)} global(s)) although torch never unpickles it")
         if not w.complete and data[:1] == b"\x80":
             self.error(label, f"a pickle that cannot be parsed whole: {w.error}", w.error_offset)
+        elif w.complete and w.end < len(data):
+            self.add("pickle.trailing-data", label, f"{len(data) - w.end:,} bytes follow the pickle's STOP", w.end)
+            self.embedded(data, w.end, len(data), f"{label} > bytes at {w.end}", depth)
         return w, data
 
     def zip_npy(self, file: RangedFile, e: Record, prefix: str) -> None:

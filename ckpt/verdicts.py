@@ -281,6 +281,15 @@ DANGEROUS_ATTRIBUTES: dict[str, str] = {
     "write_bytes": "writes a file",
     "unlink": "deletes a file",
     "rmtree": "deletes a directory tree",
+    # special attributes that open an introspection chain even as the only part after the module
+    # (``GLOBAL numpy __builtins__`` hands over the builtins: eval, exec, __import__)
+    "__builtins__": "reaches the built-in functions (eval, exec, __import__)",
+    "__globals__": "reaches a function's module namespace",
+    "__subclasses__": "reaches every loaded subclass (an introspection chain)",
+    "__getattribute__": "reaches any attribute of an object",
+    "__code__": "reaches or replaces a function's code",
+    "__loader__": "reaches a module loader (loads and runs code)",
+    "__import__": "imports arbitrary modules",
 }
 
 

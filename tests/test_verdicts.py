@@ -116,7 +116,8 @@ def test_ordinary_classes_are_unknown_not_dangerous(qualname: str) -> None:
 def test_dotted_names_are_judged_by_where_they_land() -> None:
     assert verdict_for("pathlib.os.system", "os.system")[0] == "dangerous"
     assert verdict_for("torch.serialization.load", "serialization.load")[0] == "dangerous"
-    assert verdict_for("numpy.__builtins__", "__builtins__")[0] == "unknown"  # not dotted: one attribute
+    assert verdict_for("numpy.__builtins__", "__builtins__")[0] == "dangerous"  # one attribute, an introspection gadget
+    assert verdict_for("numpy.__version__", "__version__")[0] == "unknown"  # other special names are plain values
     assert verdict_for("numpy.core.__builtins__.eval", "core.__builtins__.eval")[0] == "dangerous"
     assert verdict_for("argparse.Namespace.__init__.__globals__", "Namespace.__init__.__globals__")[0] == "dangerous"
     assert verdict_for("argparse.Namespace.copy", "Namespace.copy")[0] == "unknown"
