@@ -925,6 +925,7 @@ class _Scanner(_FileScan):
         self.report.pickles.append(PickleInfo(_shown(record), 0, first.end, first.protocol, first.complete,
                                               len(first.globals), "main"))
         self.judge(first, record)
+        self.over_limit(first, record)
         if first.literals:
             self.nested(data, first, record, 0)
         if not first.complete:
@@ -943,6 +944,7 @@ class _Scanner(_FileScan):
             self.report.pickles.append(PickleInfo(label(pos), pos, w.end - pos, w.protocol, w.complete,
                                                   len(w.globals), role))
             self.judge(w, label(pos))
+            self.over_limit(w, label(pos))
             if w.literals:
                 self.nested(data, w, label(pos), 0)
             if not w.complete:
@@ -972,6 +974,13 @@ class _Scanner(_FileScan):
                 self.error(record, "a legacy torch file whose five pickles cannot all be read", pos)
                 return
             self.add("pickle.trailing-data", record, f"{size - pos:,} bytes follow the last pickle's STOP and are not a pickle", pos)
+
+    def over_limit(self, w: Walk, record: str | None) -> None:
+        """A pickle longer than ``Limits.max_pickle_bytes`` makes the file an error (fail closed), as
+        for the records and members that are not read at all past that size."""
+        if w.end - w.start > self.limits.max_pickle_bytes:
+            self.error(record, f"a pickle of {w.end - w.start:,} bytes, more than the {self.limits.max_pickle_bytes:,} "
+                               "a scan walks (Limits.max_pickle_bytes)", w.start)
 
     def legacy_storages(self, data: Any, walks: list[Walk], record: str | None) -> int | None:
         """Account for the raw storages after a legacy file's pickles; returns where they end."""
@@ -1017,9 +1026,12 @@ class _Scanner(_FileScan):
         """Bytes outside any structure: scanned for pickles starting at their first byte, and for
         more pickles after each one's STOP (a loader that reads on would run them). Returns how
         many pickles were found."""
-        chunk = bytes(data[start:end]) if end - start <= self.limits.max_pickle_bytes else None
-        if chunk is None:
+        if end - start > self.limits.max_pickle_bytes:
+            if data[start] in OPCODES:
+                self.error(label, f"{end - start:,} bytes that may hold a pickle, more than the "
+                                  f"{self.limits.max_pickle_bytes:,} a scan reads (Limits.max_pickle_bytes)")
             return 0
+        chunk = bytes(data[start:end])
         pos = found = 0
         while pos < len(chunk) and chunk[pos] in OPCODES:
             w = walk(chunk, pos, fast=self.fast)
@@ -1131,9 +1143,13 @@ class _Scanner(_FileScan):
         for start, end in outside_ranges(zs, file.size):
             if start == 0 and not prefix and "pickle" in self.report.formats:
                 continue  # the pickle at byte 0 is scanned as its own reading of the file
-            if end - start >= 2 and end - start <= self.limits.max_pickle_bytes:
-                self.embedded(file.pread(start, end - start), 0, end - start,
-                              f"{prefix}<bytes {start}-{end} outside any record>")
+            where = f"{prefix}<bytes {start}-{end} outside any record>"
+            if end - start > self.limits.max_pickle_bytes:
+                if file.pread(start, 1)[:1] and file.pread(start, 1)[0] in OPCODES:
+                    self.error(where, f"{end - start:,} bytes that may hold a pickle, more than the "
+                                      f"{self.limits.max_pickle_bytes:,} a scan reads (Limits.max_pickle_bytes)")
+            elif end - start >= 2:
+                self.embedded(file.pread(start, end - start), 0, end - start, where)
 
     def zip_storages(
         self, zs: ZipSurvey, refs: tuple[list[str], list[int | None], list[int]], by_name: dict[str, int],

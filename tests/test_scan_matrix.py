@@ -253,3 +253,64 @@ def test_a_chain_of_pickles_after_stop_is_followed(tmp_path: Path) -> None:
     assert not marker.exists()
     assert {f.name for f in report.findings if f.verdict == "dangerous"} == {"posix.system"}
     assert [p.role for p in report.pickles].count("embedded") == 2
+
+
+# -- fail closed: a resource limit reached is an error, never clean ----------------------------------
+
+
+def _limited(max_pickle_bytes: int = 2000, **kw: Any) -> Any:
+    import ckpt
+
+    return ckpt.Limits(max_pickle_bytes=max_pickle_bytes, **kw)
+
+
+BIG_BENIGN = pickle.dumps({"names": [f"n{i}" for i in range(2000)]}, protocol=2)  # ~12 KB, no globals
+
+
+@pytest.mark.parametrize("container", ["bare", "zip-data.pkl", "zip-hidden-deflated", "legacy", "legacy-tar", "npy",
+                                       "npz", "gzip"])
+def test_a_pickle_over_the_limit_is_an_error(tmp_path: Path, container: str) -> None:
+    """Each container with a pickle larger than Limits.max_pickle_bytes: the file is an error (exit
+    2), whatever the pickle holds; with the default limits the same file is clean or a finding."""
+    path = CONTAINERS[container](tmp_path, BIG_BENIGN)
+    limited = scan_file(path, limits=_limited())
+    assert limited.status == "error" and not limited.complete, (container, limited.errors, limited.findings)
+    assert scan_file(path).status != "error"
+
+
+def test_nested_pickles_over_the_limit_are_an_error(tmp_path: Path) -> None:
+    """A compressed literal that expands to a pickle larger than the limit (the outer pickle is small)."""
+    import zlib
+
+    inner = pickle.dumps([0] * 20_000, protocol=2)  # ~40 KB, compresses to a few hundred bytes
+    outer = pickle.dumps({"blob": zlib.compress(inner)}, protocol=4)
+    p = tmp_path / "blobs.pkl"
+    p.write_bytes(outer)
+    r = scan_file(p, limits=_limited(max_pickle_bytes=10_000))
+    assert r.status == "error" and "Limits.max_pickle_bytes" in r.errors[0]["message"], r.errors
+    assert scan_file(p).status == "unknown"  # pickle.nested only
+
+
+def test_bytes_outside_records_over_the_limit_are_an_error(tmp_path: Path) -> None:
+    """A pickle appended after a zip's records, larger than the limit, is not skipped silently."""
+    sd, records = K.state_dict_pickle()
+    data = K.torch_zip(tmp_path / "m.pt", sd, records=records).read_bytes()
+    first_cd = data.find(b"PK\x01\x02")
+    eocd = data.rfind(b"PK\x05\x06")
+    (cd_offset,) = struct.unpack_from("<I", data, eocd + 16)
+    new = data[:first_cd] + BIG_BENIGN + data[first_cd:]
+    eocd += len(BIG_BENIGN)
+    new = new[: eocd + 16] + struct.pack("<I", cd_offset + len(BIG_BENIGN)) + new[eocd + 20 :]
+    p = tmp_path / "gap.pt"
+    p.write_bytes(new)
+    r = scan_file(p, limits=_limited(max_pickle_bytes=len(sd) + 100))
+    assert r.status == "error", (r.errors, r.findings)
+    assert scan_file(p).status == "unknown"  # zip.outside-data, its pickle scanned
+
+
+def test_a_zip_directory_over_the_limit_is_an_error(tmp_path: Path) -> None:
+    sd, records = K.state_dict_pickle(50)
+    path = K.torch_zip(tmp_path / "m.pt", sd, records=records)
+    r = scan_file(path, limits=_limited(max_pickle_bytes=1 << 20, max_central_directory_bytes=512))
+    assert r.status == "error"
+    assert scan_file(path).status == "clean"
