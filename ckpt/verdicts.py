@@ -309,7 +309,7 @@ def verdict_for(qualname: str, name: str | None = None) -> tuple[str, str]:
         special = [p for p in parts if p.startswith("__") and p.endswith("__")]
         if special:
             return "dangerous", f"{qualname} walks through the special attribute {special[0]} (an introspection chain)"
-        for i in range(1, len(parts)):
+        for i in range(len(parts)):  # from the whole name (pathlib + os.system: the os module's system)
             inner = ".".join(parts[i:])
             inner_verdict = _judge(inner)
             if inner_verdict is not None and inner_verdict[0] == "dangerous":

@@ -114,7 +114,9 @@ def test_ordinary_classes_are_unknown_not_dangerous(qualname: str) -> None:
 
 
 def test_dotted_names_are_judged_by_where_they_land() -> None:
-    assert verdict_for("pathlib.os.system", "os.system")[0] == "dangerous"
+    assert verdict_for("pathlib.os.system", "os.system") == ("dangerous", (
+        "pathlib.os.system reaches os.system by attribute access (pickle resolves dotted names attribute by "
+        "attribute): os.system is in os: operating-system calls (processes, files, environment)"))
     assert verdict_for("torch.serialization.load", "serialization.load")[0] == "dangerous"
     assert verdict_for("numpy.__builtins__", "__builtins__")[0] == "dangerous"  # one attribute, an introspection gadget
     assert verdict_for("numpy.__version__", "__version__")[0] == "unknown"  # other special names are plain values
