@@ -1055,6 +1055,7 @@ class _Scanner(_FileScan):
         if not zs.complete:
             self.error(prefix.rstrip(" >") or None, f"the zip archive cannot be read whole: {zs.error}")
         count = len(zs)
+        crcs = zs.has_crcs  # once: the property looks at every record
         names = zs.names if zs.arrays is not None else [e.name for e in zs.entries]
         by_name = dict(zip(reversed(names), range(count - 1, -1, -1)))  # the first of duplicates
         folder = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
@@ -1083,7 +1084,7 @@ class _Scanner(_FileScan):
                 done[e.index] = 1
                 if not self._readable(e, prefix):
                     continue
-                w, data = self.zip_record(file, e, prefix, "main", depth, crcs=zs.has_crcs)
+                w, data = self.zip_record(file, e, prefix, "main", depth, crcs=crcs)
                 if w is None:
                     continue
                 if not w.complete:
@@ -1127,7 +1128,7 @@ class _Scanner(_FileScan):
             if self.light and self.torchscript and e.name.endswith(".debug_pkl"):
                 continue  # inspect reads no debug pickle (torch's own debug info); `ckpt scan` walks them
             role = "extra" if self.torchscript and rel is not None and rel.endswith(("pkl", ".debug_pkl")) else "unexpected"
-            self.zip_record(file, e, prefix, role, depth, peek=True, crcs=zs.has_crcs)
+            self.zip_record(file, e, prefix, role, depth, peek=True, crcs=crcs)
         if code_files:
             self.add("torchscript.code", prefix.rstrip(" >") or None,
                      f"the archive holds {code_files} TorchScript source file(s) that torch.jit.load compiles and runs")
