@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import struct
 import time
 import zlib
@@ -809,6 +810,11 @@ class _Scanner(_FileScan):
     def scan_path(self) -> FileReport:
         t0 = time.perf_counter()
         try:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):
+                # a FIFO or device would block or never end: an error, never clean
+                self.error(None, "not a regular file (a FIFO, device or socket): it was not scanned")
+                self.report.seconds = time.perf_counter() - t0
+                return self.finish()
             file = RangedFile.open(self.path)
         except OSError as e:
             self.error(None, f"cannot open the file ({e.strerror or e})")
@@ -1680,7 +1686,8 @@ def _itemsize(descr: Any) -> int | None:
 
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Files to scan: each file given, and every file under each folder given (recursively, sorted;
-    symbolic links to folders are not followed)."""
+    symbolic links to folders are not followed, dangling links are left out; FIFOs, devices and
+    sockets are listed, and their reports say they were not scanned)."""
     out: list[str] = []
     for p in paths:
         p = os.fspath(p)
@@ -1689,7 +1696,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
                 dirs.sort()
                 for name in sorted(files):
                     full = os.path.join(root, name)
-                    if os.path.isfile(full):
+                    if os.path.exists(full):  # not a dangling link; FIFOs and devices are reported as errors
                         out.append(full)
         else:
             out.append(p)

@@ -314,3 +314,25 @@ def test_a_zip_directory_over_the_limit_is_an_error(tmp_path: Path) -> None:
     r = scan_file(path, limits=_limited(max_pickle_bytes=1 << 20, max_central_directory_bytes=512))
     assert r.status == "error"
     assert scan_file(path).status == "clean"
+
+
+# -- files that are not files ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A FIFO (given, or inside a folder) would block a reader forever: it is an error, never read."""
+    import os
+
+    import ckpt
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    os.mkfifo(folder / "model.pt")
+    (folder / "ok.pkl").write_bytes(K.benign_pickle())
+    (folder / "gone.pt").symlink_to(tmp_path / "nowhere")  # dangling: nothing to load, left out
+    r = scan_file(folder / "model.pt")
+    assert r.status == "error" and "not a regular file" in r.errors[0]["message"]
+    report = ckpt.scan(folder, jobs=1)
+    assert [(Path(f.path).name, f.status) for f in report.files] == [("model.pt", "error"), ("ok.pkl", "clean")]
+    assert report.exit_code() == 2
