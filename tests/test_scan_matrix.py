@@ -336,3 +336,5 @@ def test_a_fifo_is_an_error_not_a_hang(tmp_path: Path) -> None:
     report = ckpt.scan(folder, jobs=1)
     assert [(Path(f.path).name, f.status) for f in report.files] == [("model.pt", "error"), ("ok.pkl", "clean")]
     assert report.exit_code() == 2
+    with pytest.raises(ckpt.CheckpointError, match="not a regular file"):  # inspect and load refuse it too
+        ckpt.inspect(folder / "model.pt")
