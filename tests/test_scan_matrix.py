@@ -102,6 +102,10 @@ def _stacked(m: Path) -> bytes:  # A12: a benign pickle, then the payload
     return K.benign_pickle() + K.os_system(m)
 
 
+def _payload_then_garbage(m: Path) -> bytes:  # A12: the payload runs before the unpickler meets the garbage
+    return K.os_system(m)[:-1] + b"\xff\xfe garbage"
+
+
 def _gadgets(m: Path) -> bytes:  # A13
     return K.payload_then([("operator", "getitem"), ("weakref", "finalize")], m)
 
@@ -125,6 +129,7 @@ TECHNIQUES: dict[str, tuple[Callable[[Path], bytes], set[str], set[str]]] = {
     "a10-nested": (_nested, {"pickle.loads", "posix.system"}, {"pickle.nested"}),
     "a11-encoded": (_encoded, {"pickle.loads", "posix.system"}, set()),
     "a12-stacked": (_stacked, {"posix.system"}, set()),
+    "a12-payload-then-garbage": (_payload_then_garbage, {"posix.system"}, set()),
     "a13-gadgets": (_gadgets, {"operator.getitem", "weakref.finalize"}, set()),
     "ext-code": (_ext_code, {"copyreg.extension.1"}, set()),
 }
@@ -220,6 +225,9 @@ def test_every_technique_in_every_container(tmp_path: Path, technique: str, cont
     assert want_names <= dangerous, (report.format, sorted(dangerous), report.errors)
     assert want_rules <= rules, (report.format, sorted(rules))
     assert report.status != "clean" and report.verdict == "dangerous"
+    # the fast path (runs of simple opcodes, torch's tensor records) finds exactly what the slow walk finds
+    slow = scan_file(path, fast=False)
+    assert {**slow.as_json(), "seconds": 0} == {**report.as_json(), "seconds": 0}
 
 
 def test_the_matrix_covers_every_container_format(tmp_path: Path) -> None:
