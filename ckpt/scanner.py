@@ -833,6 +833,9 @@ class _Scanner(_FileScan):
             self.error(e.record, e.message)
         except (OSError, MemoryError) as e:
             self.error(None, f"the file could not be read whole ({type(e).__name__}: {e})")
+        except Exception as e:  # noqa: BLE001 -- a scanner bug must not pass a file as clean, nor stop a folder's scan
+            self.error(None, f"internal error while scanning ({type(e).__name__}: {e}); please report it. "
+                             "The file is not reported clean")
         finally:
             file.close()
             if collecting:

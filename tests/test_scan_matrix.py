@@ -346,3 +346,25 @@ def test_a_fifo_is_an_error_not_a_hang(tmp_path: Path) -> None:
     assert report.exit_code() == 2
     with pytest.raises(ckpt.CheckpointError, match="not a regular file"):  # inspect and load refuse it too
         ckpt.inspect(folder / "model.pt")
+
+
+def test_a_scanner_bug_is_an_error_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed even against ckpt's own bugs: an unexpected exception while scanning one file
+    makes that file an error; the other files are still scanned."""
+    import ckpt
+    import ckpt.scanner as scanner
+
+    real = scanner.walk
+
+    def broken(data: Any, *a: Any, **k: Any) -> Any:
+        if bytes(data[:2]) == b"\x80\x04":
+            raise IndexError("a bug")
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(scanner, "walk", broken)
+    (tmp_path / "a.pkl").write_bytes(K.benign_pickle(protocol=4))
+    (tmp_path / "b.pkl").write_bytes(K.benign_pickle(protocol=2))
+    report = ckpt.scan(tmp_path, jobs=1)
+    assert [(Path(f.path).name, f.status) for f in report.files] == [("a.pkl", "error"), ("b.pkl", "clean")]
+    assert "internal error while scanning (IndexError: a bug)" in report.files[0].errors[0]["message"]
+    assert report.exit_code() == 2
