@@ -169,6 +169,11 @@ def _torchscript(tmp: Path, payload: bytes) -> Path:
                                                          ("archive/code/__torch__.py", b"def forward(self): pass\n")])
 
 
+def _torchscript_data_pkl(tmp: Path, payload: bytes) -> Path:
+    return K.torch_zip(tmp / "scripted.pt", payload, extra=[("archive/constants.pkl", K.proto(2) + K.EMPTY_TUPLE + K.STOP),
+                                                            ("archive/code/__torch__.py", b"def forward(self): pass\n")])
+
+
 def _npy(tmp: Path, payload: bytes) -> Path:
     p = tmp / "arr.npy"
     p.write_bytes(K.object_npy(payload))
@@ -205,7 +210,8 @@ def _polyglot(tmp: Path, payload: bytes) -> Path:
 
 CONTAINERS: dict[str, Callable[[Path, bytes], Path]] = {
     "bare": _bare, "zip-data.pkl": _zip_data_pkl, "zip-hidden-deflated": _zip_hidden_deflated, "legacy": _legacy,
-    "legacy-tar": _legacy_tar, "torchscript": _torchscript, "npy": _npy, "npz": _npz, "gzip": _gzip,
+    "legacy-tar": _legacy_tar, "torchscript": _torchscript,
+    "torchscript-data.pkl": _torchscript_data_pkl, "npy": _npy, "npz": _npz, "gzip": _gzip,
     "nested-literal": _nested_literal, "pickle-zip-polyglot": _polyglot,
 }
 
@@ -246,7 +252,7 @@ def test_the_matrix_covers_every_container_format(tmp_path: Path) -> None:
             assert "pickle" in report.formats
     assert formats == {
         "bare": "pickle", "zip-data.pkl": "torch-zip", "zip-hidden-deflated": "torch-zip", "legacy": "torch-legacy",
-        "legacy-tar": "torch-tar", "torchscript": "torchscript", "npy": "npy", "npz": "npz", "gzip": "gzip",
+        "legacy-tar": "torch-tar", "torchscript": "torchscript", "torchscript-data.pkl": "torchscript", "npy": "npy", "npz": "npz", "gzip": "gzip",
         "nested-literal": "pickle", "pickle-zip-polyglot": "torch-zip",
     }
 
