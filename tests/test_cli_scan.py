@@ -180,3 +180,17 @@ def test_pre_commit_hooks_file() -> None:
         for name in ("model.pt", "a/b/pytorch_model.bin", "x.ckpt", "s.safetensors", "d/.metadata", "c.pkl"):
             assert rx.search(name), (pattern, name)
         assert not rx.search("README.md")
+
+
+def test_pre_commit_hook_entries_refuse_what_they_should(corpus: dict[str, Path]) -> None:
+    """Each hook's entry, run as pre-commit runs it (staged files appended): ckpt-scan fails on the
+    dangerous file only, ckpt-scan-strict on the unknown one too; clean files pass both."""
+    text = (REPO / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
+    entries = dict(zip(re.findall(r"^- id: (\S+)", text, re.M), re.findall(r"^\s+entry: (.+)$", text, re.M)))
+    for hook, staged, code in (("ckpt-scan", "clean", 0), ("ckpt-scan", "unknown", 0), ("ckpt-scan", "dangerous", 1),
+                               ("ckpt-scan-strict", "clean", 0), ("ckpt-scan-strict", "unknown", 1),
+                               ("ckpt-scan", "error", 2)):
+        args = entries[hook].split()[2:]
+        result = run("scan", *args, corpus[staged])
+        assert result.exit_code == code, (hook, staged, result.output)
+    assert not corpus["marker"].exists()
