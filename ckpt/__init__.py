@@ -39,6 +39,10 @@ def __getattr__(name: str) -> Any:
         from .saving import save as value
     elif name == "relocate":
         from .relocation import relocate as value
+    elif name == "convert":
+        from .convert import convert as value
+    elif name == "verify":
+        from .verify import verify as value
     else:
         raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
     globals()[name] = value
@@ -59,9 +63,11 @@ __all__ = [
     "UnsavableObjectError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
+    "convert",
     "load",
     "inspect",
     "open",
     "relocate",
     "save",
+    "verify",
 ]

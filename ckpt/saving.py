@@ -178,6 +178,16 @@ class _RefSource(_Source):
                     path=_path_of(reader), record=ref.record,
                 )
             return
+        chunks = getattr(reader, "iter_chunks", None)
+        if chunks is not None:  # a reader that streams (ckpt.convert's casts and packed views)
+            done = 0
+            for chunk in chunks(ref):
+                writer.write(chunk)
+                done += len(chunk)
+                progress(len(chunk))
+            if done != ref.nbytes:
+                raise CheckpointError(f"a storage gave {done:,} bytes, not {ref.nbytes:,}", record=ref.record)
+            return
         buf = bytearray(ref.nbytes)
         reader.readinto(ref, memoryview(buf))  # compressed or foreign: one storage in memory
         writer.write(_byteswapped(bytes(buf), swap) if swap > 1 else buf)
@@ -191,10 +201,14 @@ def _path_of(reader: Any) -> str | None:
 def _raw_record(ref: StorageRef) -> tuple[int, int, int | None] | None:
     """``(fd, data offset, CRC-32 or None)`` when the storage lies uncompressed in a torch zip
     file that can be read by offset; None otherwise."""
+    from .safetensors_reader import SafetensorsReader
     from .torch_zip import TorchZipReader
     from .zipread import STORED
 
     reader = ref.reader
+    if isinstance(reader, SafetensorsReader) and reader.byteorder == "little":
+        fd = reader.fileno()  # uncompressed, no CRC: read through in chunks, the zip's CRC computed
+        return None if fd is None else (fd, reader.data_offset(ref) or 0, None)
     if not isinstance(reader, TorchZipReader) or ref.record is None:
         return None
     fd = reader.fileno()
