@@ -113,6 +113,7 @@ class Conversion:
         self.cast_tensors = 0
         self.tensor_bytes = 0
         self.kept_tree = False
+        self.restored_tree = False
         self.notes: list[str] = []
 
     def as_json(self) -> dict[str, Any]:
@@ -129,6 +130,7 @@ class Conversion:
             "aliases": dict(self.aliases),
             "excluded": list(self.excluded),
             "tree_in_metadata": self.kept_tree,
+            "tree_from_metadata": self.restored_tree,
             "notes": list(self.notes),
         }
 
@@ -155,14 +157,15 @@ def target_format(dst: str, to: str | None, sharded: bool) -> str:
 # -- sources ---------------------------------------------------------------------------------------
 
 
-def _source_tree(ck: Any) -> tuple[Any, list[str]]:
-    """The checkpoint's tree, rebuilt from ``ckpt.convert/1`` metadata where the file has it."""
+def _source_tree(ck: Any) -> tuple[Any, list[str], bool]:
+    """The checkpoint's tree, rebuilt from ``ckpt.convert/1`` metadata where the file has it
+    (with the notes it carries, and whether it did)."""
     root = ck.root
     reader = ck.reader
     meta = getattr(reader, "metadata", None)
     raw = meta.get(METADATA_KEY) if isinstance(meta, Mapping) else None
     if raw is None or not isinstance(root, dict):
-        return root, []
+        return root, [], False
     doc = parse_metadata(raw) if isinstance(raw, str) else raw
     if not isinstance(doc, dict):
         raise CheckpointError(f"{METADATA_KEY} metadata is not an object", path=ck.path)
@@ -173,8 +176,8 @@ def _source_tree(ck: Any) -> tuple[Any, list[str]]:
         for name, target in aliases.items():
             if target in root and name not in tree:
                 tree[name] = root[target]
-        return tree, notes
-    return unflatten(doc, root), notes
+        return tree, notes, True
+    return unflatten(doc, root), notes, True
 
 
 # -- the .pt side: storages that stream converted bytes --------------------------------------------
@@ -324,11 +327,12 @@ def convert(
         raise CheckpointError("the source and the destination are the same file", path=dst_s)
 
     with ckpt_open(src_s, limits=limits) as ck:
-        tree, src_notes = _source_tree(ck)
+        tree, src_notes, restored = _source_tree(ck)
         if key:
             tree = subtree(tree, key)
         flat = flatten(tree, only=only, exclude=exclude, max_depth=limits.max_walk_depth)
         result = Conversion(src_s, ck.format, dst_s, fmt)
+        result.restored_tree = restored
         result.notes = [*src_notes, *flat.notes]
         result.aliases = dict(flat.aliases)
         result.excluded = list(flat.excluded)

@@ -162,6 +162,8 @@ def render_conversion(result: Conversion) -> None:
         extras.append(f"{len(result.aliases)} alias(es) of tied weights")
     if result.excluded:
         extras.append(f"{len(result.excluded)} left out")
+    if result.restored_tree:
+        extras.append("original structure rebuilt from SRC's 'ckpt.convert/1' metadata")
     if result.kept_tree:
         extras.append(f"non-tensor values kept in metadata under {'ckpt.convert/1'!r}")
     if result.manifest:
@@ -176,8 +178,9 @@ def render_verification(result: Verification) -> None:
     console = _console()
     doc = result.as_json()
     t = doc["totals"]
-    head = (f"{result.path} ({result.format}): {t['files']} file(s), {t['tensors']} tensors, "
-            f"{t['records_checked']} zip records CRC-checked")
+    head = f"{result.path} ({result.format}): {t['files']} file(s), {t['tensors']} tensors"
+    if t["records_checked"]:
+        head += f", {t['records_checked']} zip records CRC-checked ({human_bytes(t['bytes_checked'])})"
     if result.manifest:
         head += ", manifest checked"
     console.print(head, highlight=False, markup=False)
