@@ -305,7 +305,6 @@ def convert(
     the index's ``metadata``. Raises :class:`~ckpt.CheckpointError` (nothing written) on bad
     input.
     """
-    from .checkpoint import open as ckpt_open
 
     src_s = os.fspath(src)
     dst_s = os.fspath(dst)
@@ -325,6 +324,19 @@ def convert(
             raise ValueError(f"the metadata key {METADATA_KEY!r} is ckpt's own")
     if os.path.abspath(src_s) == os.path.abspath(dst_s):
         raise CheckpointError("the source and the destination are the same file", path=dst_s)
+
+    try:
+        return _convert(src_s, dst_s, fmt, size, cast, only, exclude, key, user_meta, manifest, progress, fsync, limits)
+    except CheckpointError as e:
+        raise e.with_context(path=src_s)
+
+
+def _convert(
+    src_s: str, dst_s: str, fmt: str, size: int | None, cast: _dt.DType | None, only: Iterable[str],
+    exclude: Iterable[str], key: str | None, user_meta: dict[str, str], manifest: bool, progress: Progress | None,
+    fsync: bool, limits: Limits,
+) -> Conversion:
+    from .checkpoint import open as ckpt_open
 
     with ckpt_open(src_s, limits=limits) as ck:
         tree, src_notes, restored = _source_tree(ck)

@@ -45,8 +45,8 @@ def st_code(dtype: _dt.DType, name: str) -> str:
     """The safetensors dtype code of ``dtype``; a clear error naming the tensor if there is none."""
     if dtype.safetensors is None:
         raise UnsupportedFeatureError(
-            f"tensor {name!r} has dtype {dtype.name}, which safetensors cannot hold"
-            + (" (cast it, or leave it out with --exclude)" if dtype.kind != "quantized" else
+            f"the tensor has dtype {dtype.name}, which safetensors cannot hold"
+            + (" (convert it with torch first, or leave it out with --exclude)" if dtype.kind != "quantized" else
                " (quantized tensors: dequantize with torch first, or leave it out with --exclude)"),
             record=name,
         )

@@ -141,6 +141,21 @@ class _RefSource(_Source):
         self.ref = ref
         self.nbytes = ref.nbytes
         self.byteorder = byteorder
+        self.crc_future: Any = None  # the CRC-32 of a record without one, computed ahead (write_archive)
+
+    def crc_to_compute(self) -> tuple[int, int] | None:
+        """``(fd, offset)`` when the storage lies as it is in a file without CRC-32s (safetensors):
+        its CRC can be computed ahead, in parallel, and the bytes then copied in the kernel."""
+        ref = self.ref
+        reader = ref.reader
+        if reader is None or ref.nbytes == 0:
+            return None
+        if getattr(reader, "byteorder", self.byteorder) != self.byteorder and ref.dtype.itemsize > 1:
+            return None
+        raw = _raw_record(ref)
+        if raw is None or raw[2] is not None:
+            return None
+        return raw[0], raw[1]
 
     def write_to(self, writer: TorchZipWriter, progress: Callable[[int], None]) -> None:
         ref = self.ref
@@ -152,6 +167,16 @@ class _RefSource(_Source):
         raw = _raw_record(ref)
         if raw is not None:
             fd, offset, crc = raw
+            if crc is None and swap == 1:
+                # no CRC to check: compute the zip's (ahead of time if write_archive could), then
+                # copy in the kernel like a torch zip record
+                future = self.crc_future
+                crc = future.result() if future is not None else _crc_of_range(fd, offset, ref.nbytes, ref)
+                pending = len(writer.sink.pending)
+                writer.copy(fd, offset, ref.nbytes, crc=crc)
+                if len(writer.sink.pending) == pending:
+                    progress(ref.nbytes)
+                return
             if swap == 1 and crc is not None:
                 # In the kernel, later (ZipSink.run_copies reports the progress as copies land);
                 # a zip that is not a file descriptor copies at once.
@@ -192,6 +217,20 @@ class _RefSource(_Source):
         reader.readinto(ref, memoryview(buf))  # compressed or foreign: one storage in memory
         writer.write(_byteswapped(bytes(buf), swap) if swap > 1 else buf)
         progress(ref.nbytes)
+
+
+def _crc_of_range(fd: int, offset: int, size: int, ref: StorageRef) -> int:
+    """The CRC-32 of ``size`` bytes of a file, read in chunks (zlib and pread release the GIL)."""
+    crc = 0
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, min(_READ_CHUNK, size - done), offset + done)
+        if not chunk:
+            raise CorruptCheckpointError("the file ends inside this tensor's data (truncated?)",
+                                         path=_path_of(ref.reader), record=ref.record)
+        crc = zlib.crc32(chunk, crc)
+        done += len(chunk)
+    return crc
 
 
 def _path_of(reader: Any) -> str | None:
@@ -540,12 +579,39 @@ def write_archive(
 
     if progress is not None:
         progress(0, total)
-    for key, source in saver.sources.items():
-        writer.begin(f"data/{key}", source.nbytes)
-        source.write_to(writer, step)
-        writer.end()
+    pool = _start_crcs(saver, writer)
+    try:
+        for key, source in saver.sources.items():
+            writer.begin(f"data/{key}", source.nbytes)
+            source.write_to(writer, step)
+            writer.end()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     writer.sink.run_copies(step)  # the storages copied file to file (progress is reported as they land)
     return writer.finish()
+
+
+def _start_crcs(saver: _Saver, writer: TorchZipWriter) -> Any:
+    """Start computing, on a few threads, the CRC-32s of storages that come from files without
+    them (safetensors), so the archive is laid out at the speed of several cores and the bytes
+    are then copied in the kernel. Each job holds one read chunk at a time."""
+    if writer.sink.fd is None or (os.cpu_count() or 1) < 2:
+        return None
+    jobs = []
+    for source in saver.sources.values():
+        if type(source) is _RefSource:
+            where = source.crc_to_compute()
+            if where is not None:
+                jobs.append((source, where))
+    if len(jobs) < 2:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ckpt-crc32")
+    for source, (fd, offset) in jobs:
+        source.crc_future = pool.submit(_crc_of_range, fd, offset, source.nbytes, source.ref)
+    return pool
 
 
 def save(obj: Any, f: PathLike | IO[bytes], *, fsync: bool = True, progress: Progress | None = None) -> None:
