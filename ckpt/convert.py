@@ -26,7 +26,7 @@ index) is complete; on any error (a bad tensor, a full disk, Ctrl-C) nothing new
 ``manifest=True`` a ``sha256sum``-style file (``DST.sha256``, or ``SHA256SUMS`` in a sharded
 folder) lists the SHA-256 of every output file; :func:`ckpt.verify` checks it.
 
-The source is any checkpoint :func:`ckpt.open` reads. Its tensors are
+The source is any checkpoint :func:`ckpt.open` reads, or an opened checkpoint object. Its tensors are
 :class:`~ckpt.tensors.TensorRef` or any object with the tensor-source interface described in
 :mod:`ckpt.tensor_stream` (``dtype``, ``shape``, ``nbytes``, ``read_into(buffer)``, optionally
 ``iter_chunks(size)``): a reader of another format (``torch.distributed.checkpoint``) plugs in
@@ -280,7 +280,7 @@ class _Staging:
 
 
 def convert(
-    src: PathLike,
+    src: PathLike | Any,
     dst: PathLike,
     *,
     to: str | None = None,
@@ -297,6 +297,9 @@ def convert(
 ) -> Conversion:
     """Convert checkpoint ``src`` to ``dst`` (see the module docs); returns a :class:`Conversion`.
 
+    ``src`` is a path, or an already opened :class:`~ckpt.Checkpoint` (or any object with
+    ``path``, ``format``, ``root`` and ``reader``; left open), e.g. one a new reader built.
+
     ``to`` is ``"safetensors"`` or ``"pt"`` (default: from DST's suffix). ``shard_size``
     (bytes, or ``"5GB"``) makes DST a folder of shards plus an index. ``dtype`` (``bf16``,
     ``fp16``, ``fp32``) casts floating tensors (float16/bfloat16/float32/float64) as torch's
@@ -306,7 +309,8 @@ def convert(
     input.
     """
 
-    src_s = os.fspath(src)
+    src_ck = src if hasattr(src, "root") and hasattr(src, "reader") else None
+    src_s = src_ck.path if src_ck is not None else os.fspath(src)  # type: ignore[union-attr]
     dst_s = os.fspath(dst)
     size = parse_size(shard_size) if shard_size is not None else None
     fmt = target_format(dst_s, to, size is not None)
@@ -326,19 +330,22 @@ def convert(
         raise CheckpointError("the source and the destination are the same file", path=dst_s)
 
     try:
-        return _convert(src_s, dst_s, fmt, size, cast, only, exclude, key, user_meta, manifest, progress, fsync, limits)
+        return _convert(src_ck, src_s, dst_s, fmt, size, cast, only, exclude, key, user_meta, manifest, progress,
+                        fsync, limits)
     except CheckpointError as e:
         raise e.with_context(path=src_s)
 
 
 def _convert(
-    src_s: str, dst_s: str, fmt: str, size: int | None, cast: _dt.DType | None, only: Iterable[str],
+    src_ck: Any, src_s: str, dst_s: str, fmt: str, size: int | None, cast: _dt.DType | None, only: Iterable[str],
     exclude: Iterable[str], key: str | None, user_meta: dict[str, str], manifest: bool, progress: Progress | None,
     fsync: bool, limits: Limits,
 ) -> Conversion:
+    from contextlib import nullcontext
+
     from .checkpoint import open as ckpt_open
 
-    with ckpt_open(src_s, limits=limits) as ck:
+    with nullcontext(src_ck) if src_ck is not None else ckpt_open(src_s, limits=limits) as ck:
         tree, src_notes, restored = _source_tree(ck)
         if key:
             tree = subtree(tree, key)

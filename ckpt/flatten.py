@@ -34,7 +34,7 @@ A ``<node>`` is plain JSON for ``None``, ``bool``, ``str``, ``int``, finite ``fl
   ``state_dict()``), with its ``_metadata`` attribute when it has one;
 * ``{"$": "tuple" | "set", "items": [...]}``;
 * ``{"$": "float", "v": "nan" | "inf" | "-inf"}``, ``{"$": "complex", "re": x, "im": y}``,
-  ``{"$": "bytes", "hex": "..."}``;
+  ``{"$": "bytes" | "bytearray", "hex": "..."}``;
 * ``{"$": "size", "v": [...]}``, ``{"$": "dtype", "v": "float32"}``,
   ``{"$": "device", "v": "cuda:0"}``.
 
@@ -218,8 +218,8 @@ def flatten(
             return {"$": "float", "v": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
         if t is complex:
             return {"$": "complex", "re": encode(value.real, keys), "im": encode(value.imag, keys)}
-        if t is bytes:
-            return {"$": "bytes", "hex": value.hex()}
+        if t is bytes or t is bytearray:
+            return {"$": "bytes" if t is bytes else "bytearray", "hex": value.hex()}
         if t is Size:
             return {"$": "size", "v": list(value)}
         if t is _dt.DType:
@@ -374,8 +374,8 @@ def unflatten(doc: dict[str, Any], tensors: dict[str, Any], *,
             return float(v)
         if tag == "complex":
             return complex(decode(node.get("re"), depth + 1), decode(node.get("im"), depth + 1))
-        if tag == "bytes" and type(node.get("hex")) is str:
-            return bytes.fromhex(node["hex"])
+        if tag in ("bytes", "bytearray") and type(node.get("hex")) is str:
+            return bytes.fromhex(node["hex"]) if tag == "bytes" else bytearray.fromhex(node["hex"])
         if tag == "size" and type(v) is list:
             return Size(v)
         if tag == "dtype" and type(v) is str:
