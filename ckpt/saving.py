@@ -172,17 +172,17 @@ class _RefSource(_Source):
                 # copy in the kernel like a torch zip record
                 future = self.crc_future
                 crc = future.result() if future is not None else _crc_of_range(fd, offset, ref.nbytes, ref)
-                pending = len(writer.sink.pending)
+                pending = writer.sink.queued
                 writer.copy(fd, offset, ref.nbytes, crc=crc)
-                if len(writer.sink.pending) == pending:
+                if writer.sink.queued == pending:
                     progress(ref.nbytes)
                 return
             if swap == 1 and crc is not None:
                 # In the kernel, later (ZipSink.run_copies reports the progress as copies land);
                 # a zip that is not a file descriptor copies at once.
-                pending = len(writer.sink.pending)
+                pending = writer.sink.queued
                 writer.copy(fd, offset, ref.nbytes, crc=crc)
-                if len(writer.sink.pending) == pending:
+                if writer.sink.queued == pending:
                     progress(ref.nbytes)
                 return
             # Read it through: compute the CRC for the copy, check the source's on the way.
@@ -580,11 +580,20 @@ def write_archive(
     if progress is not None:
         progress(0, total)
     pool = _start_crcs(saver, writer)
+    if pool is not None:
+        writer.sink.eager_copies = True  # copy each record while the CRCs of later ones are computed
     try:
         for key, source in saver.sources.items():
             writer.begin(f"data/{key}", source.nbytes)
             source.write_to(writer, step)
             writer.end()
+    except BaseException:
+        if writer.sink.eager_copies:
+            try:
+                writer.sink.run_copies(None)  # let started copies end before the file is removed
+            except Exception:
+                pass
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

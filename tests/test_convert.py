@@ -597,3 +597,23 @@ def test_tensor_source_interface(tmp_path: Path, dst: str) -> None:
         assert np.array_equal(back["model"]["a"], a) and np.array_equal(back["model"]["b"], b)
     else:
         assert np.array_equal(back["model.a"], a)
+
+
+def test_failed_copy_to_pt_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors -> .pt copies records in the kernel while later CRCs are computed: a failing copy
+    still leaves no file and no temporary behind."""
+    write_st(tmp_path / "m.safetensors", {f"t{i}": np.full(4096, i, "<f4") for i in range(6)})
+    import ckpt.zipwrite as zw
+
+    def broken(*a: Any, **k: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(zw, "_copy_range", broken)
+    with pytest.raises(CheckpointError, match="Input/output error"):
+        ckpt.convert(tmp_path / "m.safetensors", tmp_path / "o.pt")
+    assert listing(tmp_path) == ["m.safetensors"]
+    monkeypatch.undo()
+    ckpt.convert(tmp_path / "m.safetensors", tmp_path / "o.pt")
+    got = ckpt.load(tmp_path / "o.pt", as_="numpy")
+    assert [float(got[f"t{i}"][0]) for i in range(6)] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert ckpt.verify(tmp_path / "o.pt").ok
