@@ -326,7 +326,9 @@ def convert(
             raise ValueError("metadata must map strings to strings")
         if k == METADATA_KEY:
             raise ValueError(f"the metadata key {METADATA_KEY!r} is ckpt's own")
-    if os.path.abspath(src_s) == os.path.abspath(dst_s):
+    if os.path.abspath(src_s) == os.path.abspath(dst_s) or (
+        os.path.exists(src_s) and os.path.exists(dst_s) and os.path.samefile(src_s, dst_s)
+    ):
         raise CheckpointError("the source and the destination are the same file", path=dst_s)
 
     try:
@@ -551,6 +553,14 @@ def _convert_sharded(
         staging.abort()
         raise
     result.index = os.path.join(folder, index_name)
+    written = {f.path for f in result.files}
+    stale = sorted(n for n in os.listdir(folder)
+                   if re.fullmatch(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}{re.escape(ext)}", n) and n not in written)
+    if stale:
+        result.notes.append(
+            f"{len(stale)} shard file(s) from an earlier conversion remain in {folder} and are not part of this "
+            f"checkpoint ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); ckpt verify reports them"
+        )
 
 
 def sha256_file(path: str) -> str:

@@ -617,3 +617,83 @@ def test_failed_copy_to_pt_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     got = ckpt.load(tmp_path / "o.pt", as_="numpy")
     assert [float(got[f"t{i}"][0]) for i in range(6)] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert ckpt.verify(tmp_path / "o.pt").ok
+
+
+# -- bad input: clear errors, exit 2, nothing left behind ----------------------------------------------
+
+try:
+    from . import adversarial_kit as kit  # type: ignore[no-redef]
+except ImportError:  # pragma: no cover - run as a rootdir-less module
+    import adversarial_kit as kit  # type: ignore[no-redef]
+
+
+def _st_bytes(header: dict[str, Any], data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+LYING_HEADERS = {
+    "past-end": (_st_bytes({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)), "truncated"),
+    "overlap": (_st_bytes({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                           "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)), "overlaps"),
+    "bad-json": (struct.pack("<Q", 5) + b"{nope" + bytes(8), "not valid JSON"),
+    "unknown-dtype": (_st_bytes({"a": {"dtype": "F31", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),
+                      "unknown safetensors dtype"),
+    "length-too-big": (struct.pack("<Q", 1 << 40) + b"{}", "at most"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LYING_HEADERS))
+def test_lying_safetensors_header(tmp_path: Path, case: str) -> None:
+    data, message = LYING_HEADERS[case]
+    (tmp_path / "in.safetensors").write_bytes(data)
+    with pytest.raises(CheckpointError, match=message):
+        ckpt.convert(tmp_path / "in.safetensors", tmp_path / "out.pt")
+    from click.testing import CliRunner
+    from ckpt_cli.main import cli
+
+    res = CliRunner().invoke(cli, ["convert", str(tmp_path / "in.safetensors"), str(tmp_path / "out.safetensors")])
+    assert res.exit_code == 2 and "in.safetensors" in res.output and "Traceback" not in res.output
+    assert listing(tmp_path) == ["in.safetensors"]
+
+
+def test_view_that_does_not_fit_its_storage(tmp_path: Path) -> None:
+    body = kit.dict_pickle({"w": kit.rebuild_v2(kit.pid("0", numel=3), size=(4,))})
+    kit.write(tmp_path / "bad.pt", kit.torch_zip(body, {"0": kit.floats(1, 2, 3)}))
+    with pytest.raises(CheckpointError, match="out of bounds"):
+        ckpt.convert(tmp_path / "bad.pt", tmp_path / "out.safetensors")
+    assert listing(tmp_path) == ["bad.pt"]
+
+
+def test_bad_index_sources(tmp_path: Path) -> None:
+    write_st(tmp_path / "model-00001-of-00001.safetensors", {"a": np.ones(2, "<f4")})
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors",
+                                                "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointError, match="not in"):
+        ckpt.convert(index, tmp_path / "out.pt")
+    index.write_text('{"weight_map": {"a": "model-00001-of-00001.safetensors", '
+                     '"a": "model-00001-of-00001.safetensors"}}')
+    with pytest.raises(CheckpointError, match="twice"):
+        ckpt.convert(tmp_path, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_same_source_and_destination(tmp_path: Path) -> None:
+    write_st(tmp_path / "m.safetensors", {"a": np.ones(2, "<f4")})
+    before = (tmp_path / "m.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="same file"):
+        ckpt.convert(tmp_path / "m.safetensors", tmp_path / "m.safetensors", dtype="fp16")
+    assert (tmp_path / "m.safetensors").read_bytes() == before
+
+
+def test_same_file_through_a_hard_link_and_stale_shards(tmp_path: Path) -> None:
+    write_st(tmp_path / "m.safetensors", {"a": np.ones(64, "<f4"), "b": np.ones(64, "<f4")})
+    os.link(tmp_path / "m.safetensors", tmp_path / "link.safetensors")
+    with pytest.raises(CheckpointError, match="same file"):
+        ckpt.convert(tmp_path / "m.safetensors", tmp_path / "link.safetensors")
+    ckpt.convert(tmp_path / "m.safetensors", tmp_path / "out", shard_size=256)
+    assert len([f for f in listing(tmp_path / "out") if f.endswith(".safetensors")]) == 2
+    res = ckpt.convert(tmp_path / "m.safetensors", tmp_path / "out", shard_size=4096)
+    assert any("earlier conversion" in n for n in res.notes)
+    assert [p.kind for p in ckpt.verify(tmp_path / "out").problems] == ["orphan-shard", "orphan-shard"]
