@@ -220,7 +220,13 @@ class _RefSource(_Source):
 
 
 def _crc_of_range(fd: int, offset: int, size: int, ref: StorageRef) -> int:
-    """The CRC-32 of ``size`` bytes of a file, read in chunks (zlib and pread release the GIL)."""
+    """The CRC-32 of ``size`` bytes of a file, read in chunks (zlib and pread release the GIL).
+
+    The range is memory-mapped where it can be (no copy into Python), a chunk at a time, each
+    chunk dropped from the mapping once summed so that resident memory stays at one chunk."""
+    crc = _crc_of_range_mapped(fd, offset, size)
+    if crc is not None:
+        return crc
     crc = 0
     done = 0
     while done < size:
@@ -230,6 +236,34 @@ def _crc_of_range(fd: int, offset: int, size: int, ref: StorageRef) -> int:
                                          path=_path_of(ref.reader), record=ref.record)
         crc = zlib.crc32(chunk, crc)
         done += len(chunk)
+    return crc
+
+
+def _crc_of_range_mapped(fd: int, offset: int, size: int) -> int | None:
+    import mmap
+
+    if size < (1 << 20) or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        if os.fstat(fd).st_size < offset + size:
+            return None  # truncated: the chunked reader says so
+        m = mmap.mmap(fd, offset + size - start, prot=mmap.PROT_READ, offset=start)
+    except (OSError, ValueError):
+        return None
+    crc = 0
+    try:
+        with memoryview(m) as view:
+            pos = offset - start
+            end = pos + size
+            while pos < end:
+                n = min(_READ_CHUNK, end - pos)
+                crc = zlib.crc32(view[pos : pos + n], crc)
+                base = pos - pos % mmap.PAGESIZE
+                m.madvise(mmap.MADV_DONTNEED, base, pos + n - base)
+                pos += n
+    finally:
+        m.close()
     return crc
 
 
