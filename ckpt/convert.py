@@ -48,7 +48,7 @@ from typing import Any
 
 from . import dtypes as _dt
 from .errors import CheckpointError, UnsupportedFeatureError
-from .flatten import METADATA_KEY, Flattened, flatten, is_tensor, parse_metadata, subtree, unflatten
+from .flatten import METADATA_KEY, Flattened, flatten, parse_metadata, subtree, unflatten
 from .limits import DEFAULT_LIMITS, Limits
 from .tensor_stream import CAST_NAMES, cast_chunks, cast_target, tensor_chunks
 from .tensors import StorageReader, StorageRef, TensorRef, contiguous_strides
@@ -227,9 +227,7 @@ def _pt_value(t: Any, cast: _dt.DType | None, conv: _ConvertedReader, name: str)
     """What ``ckpt.save`` writes for tensor ``t``: itself when it can, else a streamed conversion."""
     dtype = cast_target(t.dtype, cast)
     if type(t) is TensorRef and dtype == t.dtype:
-        if t.storage is None or t.quantizer is not None:
-            return t
-        return t
+        return t  # ckpt.save streams its storage from the source file, views and sharing kept
     return conv.add(t, dtype, name)
 
 

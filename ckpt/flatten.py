@@ -125,7 +125,7 @@ def subtree(root: Any, key: str) -> Any:
         if isinstance(node, dict):
             if rest in node:
                 return node[rest]
-            head, dot, tail = rest.partition(".")
+            head = rest.partition(".")[0]
             # the longest key that is a prefix of the rest at a dot
             parts = rest.split(".")
             for i in range(len(parts), 0, -1):

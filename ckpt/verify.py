@@ -70,6 +70,7 @@ class Verification:
         self.tensors = 0
         self.bytes_checked = 0
         self.manifest: str | None = None
+        self.notes: list[str] = []
 
     @property
     def ok(self) -> bool:
@@ -86,6 +87,7 @@ class Verification:
             "totals": {"files": len(self.files), "records_checked": self.records, "tensors": self.tensors,
                        "bytes_checked": self.bytes_checked, "problems": len(self.problems)},
             "problems": [p.as_json() for p in self.problems],
+            "notes": list(self.notes),
         }
 
 
@@ -109,7 +111,14 @@ def verify(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS,
     finally:
         reader.close()
     _check_manifest(result, os.path.dirname(os.path.abspath(name)), name + ".sha256")
+    _note_unchecked_bytes(result)
     return result
+
+
+def _note_unchecked_bytes(result: Verification) -> None:
+    if result.manifest is None and any(f["format"] == "safetensors" for f in result.files):
+        result.notes.append("safetensors stores no checksums: headers and sizes were checked, the tensor bytes "
+                            "themselves only a manifest can vouch for (ckpt convert --manifest)")
 
 
 def _check_file(reader: Any, result: Verification, label: str,
@@ -141,6 +150,10 @@ def _check_zip(archive: Any, result: Verification, label: str, progress: Callabl
     from .zipread import STORED
 
     entries = archive.entries
+    if not archive.has_crcs:
+        result.notes.append(f"{label} stores no CRC-32s (torch.save with set_crc32_options(False)): its bytes "
+                            "cannot be checked, only its structure")
+        return
     total = sum(e.compressed_size for e in entries)
     done = 0
     fd = archive.file.fileno()
@@ -161,7 +174,7 @@ def _check_zip(archive: Any, result: Verification, label: str, progress: Callabl
                     if progress is not None:
                         progress(done, total)
                 result.bytes_checked += entry.size
-                if archive.has_crcs and crc != entry.crc:
+                if crc != entry.crc:
                     result.problems.append(Problem(
                         "crc", f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): the record's bytes "
                         "are damaged", label, entry.name))
@@ -269,6 +282,7 @@ def _verify_sharded(name: str, limits: Limits, progress: Callable[[int, int], No
             result.problems.append(Problem("total-size", f"metadata.total_size is {total!r} but the shards' tensors "
                                            f"hold {held:,} bytes", label))
     _check_manifest(result, folder, os.path.join(folder, "SHA256SUMS"))
+    _note_unchecked_bytes(result)
     return result
 
 

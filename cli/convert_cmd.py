@@ -186,6 +186,8 @@ def render_verification(result: Verification) -> None:
     console.print(head, highlight=False, markup=False)
     for p in result.problems:
         console.print(f"problem [{p.kind}] {p}", style="red", highlight=False, markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
     console.print("ok: intact" if result.ok else f"{len(result.problems)} problem(s) found",
                   style="green" if result.ok else "red", highlight=False, markup=False)
 

@@ -183,3 +183,16 @@ def test_verify_cli_json_schema(tmp_path: Path) -> None:
     assert checker.validate(example) == []
     res = run("verify", FIXTURES / "training.pt")
     assert res.exit_code == 0 and "ok: intact" in res.output
+
+
+def test_zip_without_crcs_is_noted_not_failed() -> None:
+    r = ckpt.verify(FIXTURES / "no_crc.pt")
+    assert r.ok and r.records == 0 and any("no CRC-32s" in n for n in r.notes)
+    res = run("verify", FIXTURES / "no_crc.pt")
+    assert res.exit_code == 0 and "note:" in res.output
+
+
+def test_legacy_and_torchscript_verify() -> None:
+    for f in ("formats/legacy_views.pt", "formats/script.pt"):
+        r = ckpt.verify(FIXTURES / f)
+        assert r.ok and r.tensors > 0, f
