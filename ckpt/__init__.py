@@ -32,17 +32,18 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """``ckpt.save`` and ``ckpt.relocate`` are imported on first use, so that reading (``ckpt
-    inspect``, ``ckpt.load``) never pays for the writer. (Their modules are ``ckpt.saving`` and
-    ``ckpt.relocation``: a submodule named ``save`` would replace the function on import.)"""
+    """``ckpt.save``, ``ckpt.relocate``, ``ckpt.convert`` and ``ckpt.verify`` are imported on first
+    use, so that reading (``ckpt inspect``, ``ckpt.load``) never pays for the writer. (Their modules
+    are ``ckpt.saving``, ``ckpt.relocation``, ``ckpt.conversion`` and ``ckpt.verification``: a
+    submodule named ``save`` would replace the function on import.)"""
     if name == "save":
         from .saving import save as value
     elif name == "relocate":
         from .relocation import relocate as value
     elif name == "convert":
-        from .convert import convert as value
+        from .conversion import convert as value
     elif name == "verify":
-        from .verify import verify as value
+        from .verification import verify as value
     else:
         raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
     globals()[name] = value

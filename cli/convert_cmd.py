@@ -16,8 +16,8 @@ from .exit_codes import EXIT_FINDINGS, EXIT_OK
 from .render import human_bytes
 
 if TYPE_CHECKING:
-    from ckpt.convert import Conversion
-    from ckpt.verify import Verification
+    from ckpt.conversion import Conversion
+    from ckpt.verification import Verification
 
 
 def _parse_metadata(values: tuple[str, ...]) -> dict[str, str]:
@@ -71,7 +71,7 @@ def convert_command(
 
     Exit codes: 0 converted, 2 error (nothing written).
     """
-    from ckpt.convert import convert
+    from ckpt.conversion import convert
 
     with _progress_bar("converting", enabled=not as_json) as progress:
         result = convert(src, dst, to=to, shard_size=shard_size, dtype=dtype, only=only, exclude=exclude, key=key,
@@ -103,7 +103,7 @@ def verify_command(path: str, as_json: bool) -> None:
 
     Exit codes: 0 intact, 1 problems found, 2 unreadable.
     """
-    from ckpt.verify import verify
+    from ckpt.verification import verify
 
     with _progress_bar("verifying", enabled=not as_json) as progress:
         result = verify(path, progress=progress)

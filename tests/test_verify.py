@@ -196,3 +196,13 @@ def test_legacy_and_torchscript_verify() -> None:
     for f in ("formats/legacy_views.pt", "formats/script.pt"):
         r = ckpt.verify(FIXTURES / f)
         assert r.ok and r.tensors > 0, f
+
+
+def test_functions_survive_their_modules_being_imported() -> None:
+    """The modules are ckpt.conversion and ckpt.verification: a submodule named like the function
+    would replace ``ckpt.convert`` with the module once anything imported it."""
+    import ckpt.conversion  # noqa: F401
+    import ckpt.verification  # noqa: F401
+
+    assert callable(ckpt.convert) and callable(ckpt.verify)
+    assert ckpt.convert.__module__ == "ckpt.conversion" and ckpt.verify.__module__ == "ckpt.verification"

@@ -289,7 +289,7 @@ def _verify_sharded(name: str, limits: Limits, progress: Callable[[int, int], No
 def _check_manifest(result: Verification, folder: str, manifest: str) -> None:
     if not os.path.isfile(manifest):
         return
-    from .convert import sha256_file
+    from .conversion import sha256_file
 
     result.manifest = manifest
     label = os.path.basename(manifest)
