@@ -706,3 +706,66 @@ def test_round_trip_against_recorded_torch_answer(tmp_path: Path, helpers: Any, 
     ckpt.convert(FIXTURES / f"{name}.pt", tmp_path / "x.safetensors")
     ckpt.convert(tmp_path / "x.safetensors", tmp_path / "back.pt")
     helpers.compare_to_expected(ckpt.load(tmp_path / "back.pt", as_="numpy"), helpers.expected(name), "numpy")
+
+
+# -- flatten / unflatten: any tree the schema holds comes back equal ---------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _tensor_leaf() -> Any:
+    from ckpt.dtypes import DTYPES
+    from ckpt.tensors import StorageRef, TensorRef
+
+    s = StorageRef("0", DTYPES["float32"], "cpu", 4)
+    return TensorRef(s, DTYPES["float32"], (4,), (1,), 0)
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                     st.text(max_size=5), st.binary(max_size=4), st.complex_numbers(allow_nan=False))
+_keys = st.one_of(st.text(alphabet="ab$_", max_size=3), st.integers(0, 5))
+_trees = st.recursive(
+    st.one_of(_scalars, st.builds(_tensor_leaf)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.lists(children, max_size=3).map(tuple),
+        st.dictionaries(_keys, children, max_size=3),
+        st.dictionaries(st.text(alphabet="xy", max_size=2), children, max_size=3).map(OrderedDict),
+    ),
+    max_leaves=12,
+)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    from ckpt.tensors import TensorRef
+
+    if type(a) is TensorRef or type(b) is TensorRef:
+        return a is b
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return (a != a and b != b) or a == b
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=st.dictionaries(st.text(alphabet="mn", min_size=1, max_size=2), _trees, max_size=4))
+def test_flatten_unflatten_property(tree: dict[str, Any]) -> None:
+    from ckpt.flatten import flatten, parse_metadata, unflatten
+
+    try:
+        f = flatten(tree)
+    except CheckpointError as e:
+        assert "same name" in str(e)  # two paths flattened to one name: refused, never merged
+        return
+    doc = f.metadata_json()
+    if doc is None:  # a flat state dict of tensors: nothing to record
+        assert all(type(v).__name__ == "TensorRef" for v in tree.values())
+        return
+    back = unflatten(parse_metadata(doc), f.tensors)
+    assert _equal(back, tree)
