@@ -304,3 +304,41 @@ BENCHMARKS += [
         floors=(ratio_at_most("ckpt.save (fsync=False)", "torch.save", 1.0, "no slower than torch.save"),),
     ),
 ]
+
+# ---- issue 5: `ckpt convert` ---------------------------------------------------------------------
+# Floors: at most 1.5x cp of the source file, peak RSS at most the largest tensor (8 MB here) +
+# 100 MB. The usual way (torch.load + safetensors.torch.save_file, or load_file + torch.save) runs
+# in the same invocation for comparison. --no-fsync, like cp.
+
+USUAL_TO_ST = ("{python} -c 'import sys, torch; from safetensors.torch import save_file; "
+               "save_file(torch.load(sys.argv[1], weights_only=True), sys.argv[2])' {big} {tmp}/usual.safetensors")
+USUAL_TO_PT = ("{python} -c 'import sys, torch; from safetensors.torch import load_file; "
+               "torch.save(load_file(sys.argv[1]), sys.argv[2])' {st} {tmp}/usual.pt")
+
+BENCHMARKS += [
+    Bench(
+        "convert-big-to-st", 5, ("big",),
+        about="`ckpt convert --no-fsync` of the ~1.6 GB fp32 checkpoint to safetensors vs cp of the file, "
+              "and the usual way (torch.load + safetensors.torch.save_file)",
+        cases=(
+            Case("ckpt convert --no-fsync", ("{ckpt}", "convert", "{big}", "{tmp}/out.safetensors", "--no-fsync")),
+            Case("cp", "cp {big} {tmp}/out.pt", role="baseline"),
+            Case("torch.load + save_file", USUAL_TO_ST, role="info", vs="cp"),
+        ),
+        floors=(ratio_at_most("ckpt convert --no-fsync", "cp", 1.5, "at most 1.5x cp"),
+                under_rss_mb("ckpt convert --no-fsync", 108, "peak RSS under the largest tensor (8 MB) + 100 MB")),
+    ),
+    Bench(
+        "convert-st-to-pt", 5, ("st",),
+        about="`ckpt convert --no-fsync` of a 1 GB fp32 safetensors file (128 tensors of [2000, 1000], the "
+              "big checkpoint's tensor shape) to torch's zip format vs cp of the file, and the usual way "
+              "(safetensors.torch.load_file + torch.save)",
+        cases=(
+            Case("ckpt convert --no-fsync", ("{ckpt}", "convert", "{st}", "{tmp}/out.pt", "--no-fsync")),
+            Case("cp", "cp {st} {tmp}/out.safetensors", role="baseline"),
+            Case("load_file + torch.save", USUAL_TO_PT, role="info", vs="cp"),
+        ),
+        floors=(ratio_at_most("ckpt convert --no-fsync", "cp", 1.5, "at most 1.5x cp"),
+                under_rss_mb("ckpt convert --no-fsync", 108, "peak RSS under the largest tensor (8 MB) + 100 MB")),
+    ),
+]

@@ -31,15 +31,19 @@ from .tensors import StorageRef, TensorRef
 __version__ = "0.1.0"
 
 
-# The scanner (``ckpt.scan``) is imported on first use, so that ``import ckpt`` stays light.
-_LAZY = {"scan": "scanner", "ScanReport": "scanner", "FileReport": "scanner"}
+# The scanner and the converter are imported on first use, so that ``import ckpt`` stays light.
+_LAZY = {
+    "scan": "scanner", "ScanReport": "scanner", "FileReport": "scanner",
+    "convert": "conversion", "verify": "verification",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """``ckpt.save``, ``ckpt.relocate`` and ``ckpt.scan`` are imported on first use, so that reading
-    (``ckpt inspect``, ``ckpt.load``) never pays for the writer or the scanner. (Their modules are
-    ``ckpt.saving``, ``ckpt.relocation`` and ``ckpt.scanner``: a submodule named ``save`` would
-    replace the function on import.)"""
+    """``ckpt.save``, ``ckpt.relocate``, ``ckpt.scan``, ``ckpt.convert`` and ``ckpt.verify`` are
+    imported on first use, so that reading (``ckpt inspect``, ``ckpt.load``) never pays for the
+    writer, the scanner or the converter. (Their modules are ``ckpt.saving``, ``ckpt.relocation``,
+    ``ckpt.scanner``, ``ckpt.conversion`` and ``ckpt.verification``: a submodule named ``save``
+    would replace the function on import.)"""
     if name == "save":
         from .saving import save as value
     elif name == "relocate":
@@ -70,10 +74,12 @@ __all__ = [
     "UnsavableObjectError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
+    "convert",
     "load",
     "inspect",
     "open",
     "relocate",
     "save",
     "scan",
+    "verify",
 ]
