@@ -39,12 +39,12 @@ import stat
 import sys
 import threading
 import types
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from .crc import crc32
 from . import dtypes as _dt
 from .errors import CheckpointError, CorruptCheckpointError, UnsavableObjectError
 from .pickle_write import Global, PersistentId, Pickler, Reduction, TensorRecord
@@ -193,7 +193,7 @@ class _RefSource(_Source):
                 chunk = os.pread(fd, min(step, ref.nbytes - done), offset + done)
                 if not chunk:
                     raise CorruptCheckpointError("record is truncated", path=_path_of(reader), record=ref.record)
-                check = zlib.crc32(chunk, check)
+                check = crc32(chunk, check)
                 writer.write(_byteswapped(chunk, swap) if swap > 1 else chunk)
                 done += len(chunk)
                 progress(len(chunk))
@@ -234,7 +234,7 @@ def _crc_of_range(fd: int, offset: int, size: int, ref: StorageRef) -> int:
         if not chunk:
             raise CorruptCheckpointError("the file ends inside this tensor's data (truncated?)",
                                          path=_path_of(ref.reader), record=ref.record)
-        crc = zlib.crc32(chunk, crc)
+        crc = crc32(chunk, crc)
         done += len(chunk)
     return crc
 
@@ -258,7 +258,7 @@ def _crc_of_range_mapped(fd: int, offset: int, size: int) -> int | None:
             end = pos + size
             while pos < end:
                 n = min(_READ_CHUNK, end - pos)
-                crc = zlib.crc32(view[pos : pos + n], crc)
+                crc = crc32(view[pos : pos + n], crc)
                 base = pos - pos % mmap.PAGESIZE
                 m.madvise(mmap.MADV_DONTNEED, base, pos + n - base)
                 pos += n

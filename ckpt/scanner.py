@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .crc import crc32
 from . import dtypes as _dt
 from .errors import CheckpointError
 from .limits import DEFAULT_LIMITS, Limits
@@ -1265,7 +1266,7 @@ class _Scanner(_FileScan):
             self.error(label, f"the record cannot be read: {err}")
             return None, b""
         if crcs:
-            crc = zlib.crc32(data)
+            crc = crc32(data)
             if crc != e.crc:
                 self.add("zip.crc-mismatch", label,
                          f"CRC-32 mismatch (stored {e.crc:08x}, computed {crc:08x}): the record was changed after it "

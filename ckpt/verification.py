@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from collections.abc import Callable
 from typing import Any
 
+from .crc import crc32
 from .errors import CheckpointError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -168,7 +168,7 @@ def _check_zip(archive: Any, result: Verification, label: str, progress: Callabl
                     chunk = os.pread(fd, min(_CHUNK, entry.size - pos), start + pos)
                     if not chunk:
                         raise CheckpointError("the file ends inside this record (truncated?)")
-                    crc = zlib.crc32(chunk, crc)
+                    crc = crc32(chunk, crc)
                     pos += len(chunk)
                     done += len(chunk)
                     if progress is not None:

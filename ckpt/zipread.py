@@ -28,6 +28,7 @@ import threading
 import zlib
 from typing import IO, Any
 
+from .crc import crc32
 from .errors import CheckpointError, CorruptCheckpointError, ResourceLimitError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -542,7 +543,7 @@ class ZipArchive:
         crc = [0]
 
         def checksum(piece: memoryview) -> None:
-            crc[0] = zlib.crc32(piece, crc[0])  # one worker: pieces are checksummed in order
+            crc[0] = crc32(piece, crc[0])  # one worker: pieces are checksummed in order
 
         view = out.cast("B") if out.format != "B" else out
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -580,7 +581,7 @@ class ZipArchive:
         if local_method != STORED or head[_LOCAL.size :] != raw or start + usize > self.file.size:
             return None
         data = self._read_small(start, usize)
-        if len(data) != usize or (verify_crc and self.has_crcs and zlib.crc32(data) != crc):
+        if len(data) != usize or (verify_crc and self.has_crcs and crc32(data) != crc):
             return None
         return data
 
@@ -598,7 +599,7 @@ class ZipArchive:
         crc = 0
         view = memoryview(data).cast("B")
         for i in range(0, len(view), _CHUNK):
-            crc = zlib.crc32(view[i : i + _CHUNK], crc)
+            crc = crc32(view[i : i + _CHUNK], crc)
         if crc != entry.crc:
             raise self._corrupt(
                 f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): the record is damaged; "

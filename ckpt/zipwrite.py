@@ -42,6 +42,8 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
+from .crc import RELEASES_GIL, crc32
+
 ALIGNMENT = 64
 """torch's default storage alignment (``torch.utils.serialization.config.save.storage_alignment``)."""
 
@@ -520,7 +522,7 @@ class TorchZipWriter:
         elif len(view) >= _PARALLEL_CRC:
             rec.crc = _write_with_crc(self.sink, view, rec.crc)
         else:
-            rec.crc = zlib.crc32(view, rec.crc)
+            rec.crc = crc32(view, rec.crc)
             self.sink.write(view)
         rec.done += len(view)
 
@@ -686,19 +688,20 @@ def _crc_pieces(view: memoryview) -> list[Any]:
     """Start computing the CRC-32 of each whole 1 MiB piece of ``view`` on the thread pool."""
     pieces = len(view) // _CRC_PIECE
     submit = _pool().submit
-    return [submit(zlib.crc32, view[i * _CRC_PIECE : (i + 1) * _CRC_PIECE]) for i in range(pieces)]
+    return [submit(crc32, view[i * _CRC_PIECE : (i + 1) * _CRC_PIECE]) for i in range(pieces)]
 
 
 def _crc_finish(view: memoryview, crc: int, futures: list[Any]) -> int:
     for f in futures:
         crc = crc32_combine(crc, f.result())
-    return zlib.crc32(view[len(futures) * _CRC_PIECE :], crc)
+    return crc32(view[len(futures) * _CRC_PIECE :], crc)
 
 
 def parallel_crc32(view: memoryview, crc: int = 0) -> int:
-    """``zlib.crc32(view, crc)``, computed 1 MiB at a time on all cores (zlib releases the GIL)."""
-    if len(view) < 2 * _CRC_PIECE or (os.cpu_count() or 1) < 2:
-        return zlib.crc32(view, crc)
+    """``crc32(view, crc)``, computed 1 MiB at a time on all cores where the checksum releases the
+    GIL (zlib's does); ISA-L's single thread outruns several of zlib's, and runs alone."""
+    if len(view) < 2 * _CRC_PIECE or (os.cpu_count() or 1) < 2 or not RELEASES_GIL:
+        return crc32(view, crc)
     return _crc_finish(view, crc, _crc_pieces(view))
 
 
