@@ -32,13 +32,15 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """``ckpt.save`` and ``ckpt.relocate`` are imported on first use, so that reading (``ckpt
+    """``ckpt.save``, ``ckpt.relocate`` and ``ckpt.dcp_save`` are imported on first use, so that reading (``ckpt
     inspect``, ``ckpt.load``) never pays for the writer. (Their modules are ``ckpt.saving`` and
     ``ckpt.relocation``: a submodule named ``save`` would replace the function on import.)"""
     if name == "save":
         from .saving import save as value
     elif name == "relocate":
         from .relocation import relocate as value
+    elif name == "dcp_save":
+        from .dcp_write import dcp_save as value
     else:
         raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
     globals()[name] = value
@@ -64,4 +66,5 @@ __all__ = [
     "open",
     "relocate",
     "save",
+    "dcp_save",
 ]
