@@ -790,14 +790,6 @@ def _file_order(name: str) -> tuple[int, str]:
 
 # -- detection -----------------------------------------------------------------------------------------
 
-_META_MARK = _META.encode()
-
-
-def looks_like_metadata(head: bytes) -> bool:
-    """A pickle whose first global is DCP's Metadata class (what torch's FileSystemWriter writes)."""
-    return head[:1] == b"\x80" and _META_MARK in head[:200]
-
-
 def is_dcp_folder(path: str) -> bool:
     """A folder holding a ``.metadata`` file (the folder ``torch.distributed.checkpoint`` saved)."""
     return os.path.isfile(os.path.join(path, METADATA))
@@ -814,3 +806,82 @@ def open_metadata(file: RangedFile, path: str, limits: Limits, head: bytes) -> R
     file.close()
     return DcpReader(os.path.dirname(os.path.abspath(path)), limits=limits)
 
+
+
+# -- the scanner's hook --------------------------------------------------------------------------------
+
+
+class PickleStream:
+    """One pickle in a DCP folder: ``file`` (relative to the folder), ``offset``/``length`` of the
+    pickle bytes in that file, ``kind`` (``metadata``, ``item`` or ``chunk``), the FQN ``name``
+    (None for ``.metadata``), and for blobs the archive's ``blob_offset`` and ``record`` name."""
+
+    __slots__ = ("file", "offset", "length", "kind", "name", "blob_offset", "record")
+
+    def __init__(self, file: str, offset: int, length: int, kind: str, name: str | None = None,
+                 blob_offset: int | None = None, record: str | None = None) -> None:
+        self.file = file
+        self.offset = offset
+        self.length = length
+        self.kind = kind
+        self.name = name
+        self.blob_offset = blob_offset
+        self.record = record
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"<pickle {self.kind} {self.name or ''} {self.file}[{self.offset}:{self.offset + self.length}]>"
+
+
+def pickle_streams(folder: str, *, limits: Limits = DEFAULT_LIMITS) -> tuple[list[PickleStream], list[str]]:
+    """Every pickle stream of a DCP folder, for a static scanner: ``(streams, problems)``.
+
+    The first stream is always ``.metadata`` (the one torch reads with plain ``pickle.load``).
+    When ``.metadata`` can be read as DCP metadata (with the inspect policy: its globals are
+    only noted, never run), every ``torch.save`` blob it points to follows: each non-tensor
+    item's and each tensor chunk's ``data.pkl``, with the absolute offset of the pickle in its
+    ``.distcp`` file. ``problems`` says why blobs could not be listed (a damaged or hostile
+    ``.metadata``, an unreadable blob); the scanner should report those as findings. Nothing is
+    unpickled here beyond ``.metadata`` through ckpt's restricted VM.
+
+    >>> streams, problems = pickle_streams("ckpt_dir")            # doctest: +SKIP
+    >>> [(s.kind, s.file, s.offset) for s in streams]              # doctest: +SKIP
+    [('metadata', '.metadata', 0), ('item', '__0_0.distcp', 73), ('chunk', '__0_0.distcp', 1334), ...]
+    """
+    from .zipread import ZipArchive
+
+    meta_path = os.path.join(folder, METADATA)
+    streams = [PickleStream(METADATA, 0, os.path.getsize(meta_path), "metadata")]
+    problems: list[str] = []
+    try:
+        reader = DcpReader(folder, limits=limits)
+    except CheckpointError as e:
+        problems.append(f".metadata cannot be read as DCP metadata, so its blobs are not listed: {e}")
+        return streams, problems
+    try:
+        blobs: list[tuple[str, str, str, int, int]] = [("item", i.fqn, i.file, i.offset, i.length)
+                                                       for i in reader.items.values()]
+        for t in reader.tensors():
+            for c in t.chunks:
+                if reader.file_serialization.get(c.file) == "torch_save":
+                    blobs.append(("chunk", t.fqn, c.file, c.offset, c.length))
+        for kind, name, file, offset, length in blobs:
+            try:
+                window = WindowFile(reader._open(file), offset, length)
+                archive = ZipArchive(window, name=f"{file}@{offset}", limits=limits)
+                entry = next((e for e in archive.entries if e.name.endswith("data.pkl")), None)
+                if entry is None:
+                    problems.append(f"{name}: the blob at {file}@{offset} has no data.pkl")
+                    continue
+                if entry.method != 0:
+                    problems.append(f"{name}: the blob at {file}@{offset} compresses its data.pkl")
+                    continue
+                start = archive.data_offset(entry)
+                streams.append(PickleStream(file, offset + start, entry.size, kind, name, offset, entry.name))
+            except CheckpointError as e:
+                problems.append(f"{name}: the blob at {file}@{offset} is not a readable archive ({e.message})")
+    finally:
+        reader.close()
+    return streams, problems

@@ -397,3 +397,32 @@ def test_dcp_save_is_atomic(tmp_path):
     with pytest.raises(ckpt.UnsavableObjectError, match="bad"):
         ckpt.dcp_save({"w": torch.ones(2), "bad": object()}, tmp_path / "failed")
     assert sorted(os.listdir(tmp_path)) == ["done"]  # no partial folder, no temporary left behind
+
+
+# -- the scanner's hook --------------------------------------------------------------------------------
+
+
+def test_pickle_streams_lists_metadata_and_every_blob(single):
+    from ckpt.dcp import pickle_streams
+
+    streams, problems = pickle_streams(str(single))
+    assert problems == []
+    assert streams[0].kind == "metadata" and streams[0].file == ".metadata" and streams[0].offset == 0
+    kinds = [s.kind for s in streams]
+    assert kinds.count("item") == 3 and kinds.count("chunk") == 7
+    data = (single / "__0_0.distcp").read_bytes()
+    for s in streams[1:]:
+        raw = data[s.offset: s.offset + s.length]
+        assert raw[:1] == b"\x80" and raw.endswith(b".")  # a whole pickle: PROTO ... STOP
+        assert s.record.endswith("data.pkl") and s.blob_offset < s.offset
+
+
+def test_pickle_streams_of_a_hostile_metadata(tmp_path, single):
+    from ckpt.dcp import pickle_streams
+
+    import pickle
+
+    (single / ".metadata").write_bytes(pickle.dumps(_Marker(tmp_path / "pwned"), protocol=4))
+    streams, problems = pickle_streams(str(single))
+    assert [s.kind for s in streams] == ["metadata"] and "system" in problems[0]
+    assert not (tmp_path / "pwned").exists()
