@@ -81,6 +81,14 @@ INPUTS: dict[str, Input] = {
             "model.safetensors.index.json",
         ),
         Input(
+            "dcp",
+            "dcp",
+            {"kind": "dcp", "ranks": 2, "count": 200, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+             "dtype": "float32", "seed": 0},
+            "~1.6 GB torch.distributed.checkpoint folder written by 2 gloo ranks: 200 float32 tensors "
+            "of [2000, 1000] as DTensors, Shard(0) and Shard(1) alternately (__0_0.distcp, __1_0.distcp)",
+        ),
+        Input(
             "many",
             "many.pt",
             {"kind": "state_dict", "count": 100_000, "keys": "layers.{i}.sub{j}.weight", "group": 10,
