@@ -296,7 +296,12 @@ class DcpReader(Reader):
         table = _dcp_table()
 
         def resolve(module: str, name: str, offset: int) -> Any:
-            value = table.get(f"{module}.{name}")
+            qualname = f"{module}.{name}"
+            value = table.get(qualname)
+            if value is None and module in ("pathlib", "pathlib._local"):
+                # StorageMeta.checkpoint_id is the path the folder was saved to (a PosixPath when the
+                # caller passed one): rebuilt as a pure path by its profile, whatever the policy
+                value = builder.profile_value(qualname)
             return value if value is not None else fallback(module, name, offset)
 
         vm = Unpickler(data, resolve=resolve, persistent_load=None, path=self.path, record=METADATA,
@@ -456,7 +461,14 @@ class DcpReader(Reader):
             if place is None:
                 raise self._corrupt(f"storage_data does not say where the chunk at {list(offsets)} is stored",
                                     record=fqn)
-            chunks.append(ChunkInfo(offsets, sizes, *place))
+            chunk = ChunkInfo(offsets, sizes, *place)
+            if chunk.numel * dtype.itemsize > chunk.length:
+                # every serialization stores at least the chunk's bytes in its range: this bounds what
+                # a tensor may make ckpt allocate by the size of the files
+                raise self._corrupt(
+                    f"the chunk at {list(offsets)} of sizes {list(sizes)} needs {chunk.numel * dtype.itemsize:,} bytes "
+                    f"but its byte range in {chunk.file} holds {chunk.length:,}", record=fqn)
+            chunks.append(chunk)
         _check_cover(shape, chunks, lambda m: self._corrupt(m, record=fqn))
         rg = props.get("requires_grad")
         return LogicalTensor(fqn, dtype, shape, chunks, rg is True, self)

@@ -242,6 +242,16 @@ def test_chunks_that_leave_a_hole(tmp_path):
     _expect_error(tampered(tmp_path, change), ckpt.CorruptCheckpointError, "stored nowhere")
 
 
+def test_huge_shape_is_bounded_by_the_files(tmp_path):
+    """A .metadata claiming a 48 TB tensor cannot make ckpt allocate it: each chunk's bytes must lie
+    in its byte range."""
+    def change(md):
+        md.state_dict_metadata["w"].size = torch.Size([3, 4 * 10**12])
+        _chunks(md)[0].sizes = torch.Size([3, 4 * 10**12])
+
+    _expect_error(tampered(tmp_path, change), ckpt.CorruptCheckpointError, "needs 48,000,000,000,000 bytes")
+
+
 def test_file_name_outside_the_folder(tmp_path):
     def change(md):
         for info in md.storage_data.values():
