@@ -248,6 +248,8 @@ class DcpReader(Reader):
         self._storages: dict[str, StorageRef] = {}
         self._blob_readers: list[Reader] = []
         self._chunk_cache: dict[tuple[str, int], Any] = {}
+        self._chunk_builder: tuple[Builder, Policy] | None = None
+        self._scratch = bytearray()
         self.findings: list[Finding] = []
         try:
             self._meta_size = os.path.getsize(self.path)
@@ -564,8 +566,11 @@ class DcpReader(Reader):
             else:
                 import numpy as np
 
-                tmp = bytearray(chunk.numel * item)
-                source(memoryview(tmp))
+                size = chunk.numel * item
+                if len(self._scratch) < size:  # one chunk-sized buffer, reused (no zero-fill per chunk)
+                    self._scratch = bytearray(size)
+                tmp = memoryview(self._scratch)[:size]
+                source(tmp)
                 out = np.frombuffer(buffer, dtype=np.uint8).reshape(*t.shape, item)
                 region = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))
                 out[region] = np.frombuffer(tmp, dtype=np.uint8).reshape(*chunk.sizes, item)
@@ -583,7 +588,11 @@ class DcpReader(Reader):
 
     def _zip_chunk(self, t: LogicalTensor, chunk: ChunkInfo) -> Any:
         reader = self._blob_reader(chunk.file, chunk.offset, chunk.length, t.fqn, keep=False)
-        ref = reader.load(Builder(mode="strict", limits=self.limits), Policy("strict", profiles="none"), [])
+        if self._chunk_builder is None:
+            self._chunk_builder = (Builder(mode="strict", limits=self.limits), Policy("strict", profiles="none"))
+        builder, policy = self._chunk_builder
+        builder._made.clear()  # one builder for every chunk (its allowlist table is costly to make)
+        ref = reader.load(builder, policy, [])
         if type(ref) is not TensorRef or ref.storage is None:
             raise self._corrupt(f"the chunk at {list(chunk.offsets)} is a {type(ref).__name__}, not a tensor",
                                 record=t.fqn)
@@ -596,14 +605,23 @@ class DcpReader(Reader):
                                           path=self.path, record=t.fqn)
         storage = ref.storage
         item = t.dtype.itemsize
+        archive = reader.archive  # type: ignore[attr-defined]
+        entry = archive.entry(storage.record or "")
+
+        def fill_storage(buf: memoryview) -> None:
+            if entry.method == 0 and archive.has_crcs and entry.size >= 2 * _CRC_PIECE:
+                _read_verified(archive, entry, buf)
+            else:
+                storage.readinto(buf)
+
         if ref.is_contiguous and ref.offset == 0 and storage.nbytes == ref.nbytes:
-            return lambda buf: storage.readinto(buf)
+            return fill_storage
 
         def strided(buf: memoryview) -> None:
             import numpy as np
 
             raw = bytearray(storage.nbytes)
-            storage.readinto(memoryview(raw))
+            fill_storage(memoryview(raw))
             base = np.frombuffer(raw, dtype=np.uint8)
             view = np.lib.stride_tricks.as_strided(
                 base[ref.offset * item:], shape=(*ref.shape, item), strides=(*(s * item for s in ref.stride), 1))
@@ -710,12 +728,50 @@ class DcpReader(Reader):
             r.close()
         self._blob_readers.clear()
         self._chunk_cache.clear()
+        self._scratch = bytearray()
         for f in self._files.values():
             f.close()
         self._files.clear()
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+_CRC_PIECE = 1 << 20  # ckpt.zipwrite's piece size: crc32_combine is precomputed for it
+
+
+def _read_verified(archive: Any, entry: Any, out: memoryview) -> None:
+    """Read a stored record into ``out`` 1 MiB at a time while the CRC-32 of each piece read is
+    computed on the thread pool (zlib releases the GIL): reading and checking overlap and the
+    check uses every core. Raises :class:`CorruptCheckpointError` on a short read or a mismatch."""
+    import zlib
+
+    from .zipwrite import _pool, crc32_combine
+
+    view = out.cast("B") if out.format != "B" else out
+    n = entry.size
+    if len(view) != n:
+        raise CorruptCheckpointError(f"record holds {n:,} bytes where {len(view):,} are needed",
+                                     path=archive.name, record=entry.name)
+    start = archive.data_offset(entry)
+    submit = _pool().submit
+    futures = []
+    whole = n - n % _CRC_PIECE
+    for i in range(0, whole, _CRC_PIECE):
+        piece = view[i: i + _CRC_PIECE]
+        if archive.file.readinto(start + i, piece) != _CRC_PIECE:
+            raise CorruptCheckpointError("record is truncated", path=archive.name, record=entry.name)
+        futures.append(submit(zlib.crc32, piece))
+    tail = view[whole:]
+    if tail and archive.file.readinto(start + whole, tail) != len(tail):
+        raise CorruptCheckpointError("record is truncated", path=archive.name, record=entry.name)
+    crc = 0
+    for f in futures:
+        crc = crc32_combine(crc, f.result())
+    crc = zlib.crc32(tail, crc)
+    if crc != entry.crc:
+        raise CorruptCheckpointError(
+            f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): the record is damaged; "
+            "torch would load it silently, ckpt does not", path=archive.name, record=entry.name)
 
 
 def _region_is_contiguous(shape: tuple[int, ...], sizes: tuple[int, ...]) -> bool:

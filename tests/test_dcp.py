@@ -302,6 +302,18 @@ def test_damaged_chunk_bytes(single):
         ckpt.load(single)
 
 
+def test_damaged_big_chunk(tmp_path):
+    """Chunks over 2 MiB are read piece by piece with their CRC computed alongside: still checked."""
+    folder = save_single(tmp_path / "big", {"w": torch.arange(3 * 2**18 + 5, dtype=torch.float32)})
+    assert torch.equal(ckpt.load(folder)["w"], torch.arange(3 * 2**18 + 5, dtype=torch.float32))
+    path = folder / "__0_0.distcp"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CorruptCheckpointError, match="CRC-32 mismatch"):
+        ckpt.load(folder)
+
+
 @pytest.mark.parametrize("raw, words", [
     (b"hello world", "not a pickle"),
     (b"", "empty"),
