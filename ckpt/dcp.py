@@ -192,6 +192,27 @@ class LogicalTensor:
         region is not contiguous in the buffer, one chunk)."""
         self._reader.assemble(self, buffer)
 
+    def iter_chunks(self, size: int = 16 << 20) -> Iterator[memoryview]:
+        """The same bytes as :meth:`read_into`, in pieces of whole elements (the tensor-source
+        interface of ``ckpt.convert``). When every chunk is one contiguous run of the tensor
+        (``Shard(0)``-style), each is read on its own and memory stays at one chunk; otherwise the
+        tensor is assembled whole and handed out ``size`` bytes at a time."""
+        item = self.dtype.itemsize
+        strides = contiguous_strides(self.shape)
+        chunks = [c for c in self.chunks if c.numel]
+        if all(_region_is_contiguous(self.shape, c.sizes) for c in chunks):
+            for c in sorted(chunks, key=lambda c: sum(o * s for o, s in zip(c.offsets, strides))):
+                buf = bytearray(c.numel * item)
+                self._reader._chunk_source(self, c)(memoryview(buf))
+                yield memoryview(buf)
+            return
+        buf = bytearray(self.nbytes)
+        self.read_into(memoryview(buf))
+        view = memoryview(buf)
+        step = max(item, size - size % item)
+        for i in range(0, len(view), step):
+            yield view[i: i + step]
+
     def __repr__(self) -> str:
         return f"<dcp tensor {self.fqn} {self.dtype.name}{list(self.shape)} in {len(self.chunks)} chunk(s)>"
 
@@ -486,6 +507,22 @@ class DcpReader(Reader):
 
     def tensor(self, fqn: str) -> LogicalTensor:
         return self.tensors_by_fqn[fqn]
+
+    def logical_tree(self, policy: Policy | None = None) -> tuple[Any, list[Finding]]:
+        """``(state dict, findings)``: the nested state dict :meth:`load` builds, with a
+        :class:`LogicalTensor` at each tensor's place and the non-tensor values read (lazily, by
+        ckpt's restricted reader, ``policy`` default strict): what ``ckpt convert`` streams from."""
+        findings: list[Finding] = []
+        policy = policy or Policy("strict")
+        self._read_metadata(policy, findings)
+        builder = Builder(mode=policy.mode, limits=self.limits)
+        out: dict[Any, Any] = {}
+        for fqn in self.order:
+            t = self.tensors_by_fqn.get(fqn)
+            value = t if t is not None else self._load_item(self.items[fqn], builder, policy, findings)
+            _set_element(out, self.paths.get(fqn, (fqn,)), value, len(self.order),
+                         lambda m, fqn=fqn: self._corrupt(m, record=fqn))
+        return out, findings
 
     def load(self, builder: Builder, policy: Policy, findings: list[Finding]) -> Any:
         """The consolidated state dict, nested as saved (``planner_data``), in ``.metadata`` order:

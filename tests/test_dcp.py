@@ -136,6 +136,25 @@ def test_sharded_by_two_ranks(sharded, fmt, helpers):
     np.testing.assert_array_equal(arrays["model"]["odd"], np.arange(7))
 
 
+@pytest.mark.slow
+def test_logical_tree_and_iter_chunks(sharded):
+    """What ckpt convert streams from: LogicalTensors in the nested tree, read piece by piece."""
+    from ckpt.dcp import LogicalTensor
+
+    expected = oracle(sharded / "torch_save")
+    for fmt in ("torch_save", "safetensors"):
+        with ckpt.open(sharded / fmt) as ck:
+            tree, findings = ck.reader.logical_tree()
+            assert findings == [] and tree["step"] == 42
+            for name in ("embed.weight", "proj.weight", "odd", "norm.bias"):
+                t = tree["model"][name]
+                assert isinstance(t, LogicalTensor)
+                want = expected["model"][name]
+                raw = b"".join(bytes(p) for p in t.iter_chunks(64))
+                assert raw == want.view(torch.uint8).numpy().tobytes() if want.dtype == torch.bfloat16 \
+                    else raw == want.numpy().tobytes()
+
+
 # -- inspect -------------------------------------------------------------------------------------------
 
 
