@@ -258,9 +258,13 @@ class WindowFile(RangedFile):
 class DcpReader(Reader):
     """A DCP folder: its ``.metadata`` read and checked at construction, chunks read on demand."""
 
+    metadata_name: str | None = METADATA
+    raw_chunks = False
+    """True when chunk byte ranges hold the elements themselves (DCP's Hugging Face layout)."""
+
     def __init__(self, folder: str, *, limits: Limits = DEFAULT_LIMITS, policy: Policy | None = None) -> None:
         self.folder = os.path.abspath(folder)
-        self.path = os.path.join(folder, METADATA)
+        self.path = os.path.join(folder, self.metadata_name) if self.metadata_name else folder
         self.limits = limits
         self.byteorder = "little"
         self.notes: list[str] = []
@@ -273,7 +277,7 @@ class DcpReader(Reader):
         self._scratch = bytearray()
         self.findings: list[Finding] = []
         try:
-            self._meta_size = os.path.getsize(self.path)
+            self._meta_size = os.path.getsize(self.path) if self.metadata_name else 0
         except OSError as e:
             raise CheckpointError(f"cannot read the DCP metadata ({e.strerror})", path=self.path) from None
         self._policy = policy
@@ -615,6 +619,12 @@ class DcpReader(Reader):
     def _chunk_source(self, t: LogicalTensor, chunk: ChunkInfo) -> Any:
         """A function filling a buffer with the chunk's elements in C order."""
         f = self._open(chunk.file)
+        if self.raw_chunks:
+            def raw(buf: memoryview) -> None:
+                if len(buf) != chunk.length or f.readinto(chunk.offset, buf) != chunk.length:
+                    raise self._corrupt(f"{chunk.file} ends inside a chunk (truncated?)", record=t.fqn)
+
+            return raw
         head = f.pread(chunk.offset, 16)
         if head[:4] == b"PK\x03\x04":
             return self._zip_chunk(t, chunk)
@@ -744,7 +754,7 @@ class DcpReader(Reader):
     def facts(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "metadata": METADATA,
+            "metadata": self.metadata_name,
             "version": self.version,
             "serialization": self.serialization,
             "save_id": self.save_id,
@@ -769,6 +779,87 @@ class DcpReader(Reader):
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+
+class HfDcpReader(DcpReader):
+    """DCP's Hugging Face layout without an index: ``HuggingFaceStorageWriter(save_distributed=True)``
+    leaves one ``shard-<rank>-model-<i>-of-<n>.safetensors`` per rank, each holding its rank's
+    chunks under their FQNs and their offsets in the global shape in the ``DCP_SHARDING_INFO``
+    metadata, and no ``.metadata``. Each file's header is validated as any safetensors file's; the
+    global shape of a tensor is the bounding box of its chunks, which must cover it exactly once."""
+
+    metadata_name = None
+    raw_chunks = True
+
+    def _read_metadata(self, policy: Policy, findings: list[Finding]) -> None:
+        import json
+
+        from .safetensors_reader import SafetensorsReader
+
+        self.tensors_by_fqn, self.items, self.order, self.paths, self.notes = {}, {}, [], {}, []
+        self.serialization = "safetensors"
+        self.file_serialization = {}
+        boxes: dict[str, list[ChunkInfo]] = {}
+        dtypes: dict[str, _dt.DType] = {}
+        for name in hf_dcp_files(self.folder):
+            full = os.path.join(self.folder, name)
+            st = SafetensorsReader(RangedFile.open(full), path=full, limits=self.limits)
+            try:
+                self._sizes[name] = st.file.size
+                self.file_serialization[name] = "safetensors"
+                raw = (st.metadata or {}).get("DCP_SHARDING_INFO")
+                try:
+                    info = json.loads(raw) if raw is not None else {}
+                except ValueError:
+                    raise self._corrupt(f"{name}: DCP_SHARDING_INFO is not JSON") from None
+                if type(info) is not dict:
+                    raise self._corrupt(f"{name}: DCP_SHARDING_INFO is not an object")
+                for e in st.entries:
+                    entry_info = info.get(e.name, {})
+                    saved = entry_info.get("saved_offsets", [0] * len(e.shape)) if type(entry_info) is dict else None
+                    offsets = self._dims(saved, e.name, "saved_offsets")
+                    if len(offsets) != len(e.shape):
+                        raise self._corrupt(f"{name}: saved_offsets {list(offsets)} do not fit shape {list(e.shape)}",
+                                            record=e.name)
+                    if e.name in dtypes and dtypes[e.name] is not e.dtype:
+                        raise self._corrupt(f"{name} stores a chunk as {e.dtype.name}, another file as "
+                                            f"{dtypes[e.name].name}", record=e.name)
+                    if e.name not in dtypes:
+                        dtypes[e.name] = e.dtype
+                        self.order.append(e.name)
+                        boxes[e.name] = []
+                    elif len(boxes[e.name][0].offsets) != len(offsets):
+                        raise self._corrupt(f"{name} stores a chunk of another rank", record=e.name)
+                    boxes[e.name].append(ChunkInfo(offsets, e.shape, name, st.data_start + e.begin, e.end - e.begin))
+            finally:
+                st.close()
+        if not self.order:
+            raise NotACheckpointError("a folder of safetensors files without DCP_SHARDING_INFO", path=self.path)
+        for fqn in self.order:
+            chunks = boxes[fqn]
+            shape = tuple(max(c.offsets[i] + c.sizes[i] for c in chunks) for i in range(len(chunks[0].offsets)))
+            _check_cover(shape, chunks, lambda m, fqn=fqn: self._corrupt(m, record=fqn))
+            self.tensors_by_fqn[fqn] = LogicalTensor(fqn, dtypes[fqn], shape, chunks, False, self)
+        self.notes.append("DCP's Hugging Face layout (HuggingFaceStorageWriter, save_distributed=True): "
+                          "safetensors files with DCP_SHARDING_INFO and no .metadata")
+
+
+def hf_dcp_files(folder: str) -> list[str]:
+    """The ``*.safetensors`` files of ``folder`` whose header names ``DCP_SHARDING_INFO`` (read from
+    their first bytes only), sorted; [] when there are none."""
+    out = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    for name in names:
+        if not name.endswith(".safetensors") or not os.path.isfile(os.path.join(folder, name)):
+            continue
+        with open(os.path.join(folder, name), "rb") as f:
+            head = f.read(1 << 16)
+        if len(head) >= 8 and int.from_bytes(head[:8], "little") > 0 and b'"DCP_SHARDING_INFO"' in head:
+            out.append(name)
+    return out
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -881,10 +972,16 @@ def _step(cur: Any, key: Any, default: Any, max_index: int, corrupt: Any) -> Any
 
 
 def _rank_of(name: str) -> int | None:
+    """The rank a data file's name says wrote it: ``__<rank>_<n>.distcp``, or
+    ``shard-<rank + 1>-model-...`` in the Hugging Face layout."""
     if name.startswith("__") and name.endswith(DISTCP_SUFFIX):
         part = name[2:].split("_", 1)[0]
         if part.isdigit():
             return int(part)
+    if name.startswith("shard-"):
+        part = name[6:].split("-", 1)[0]
+        if part.isdigit() and int(part) > 0:
+            return int(part) - 1
     return None
 
 
@@ -896,12 +993,25 @@ def _file_order(name: str) -> tuple[int, str]:
 # -- detection -----------------------------------------------------------------------------------------
 
 def is_dcp_folder(path: str) -> bool:
-    """A folder holding a ``.metadata`` file (the folder ``torch.distributed.checkpoint`` saved)."""
-    return os.path.isfile(os.path.join(path, METADATA))
+    """A folder holding a ``.metadata`` file (the folder ``torch.distributed.checkpoint`` saved), or
+    DCP's Hugging Face layout: no ``.metadata``, no ``*.index.json``, and safetensors files whose
+    header holds ``DCP_SHARDING_INFO``."""
+    if os.path.isfile(os.path.join(path, METADATA)):
+        return True
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    if any(n.endswith(".index.json") for n in names):
+        return False  # a sharded checkpoint's index defines the folder (ckpt.sharded)
+    return bool(hf_dcp_files(path))
 
 
 def open_folder(path: str, limits: Limits = DEFAULT_LIMITS) -> DcpReader:
-    """The DCP checkpoint in folder ``path`` (``.metadata`` read and validated, no chunk read)."""
+    """The DCP checkpoint in folder ``path`` (``.metadata``, or the safetensors headers of the
+    Hugging Face layout, read and validated; no chunk read)."""
+    if not os.path.isfile(os.path.join(path, METADATA)):
+        return HfDcpReader(path, limits=limits)
     return DcpReader(path, limits=limits)
 
 

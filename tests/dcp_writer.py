@@ -1,9 +1,11 @@
 """Writes a genuinely sharded DCP folder with 2 CPU processes (gloo): run as a script.
 
-``python tests/dcp_writer.py OUT_DIR [torch_save] [safetensors]``: each rank holds DTensor shards
+``python tests/dcp_writer.py OUT_DIR [torch_save] [safetensors] [hf]``: each rank holds DTensor shards
 (Shard(0), Shard(1), an uneven Shard(0), a replicated tensor) plus non-tensor values, and
 ``torch.distributed.checkpoint.save`` writes ``OUT_DIR/<format>/`` with one ``__<rank>_0.distcp``
-per rank, for each serialization format asked for (both by default, in one start of the ranks). The test
+per rank, for each serialization format asked for (all by default, in one start of the ranks);
+``hf`` is DCP's Hugging Face layout (``HuggingFaceStorageWriter(save_distributed=True)``: one
+safetensors file per rank, the model's tensors only, no ``.metadata``). The test
 suite runs it in a subprocess (tests/test_dcp.py); it is not a test module itself.
 """
 
@@ -62,6 +64,12 @@ def _rank(rank: int, world: int, port: int, out: str, formats: tuple[str, ...]) 
         from torch.distributed.checkpoint.filesystem import FileSystemWriter, SerializationFormat
 
         for fmt in formats:
+            if fmt == "hf":  # DCP's Hugging Face layout: one safetensors file per rank, tensors only
+                from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+                flat = {f"model.{k}": v for k, v in sd["model"].items()}
+                dcp.save(flat, storage_writer=HuggingFaceStorageWriter(os.path.join(out, fmt), save_distributed=True))
+                continue
             fmt_enum = SerializationFormat.SAFETENSORS if fmt == "safetensors" else SerializationFormat.TORCH_SAVE
             folder = os.path.join(out, fmt)
             dcp.save(sd, storage_writer=FileSystemWriter(folder, serialization_format=fmt_enum))
@@ -69,11 +77,11 @@ def _rank(rank: int, world: int, port: int, out: str, formats: tuple[str, ...]) 
         dist.destroy_process_group()
 
 
-def main(out: str, formats: tuple[str, ...] = ("torch_save", "safetensors"), world: int = 2) -> None:
+def main(out: str, formats: tuple[str, ...] = ("torch_save", "safetensors", "hf"), world: int = 2) -> None:
     import torch.multiprocessing as mp
 
     mp.start_processes(_rank, args=(world, _free_port(), out, formats), nprocs=world, start_method="spawn")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], tuple(sys.argv[2:]) or ("torch_save", "safetensors"))
+    main(sys.argv[1], tuple(sys.argv[2:]) or ("torch_save", "safetensors", "hf"))

@@ -155,6 +155,45 @@ def test_logical_tree_and_iter_chunks(sharded):
                     else raw == want.numpy().tobytes()
 
 
+def test_hf_layout_single_process(tmp_path):
+    from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+
+    state = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.ones(2, dtype=torch.bfloat16)}
+    folder = tmp_path / "hf"
+    dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True), no_dist=True)
+    assert not (folder / ".metadata").exists()
+    target = {k: torch.zeros_like(v) for k, v in state.items()}
+    dcp.load(target, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=True)
+    got = ckpt.load(folder)
+    assert set(got) == set(state) and all(torch.equal(got[k], target[k]) for k in state)
+    facts = ckpt.inspect(folder).facts
+    assert facts["metadata"] is None and facts["serialization"] == "safetensors" and facts["files"][0]["rank"] == 0
+
+
+@pytest.mark.slow
+def test_hf_layout_by_two_ranks(sharded, helpers):
+    expected = oracle(sharded / "torch_save")["model"]
+    got = ckpt.load(sharded / "hf")
+    assert sorted(got) == sorted(f"model.{k}" for k in expected)
+    for k, v in expected.items():
+        helpers.compare_loaded(got[f"model.{k}"], v, check_storage_identity=False)
+    facts = ckpt.inspect(sharded / "hf").facts
+    assert [f["rank"] for f in facts["files"]] == [0, 1]
+    embed = next(t for t in facts["tensors"] if t["name"] == "model.embed.weight")
+    assert sorted(c["offsets"] for c in embed["chunks"]) == [[0, 0], [5, 0]]
+
+
+def test_hf_layout_with_overlapping_chunks(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for rank, offsets in enumerate(([0, 0], [1, 0])):
+        save_file({"w": torch.ones(2, 4)}, str(folder / f"shard-0000{rank + 1}-model-00001-of-00001.safetensors"),
+                  metadata={"DCP_SHARDING_INFO": json.dumps({"w": {"saved_offsets": offsets}})})
+    _expect_error(folder, ckpt.CorruptCheckpointError, "overlap")
+
+
 # -- inspect -------------------------------------------------------------------------------------------
 
 
