@@ -995,13 +995,19 @@ def _file_order(name: str) -> tuple[int, str]:
 def is_dcp_folder(path: str) -> bool:
     """A folder holding a ``.metadata`` file (the folder ``torch.distributed.checkpoint`` saved), or
     DCP's Hugging Face layout: no ``.metadata``, no ``*.index.json``, and safetensors files whose
-    header holds ``DCP_SHARDING_INFO``."""
-    if os.path.isfile(os.path.join(path, METADATA)):
-        return True
+    header holds ``DCP_SHARDING_INFO``. A ``.metadata`` counts when it reads as DCP's pickle (its
+    first global is ``Metadata``) or ``.distcp`` files lie beside it (a damaged one is then named)."""
     try:
         names = os.listdir(path)
     except OSError:
         return False
+    meta = os.path.join(path, METADATA)
+    if os.path.isfile(meta):
+        if any(n.endswith(DISTCP_SUFFIX) for n in names):
+            return True
+        with open(meta, "rb") as f:
+            if _META.encode() in f.read(200):
+                return True
     if any(n.endswith(".index.json") for n in names):
         return False  # a sharded checkpoint's index defines the folder (ckpt.sharded)
     return bool(hf_dcp_files(path))
@@ -1010,9 +1016,9 @@ def is_dcp_folder(path: str) -> bool:
 def open_folder(path: str, limits: Limits = DEFAULT_LIMITS) -> DcpReader:
     """The DCP checkpoint in folder ``path`` (``.metadata``, or the safetensors headers of the
     Hugging Face layout, read and validated; no chunk read)."""
-    if not os.path.isfile(os.path.join(path, METADATA)):
-        return HfDcpReader(path, limits=limits)
-    return DcpReader(path, limits=limits)
+    if os.path.isfile(os.path.join(path, METADATA)):
+        return DcpReader(path, limits=limits)
+    return HfDcpReader(path, limits=limits)
 
 
 @register("dcp-metadata")
