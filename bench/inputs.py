@@ -89,6 +89,13 @@ INPUTS: dict[str, Input] = {
             "of [2000, 1000] as DTensors, Shard(0) and Shard(1) alternately (__0_0.distcp, __1_0.distcp)",
         ),
         Input(
+            "folder",
+            "folder",
+            {"kind": "folder", "count": 1000, "tensors": 8, "shape": [32, 32], "dtype": "float32",
+             "format": "torch-zip"},
+            "1,000 small checkpoints (8 float32 tensors of [32, 32] each, ~40 KB) in one folder",
+        ),
+        Input(
             "many",
             "many.pt",
             {"kind": "state_dict", "count": 100_000, "keys": "layers.{i}.sub{j}.weight", "group": 10,

@@ -34,6 +34,8 @@ ST_SHARDED_HEADERS = (
      "(safe_open(os.path.join(d, s), 'numpy') for s in dict.fromkeys(m.values()))]", "{sharded}"),
 )
 
+PICKLESCAN = ("{python}", "-m", "picklescan", "-p")  # installed for the comparison only, not a dependency
+
 BENCHMARKS: list[Bench] = [
     # ---- issue 2: the reader, `ckpt inspect`, `ckpt.load` ------------------------------------
     Bench(
@@ -191,6 +193,44 @@ BENCHMARKS: list[Bench] = [
         ),
         floors=(ratio_at_most("ckpt.load(numpy_values.pt)", "torch.load(numpy_values.pt, numpy allowlisted)",
                               2.0, "numpy values cost at most twice what torch's allowlisted load costs"),),
+    ),
+    # ---- issue 7: `ckpt scan` ---------------------------------------------------------------
+    Bench(
+        "scan-big", 7, ("big",),
+        about="`ckpt scan --json` of a ~1.6 GB checkpoint as a whole process: it reads the zip directory, "
+              "the local headers and the pickle, never the 1.6 GB of storages; picklescan for information",
+        cases=(
+            Case("ckpt scan --json", ("{ckpt}", "scan", "{big}", "--json")),
+            Case("python startup", ("{python}", "-c", "pass"), role="baseline"),
+            Case("picklescan", (*PICKLESCAN, "{big}"), role="info", vs="python startup",
+                 requires=("module:picklescan",)),
+        ),
+        floors=(under_seconds("ckpt scan --json", 0.3),),
+    ),
+    Bench(
+        "scan-many", 7, ("many",),
+        about="`ckpt scan` of 100,000 small tensors (a ~10 MB pickle: 3 million opcodes) as a whole process, "
+              "against picklescan (installed for the comparison only) in the same run",
+        cases=(
+            Case("ckpt scan --json", ("{ckpt}", "scan", "{many}", "--json")),
+            Case("picklescan", (*PICKLESCAN, "{many}"), role="baseline", requires=("module:picklescan",)),
+            Case("ckpt scan (opcode loop only)", ("{python}", "-c",
+                 "import sys, ckpt.scanner as s; r = s.scan_file(sys.argv[1], fast=False); sys.exit(r.status != 'clean')",
+                 "{many}"), role="info", vs="picklescan"),
+        ),
+        floors=(times_faster("ckpt scan --json", "picklescan", 10),),
+    ),
+    Bench(
+        "scan-folder", 7, ("folder",),
+        about="`ckpt scan` of a folder of 1,000 small checkpoints (worker processes, one per CPU); one "
+              "process and picklescan for information",
+        cases=(
+            Case("ckpt scan --json", ("{ckpt}", "scan", "{folder}", "--json")),
+            Case("ckpt scan --jobs 1", ("{ckpt}", "scan", "{folder}", "--json", "--jobs", "1"), role="baseline"),
+            Case("picklescan", (*PICKLESCAN, "{folder}"), role="info", vs="ckpt scan --jobs 1",
+                 requires=("module:picklescan",)),
+        ),
+        floors=(under_seconds("ckpt scan --json", 10),),
     ),
 ]
 

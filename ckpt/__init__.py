@@ -31,16 +31,23 @@ from .tensors import StorageRef, TensorRef
 __version__ = "0.1.0"
 
 
+# The scanner (``ckpt.scan``) is imported on first use, so that ``import ckpt`` stays light.
+_LAZY = {"scan": "scanner", "ScanReport": "scanner", "FileReport": "scanner", "dcp_save": "dcp_write"}
+
+
 def __getattr__(name: str) -> Any:
-    """``ckpt.save``, ``ckpt.relocate`` and ``ckpt.dcp_save`` are imported on first use, so that reading (``ckpt
-    inspect``, ``ckpt.load``) never pays for the writer. (Their modules are ``ckpt.saving`` and
-    ``ckpt.relocation``: a submodule named ``save`` would replace the function on import.)"""
+    """``ckpt.save``, ``ckpt.relocate``, ``ckpt.scan`` and ``ckpt.dcp_save`` are imported on first use, so that reading
+    (``ckpt inspect``, ``ckpt.load``) never pays for the writer or the scanner. (Their modules are
+    ``ckpt.saving``, ``ckpt.relocation`` and ``ckpt.scanner``: a submodule named ``save`` would
+    replace the function on import.)"""
     if name == "save":
         from .saving import save as value
     elif name == "relocate":
         from .relocation import relocate as value
-    elif name == "dcp_save":
-        from .dcp_write import dcp_save as value
+    elif name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     else:
         raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
     globals()[name] = value
@@ -50,8 +57,10 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CorruptCheckpointError",
+    "FileReport",
     "Finding",
     "Limits",
+    "ScanReport",
     "NotACheckpointError",
     "ResourceLimitError",
     "StorageRef",
@@ -66,5 +75,6 @@ __all__ = [
     "open",
     "relocate",
     "save",
+    "scan",
     "dcp_save",
 ]

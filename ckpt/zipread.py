@@ -20,7 +20,9 @@ b'hello'
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 import threading
 import zlib
@@ -69,6 +71,11 @@ class RangedFile:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RangedFile:
+        """Open ``path`` for positioned reads. A FIFO, character device or socket is refused with an
+        ``OSError`` before it is opened (opening a FIFO blocks until a writer comes; reading never ends)."""
+        mode = os.stat(path).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", os.fspath(path))
         f = open(path, "rb")
         try:
             size = os.fstat(f.fileno()).st_size

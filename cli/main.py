@@ -56,6 +56,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Examples:
       ckpt inspect model.pt
       ckpt inspect model.pt --json | jq .totals
+      ckpt scan downloads/
       ckpt relocate model.pt model-cpu.pt --to cpu
     """
     ctx.ensure_object(dict)
@@ -65,9 +66,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def _register() -> None:
     from .inspect_cmd import inspect_command
     from .relocate_cmd import relocate_command
+    from .scan_cmd import scan_command
 
     cli.add_command(inspect_command)
     cli.add_command(relocate_command)
+    cli.add_command(scan_command)
 
 
 _register()
