@@ -212,6 +212,7 @@ def test_inspect_json_and_cli(single):
     assert 0 <= start < stop <= fmt["files"][0]["size"]
     assert {i["name"] for i in fmt["items"]} == {"optim.param_groups.0.lr", "epoch", "name"}
     assert {t["path"] for t in doc["tensors"]} >= {"model.w", "optim.state.0.exp_avg"}
+    assert doc["anomalies"] == [] and doc["findings"] == []  # no file-level scan of the folder's files
     result = CliRunner().invoke(cli, ["inspect", str(single)])
     assert result.exit_code == 0 and "dcp" in result.output and "__0_0.distcp" in result.output
 
