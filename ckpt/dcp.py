@@ -291,7 +291,11 @@ class DcpReader(Reader):
         self.serialization = "torch_save"
         # Read once to check the folder (globals outside the allowlist are noted, never run);
         # load() reads it again under the caller's policy, which decides whether they are refused.
-        self._read_metadata(policy or Policy("inspect"), self.findings)
+        try:
+            self._read_metadata(policy or Policy("inspect"), self.findings)
+        except BaseException:
+            self.close()  # the data files opened so far
+            raise
 
     def _corrupt(self, message: str, record: str | None = None) -> CorruptCheckpointError:
         return CorruptCheckpointError(message, path=self.path, record=record)
