@@ -10,6 +10,8 @@ Recipe kinds (``recipe["kind"]``); add a function to ``GENERATORS`` for a new on
 
 * ``numpy_values``: a small model plus ``scalars`` numpy scalars (float64 losses and int64 steps)
   and ``arrays`` float32 arrays of ``array_shape``, as a training loop's history.
+* ``dcp``: a torch.distributed.checkpoint folder written by ``ranks`` gloo processes, ``count``
+  DTensors of ``shape`` sharded on dim 0 and dim 1 alternately.
 * ``state_dict``: ``count`` tensors named by ``keys`` (a ``str.format`` template over ``n`` (the
   index), ``i = n // group`` and ``j = n % group``), each of ``shape`` and ``dtype``, filled from
   ``torch.randn`` seeded with ``seed``; saved as ``format``: ``torch-zip`` (torch.save's
@@ -79,6 +81,50 @@ def make_sharded(recipe: dict[str, Any], out: str) -> None:
     total = sum(t.numel() * t.element_size() for t in sd.values())
     with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+def _dcp_rank(rank: int, recipe: dict[str, Any], port: int, out: str) -> None:
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    world = int(recipe["ranks"])
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        dtype = getattr(torch, recipe.get("dtype", "float32"))
+        shape = tuple(recipe["shape"])
+        gen = torch.Generator().manual_seed(int(recipe.get("seed", 0)))
+        sd = {}
+        for n in range(int(recipe["count"])):  # each rank keeps only its shard: memory ~ size / ranks
+            full = torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+            dim = n % 2
+            local = full.chunk(world, dim=dim)[rank].clone()
+            sd[recipe["keys"].format(n=n)] = DTensor.from_local(local, mesh, [Shard(dim)], run_check=False)
+            del full
+        dcp.save({"model": sd}, checkpoint_id=out)
+    finally:
+        dist.destroy_process_group()
+
+
+def make_dcp(recipe: dict[str, Any], out: str) -> None:
+    """A torch.distributed.checkpoint folder written by ``ranks`` CPU processes (gloo), each
+    tensor a DTensor sharded on dim 0 or 1 alternately: the layout FSDP/TP training leaves."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_dcp_rank, args=(recipe, port, out), nprocs=int(recipe["ranks"]), start_method="spawn")
+
+
 def make_numpy_values(recipe: dict[str, Any], out: str) -> None:
     """A checkpoint whose non-tensor state is numpy values, as training loops log them."""
     import numpy as np
@@ -109,6 +155,7 @@ GENERATORS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "state_dict": make_state_dict,
     "sharded": make_sharded,
     "numpy_values": make_numpy_values,
+    "dcp": make_dcp,
     "folder": make_folder,
 }
 

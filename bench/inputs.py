@@ -81,6 +81,14 @@ INPUTS: dict[str, Input] = {
             "model.safetensors.index.json",
         ),
         Input(
+            "dcp",
+            "dcp",
+            {"kind": "dcp", "ranks": 2, "count": 200, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+             "dtype": "float32", "seed": 0},
+            "~1.6 GB torch.distributed.checkpoint folder written by 2 gloo ranks: 200 float32 tensors "
+            "of [2000, 1000] as DTensors, Shard(0) and Shard(1) alternately (__0_0.distcp, __1_0.distcp)",
+        ),
+        Input(
             "folder",
             "folder",
             {"kind": "folder", "count": 1000, "tensors": 8, "shape": [32, 32], "dtype": "float32",

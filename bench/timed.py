@@ -8,6 +8,9 @@
     python bench/timed.py torch-load-numpy-allowed PATH     # numpy globals allowlisted
     python bench/timed.py ckpt-save  PATH --out OUT [--no-fsync]   # PATH loaded by torch.load first
     python bench/timed.py torch-save PATH --out OUT [--fsync]       # --fsync: then fsync OUT
+    python bench/timed.py ckpt-dcp-read DIR                # every DCP tensor consolidated, one at a time
+    python bench/timed.py ckpt-dcp-save DIR --out OUT [--no-fsync]  # DCP -> single-rank DCP, streamed
+    python bench/timed.py dcp-to-torch-save DIR --out OUT.pt        # torch's converter
 
 Imports happen before the clock starts (torch first, then ckpt), so what is timed is the call
 alone; the harness still measures the whole process's wall time and peak RSS around it. The last
@@ -138,6 +141,52 @@ def torch_save(a: argparse.Namespace) -> Callable[[], Any]:
     return call
 
 
+def ckpt_dcp_read(a: argparse.Namespace) -> Callable[[], Any]:
+    """Consolidate every logical tensor of a DCP folder, one at a time, into one reused buffer:
+    the reading side of converting the folder (memory: one tensor)."""
+    import ckpt
+
+    def read() -> Any:
+        names = []
+        with ckpt.open(a.path) as ck:
+            buf = bytearray()
+            for t in ck.reader.tensors():
+                if len(buf) != t.nbytes:
+                    buf = bytearray(t.nbytes)
+                t.read_into(memoryview(buf))
+                names.append(t.fqn)
+        return names
+
+    return read
+
+
+def ckpt_dcp_save(a: argparse.Namespace) -> Callable[[], Any]:
+    """``ckpt.dcp_save`` of an opened checkpoint (a sharded DCP folder: consolidated, streamed)."""
+    import ckpt
+
+    if not a.out:
+        raise SystemExit("timed.py: --out is required for ckpt-dcp-save")
+
+    def call() -> Any:
+        with ckpt.open(a.path) as ck:
+            ckpt.dcp_save(ck, a.out, fsync=not a.no_fsync)
+        return ()
+
+    return call
+
+
+def dcp_to_torch_save(a: argparse.Namespace) -> Callable[[], Any]:
+    """torch's own converter: loads the whole folder into memory, then torch.save."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save as convert
+
+    if not a.out:
+        raise SystemExit("timed.py: --out is required for dcp-to-torch-save")
+    return lambda: convert(a.path, a.out) or ()
+
+
 CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "ckpt-load": ckpt_load,
     "ckpt-inspect": ckpt_inspect,
@@ -147,6 +196,9 @@ CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "torch-load-numpy-allowed": torch_load_numpy_allowed,
     "ckpt-save": ckpt_save,
     "torch-save": torch_save,
+    "ckpt-dcp-read": ckpt_dcp_read,
+    "ckpt-dcp-save": ckpt_dcp_save,
+    "dcp-to-torch-save": dcp_to_torch_save,
 }
 
 

@@ -31,19 +31,20 @@ from .tensors import StorageRef, TensorRef
 __version__ = "0.1.0"
 
 
-# The scanner and the converter are imported on first use, so that ``import ckpt`` stays light.
+# The scanner, the converter and the DCP writer are imported on first use, so that ``import ckpt``
+# stays light.
 _LAZY = {
     "scan": "scanner", "ScanReport": "scanner", "FileReport": "scanner",
-    "convert": "conversion", "verify": "verification",
+    "convert": "conversion", "verify": "verification", "dcp_save": "dcp_write",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """``ckpt.save``, ``ckpt.relocate``, ``ckpt.scan``, ``ckpt.convert`` and ``ckpt.verify`` are
-    imported on first use, so that reading (``ckpt inspect``, ``ckpt.load``) never pays for the
-    writer, the scanner or the converter. (Their modules are ``ckpt.saving``, ``ckpt.relocation``,
-    ``ckpt.scanner``, ``ckpt.conversion`` and ``ckpt.verification``: a submodule named ``save``
-    would replace the function on import.)"""
+    """``ckpt.save``, ``ckpt.relocate``, ``ckpt.scan``, ``ckpt.convert``, ``ckpt.verify`` and
+    ``ckpt.dcp_save`` are imported on first use, so that reading (``ckpt inspect``, ``ckpt.load``)
+    never pays for the writers, the scanner or the converter. (Their modules are ``ckpt.saving``,
+    ``ckpt.relocation``, ``ckpt.scanner``, ``ckpt.conversion``, ``ckpt.verification`` and
+    ``ckpt.dcp_write``: a submodule named ``save`` would replace the function on import.)"""
     if name == "save":
         from .saving import save as value
     elif name == "relocate":
@@ -82,4 +83,5 @@ __all__ = [
     "save",
     "scan",
     "verify",
+    "dcp_save",
 ]

@@ -22,6 +22,7 @@ from . import torch_zip  # noqa: F401  (registers the zip reader)
 from . import torch_legacy  # noqa: F401  (registers the legacy reader)
 from . import safetensors_reader  # noqa: F401  (registers the safetensors reader)
 from . import sharded  # noqa: F401  (registers the sharded-index reader)
+from . import dcp  # noqa: F401  (registers the DCP .metadata reader)
 from .reader import READERS, Reader
 from .walk import iter_tensors
 from .zipread import RangedFile
@@ -92,9 +93,12 @@ class Checkpoint:
 def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Reader:
     """Detect the format of ``path`` by content and return its reader (the file stays open).
 
-    A folder is the sharded checkpoint whose index it holds (:func:`ckpt.sharded.open_folder`)."""
+    A folder is the sharded checkpoint whose index it holds (:func:`ckpt.sharded.open_folder`),
+    or a torch.distributed.checkpoint folder (:func:`ckpt.dcp.open_folder`)."""
     name = os.fspath(path)
     if os.path.isdir(name):
+        if dcp.is_dcp_folder(name):
+            return dcp.open_folder(name, limits)
         return sharded.open_folder(name, limits)
     try:
         file = RangedFile.open(name)

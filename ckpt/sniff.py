@@ -21,13 +21,15 @@ HEAD_BYTES = 512
 LEGACY_MAGIC_LONG1 = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 LEGACY_MAGIC_INT = 0x1950A86A20F9469CFC6C
 _FRAME = b"\x95"
+_DCP_METADATA = b"torch.distributed.checkpoint.metadata"
 
 
 def sniff(head: bytes, size: int) -> str:
     """The kind of file ``head`` (its first bytes) starts; ``size`` is the whole file's size.
 
     Kinds: ``zip``, ``torch-legacy``, ``torch-tar``, ``safetensors``, ``pickle``, ``npy``,
-    ``lfs-pointer``, ``html``, ``json``, ``empty``, ``gzip``, ``pytorch-preview``, ``text``, ``unknown``.
+    ``lfs-pointer``, ``html``, ``json``, ``empty``, ``gzip``, ``pytorch-preview``, ``text``, ``unknown``,
+    ``dcp-metadata`` (a torch.distributed.checkpoint ``.metadata`` pickle).
     """
     if size == 0 or not head:
         return "empty"
@@ -53,6 +55,8 @@ def sniff(head: bytes, size: int) -> str:
             body = body[9:]
         if body.startswith(LEGACY_MAGIC_LONG1) or (body and len(head) == size and LEGACY_MAGIC_LONG1.startswith(body)):
             return "torch-legacy"  # (or its first bytes only: a truncated download the reader names)
+        if _DCP_METADATA in head[:200]:
+            return "dcp-metadata"  # torch.distributed.checkpoint's .metadata (its first global is Metadata)
         return "pickle"
     if _is_legacy_text_protocol(head):
         return "torch-legacy"

@@ -199,6 +199,11 @@ def inspect(
 
         if summary.facts.get("format") == "sharded" and folder:
             targets = [(os.path.join(folder, *row["file"].split("/")), row["file"]) for row in summary.facts["shards"]]
+        elif summary.facts.get("format") == "dcp":
+            # The file-level scan does not read DCP folders yet (a .distcp file is a run of archives;
+            # .metadata names DCP's own classes): the reader already ran .metadata and every value
+            # blob through the restricted interpreter. ckpt.dcp.pickle_streams is the scanner's hook.
+            targets = []
         else:
             targets = [(os.fspath(path), None)]
         for target, label in targets:

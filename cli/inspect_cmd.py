@@ -33,7 +33,9 @@ def inspect_command(
     Reads only metadata (a zip checkpoint's directory and pickle, a legacy file's pickles, a
     TorchScript archive's module tree, a safetensors header, a sharded index and its shards'
     headers): no tensor bytes, no torch import, nothing in the file executed. PATH may be a file of
-    any of these formats, whatever its name, or a folder holding a sharded checkpoint's index.
+    any of these formats, whatever its name, a folder holding a sharded checkpoint's index, or a
+    torch.distributed.checkpoint (DCP) folder (its .metadata, how each tensor is chunked across
+    the ranks' .distcp files, and its non-tensor items).
     Globals outside ckpt's allowlist, and what `ckpt scan` finds about the file itself
     (anomalies), are shown as findings (exit code 1).
 
@@ -45,6 +47,7 @@ def inspect_command(
       ckpt inspect model.pt --json | jq '.tensors[] | select(.dtype == "bfloat16") | .path'
       ckpt inspect model.safetensors
       ckpt inspect path/to/sharded-model/
+      ckpt inspect path/to/dcp-checkpoint/      (a torch.distributed.checkpoint folder)
 
     Exit codes: 0 nothing suspicious, 1 findings, 2 error.
     """
@@ -174,6 +177,39 @@ def _format_lines(facts: dict[str, Any]) -> list[str]:
             lines.append(f"  {row['file']}: {row['format']}, {row['tensors']} tensors, {human_bytes(row['size'])}")
         if len(shards) > 8:
             lines.append(f"  ... {len(shards) - 8} more")
+    elif fmt == "dcp":
+        lines += _dcp_lines(facts)
+    return lines
+
+
+def _dcp_lines(facts: dict[str, Any], max_tensors: int = 12) -> list[str]:
+    """A DCP folder: its data files (rank, chunks, items, bytes) and how each tensor is chunked."""
+    files = facts.get("files") or []
+    lines = [f"torch.distributed.checkpoint folder: .metadata and {len(files)} data file(s), "
+             f"{facts.get('serialization')} serialization"]
+    for row in files[:8]:
+        rank = f"rank {row['rank']}, " if row.get("rank") is not None else ""
+        lines.append(f"  {row['file']}: {rank}{row['chunks']} chunk(s) ({human_bytes(row['tensor_bytes'])}), "
+                     f"{row['items']} item(s), {human_bytes(row['size'])}")
+    if len(files) > 8:
+        lines.append(f"  ... {len(files) - 8} more")
+    tensors = facts.get("tensors") or []
+    if tensors:
+        lines.append("chunks (offsets:sizes in the global shape, file[byte range]):")
+    for t in tensors[:max_tensors]:
+        parts = [
+            "[" + ", ".join(f"{o}:{o + s}" for o, s in zip(c["offsets"], c["sizes"])) + "] "
+            f"{c['file']}[{c['byte_range'][0]}:{c['byte_range'][1]}]"
+            for c in t["chunks"][:4]
+        ]
+        more = f", ... {len(t['chunks']) - 4} more" if len(t["chunks"]) > 4 else ""
+        lines.append(f"  {t['name']} {t['dtype']}{t['shape']}: " + ", ".join(parts) + more)
+    if len(tensors) > max_tensors:
+        lines.append(f"  ... {len(tensors) - max_tensors} more tensors (--json lists every chunk)")
+    items = facts.get("items") or []
+    if items:
+        shown = ", ".join(i["name"] for i in items[:8]) + (", ..." if len(items) > 8 else "")
+        lines.append(f"non-tensor items (torch.save blobs, read by ckpt's own reader): {shown}")
     return lines
 
 

@@ -121,7 +121,8 @@ def test_plain_pickle_is_not_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("api", list(APIS))
 def test_directory(tmp_path: Path, api: str) -> None:
-    """A folder is read only as a sharded checkpoint's index and shards; a DCP folder is named."""
+    """A folder is read only as a sharded checkpoint's index and shards, or as a DCP folder (whose
+    damaged .metadata is named; tests/test_dcp.py reads real ones)."""
     folder = tmp_path / "checkpoint-1000"
     folder.mkdir()
     (folder / ".metadata").write_bytes(b"x")
@@ -129,9 +130,9 @@ def test_directory(tmp_path: Path, api: str) -> None:
         APIS[api](folder)
     assert "folder without a sharded-checkpoint index" in str(info.value) and str(folder) in str(info.value)
     (folder / "__0_0.distcp").write_bytes(b"x")
-    with pytest.raises(ckpt.UnsupportedFormatError) as info:
+    with pytest.raises(ckpt.CorruptCheckpointError) as info:
         APIS[api](folder)
-    assert "DCP" in str(info.value) and str(folder) in str(info.value)
+    assert "DCP .metadata is not a pickle" in str(info.value) and str(folder) in str(info.value)
 
 
 @pytest.mark.parametrize("api", list(APIS))

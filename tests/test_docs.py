@@ -381,6 +381,10 @@ def hand_made_documents(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     yield "safetensors", strict_json(ckpt.inspect(st))
     sharded_checkpoint(tmp_path / "sharded")
     yield "sharded", strict_json(ckpt.inspect(tmp_path / "sharded"))
+    import numpy as np  # a DCP folder as ckpt.dcp_save writes it (no torch needed)
+
+    ckpt.dcp_save({"w": np.zeros((2, 2), np.float32), "step": 1}, tmp_path / "dcp", fsync=False)
+    yield "dcp", strict_json(ckpt.inspect(tmp_path / "dcp"))
 
 
 # -- the tests ------------------------------------------------------------------------------------
@@ -415,6 +419,7 @@ def test_hand_made_checkpoints_validate_and_cover_the_schema(tmp_path: Path) -> 
     assert docs["safetensors"]["format"]["metadata"] == {"format": "pt"}
     assert [s["file"] for s in docs["sharded"]["format"]["shards"]] == [
         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert [t["name"] for t in docs["dcp"]["format"]["tensors"]] == ["w"]
     # Every property the schema declares is emitted somewhere (the converse of additionalProperties: false).
     missing = checker.declared_properties() - checker.seen
     assert not missing, "schema properties no checkpoint emitted: " + ", ".join(sorted(missing))

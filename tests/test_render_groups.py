@@ -21,7 +21,7 @@ def naive(pattern: re.Pattern[str], names: list[str]) -> dict[str, list[int]]:
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(NAMES, st.integers(min_value=1, max_value=12))
 def test_grouping_by_shape_equals_one_substitution_per_name(names: list[str], limit: int) -> None:
     shapes = render._shapes(names)
@@ -30,6 +30,12 @@ def test_grouping_by_shape_equals_one_substitution_per_name(names: list[str], li
         got = render._group_by_pattern(pattern, names, shapes)
         assert got == expected and list(got) == list(expected)
         assert render._group_by_pattern(pattern, names, shapes, limit) == (expected if len(expected) <= limit else None)
+
+
+def test_names_of_two_shapes_under_one_key_count_once() -> None:
+    names = ["a.b1.12.b1", "a.b1.3.b1"]  # shapes a.b0.00.b0 and a.b0.0.b0, one key a.b1.*.b1
+    shapes = render._shapes(names)
+    assert render._group_by_pattern(render._NUMBER_SEGMENT, names, shapes, 1) == {"a.b1.*.b1": [0, 1]}
 
 
 def test_many_numbered_names_fold_into_one_row() -> None:
