@@ -104,6 +104,33 @@ class DcpObject:
         return f"<dcp {self.kind} {self.fields!r:.200}>"
 
 
+DCP_GLOBALS: frozenset[str] = frozenset([*DCP_CLASSES, f"{_META}._MEM_FORMAT_ENCODING"])
+"""Every global a DCP ``.metadata`` names that ckpt rebuilds as data (the scanner judges them
+safe inside a ``.metadata`` file)."""
+
+
+def blob_ranges(folder: str, *, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[str, list[tuple[int, int, str]]], dict[str, str]]:
+    """The ``torch.save`` blobs of a DCP folder, for a scanner: ``({file: [(offset, length, name),
+    ...] sorted by offset}, {file: serialization})``, read from ``.metadata`` through the
+    restricted VM (inspect policy: nothing runs). Raises :class:`~ckpt.CheckpointError` when
+    ``.metadata`` cannot be read as DCP metadata.
+    """
+    reader = DcpReader(folder, limits=limits)
+    try:
+        ranges: dict[str, list[tuple[int, int, str]]] = {}
+        for item in reader.items.values():
+            ranges.setdefault(item.file, []).append((item.offset, item.length, item.fqn))
+        for t in reader.tensors():
+            for c in t.chunks:
+                if reader.file_serialization.get(c.file) == "torch_save":
+                    ranges.setdefault(c.file, []).append((c.offset, c.length, t.fqn))
+        for blobs in ranges.values():
+            blobs.sort()
+        return ranges, dict(reader.file_serialization)
+    finally:
+        reader.close()
+
+
 def _dcp_table() -> dict[str, Any]:
     table: dict[str, Any] = {}
 

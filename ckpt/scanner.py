@@ -474,6 +474,9 @@ class _FileScan:
         self._globals: dict[str, GlobalInfo] = {}
         self.nested_bytes = 0
         self.torchscript = False
+        # torch reads a DCP folder's .metadata with plain pickle.load; DCP's own dataclasses there
+        # are data (ckpt's DCP reader rebuilds them), anywhere else they are unknown
+        self.dcp_metadata = os.path.basename(path).endswith(".metadata")
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -534,6 +537,11 @@ class _FileScan:
                 )
             elif _profile_reason(qualname) is not None:
                 verdict, reason = "unknown", _profile_reason(qualname)  # type: ignore[assignment]
+            elif self.dcp_metadata and qualname in _dcp_globals():
+                verdict, reason = "safe", (
+                    f"{qualname} is one of DCP's metadata dataclasses in a .metadata file: ckpt's DCP reader "
+                    "rebuilds it as data, never imports it"
+                )
             elif self.torchscript and qualname.startswith(TORCHSCRIPT_PREFIXES):
                 verdict, reason = "safe", (
                     f"{qualname} is TorchScript: resolved from the archive itself (ckpt reads it as a module "
@@ -827,7 +835,8 @@ class _Scanner(_FileScan):
         gc.disable()  # a scan makes many small acyclic objects (zip records, symbolic values)
         try:
             self.report.size = file.size
-            self.analyze(file, "", 0)
+            if not self.distcp(file):
+                self.analyze(file, "", 0)
         except _Abort:
             pass
         except CheckpointError as e:
@@ -843,6 +852,52 @@ class _Scanner(_FileScan):
                 gc.enable()
         self.report.seconds = time.perf_counter() - t0
         return self.finish()
+
+    def distcp(self, file: RangedFile) -> bool:
+        """A ``.distcp`` file of a DCP folder is ``torch.save`` archives laid end to end, located by
+        the folder's ``.metadata``: scan each as a file of its own, and report bytes that belong
+        to none. False (scan the file as any other) when no readable DCP ``.metadata`` lies beside
+        it or the file is not in torch.save serialization."""
+        if not self.path.endswith(".distcp"):
+            return False
+        folder = os.path.dirname(os.path.abspath(self.path))
+        name = os.path.basename(self.path)
+        try:
+            ranges, serialization = _dcp_blobs(folder, self.limits)
+        except (CheckpointError, OSError) as e:
+            self.report.notes.append(f"no readable DCP .metadata beside this .distcp file ({e}); scanned as a plain file")
+            return False
+        kind = serialization.get(name)
+        if kind not in ("torch_save", "safetensors"):
+            return False
+        from .dcp import WindowFile
+
+        self._set_format("", "distcp", ["distcp"])
+        end = 0
+        for offset, length, fqn in ranges.get(name, []):
+            if offset < end or offset + length > file.size:
+                self.error(None, f"the blob of {fqn} at bytes {offset:,}..{offset + length:,} overlaps another "
+                                 "or runs past the file: .metadata and the file disagree")
+                return True
+            if offset > end:
+                self.outside_blobs(file, end, offset)
+            self.analyze(WindowFile(file, offset, length), f"{fqn}@{offset} > ", 1)
+            end = offset + length
+        if end < file.size:
+            tail = WindowFile(file, end, file.size - end)
+            if kind == "safetensors" and _is_safetensors(tail.pread(0, 512), tail.size):
+                # SerializationFormat.SAFETENSORS: the tensor chunks form one safetensors blob at the end
+                self.analyze(tail, f"safetensors@{end} > ", 1)
+            else:
+                self.outside_blobs(file, end, file.size)
+        return True
+
+    def outside_blobs(self, file: RangedFile, start: int, end: int) -> None:
+        """Bytes of a .distcp file that no blob covers: torch never reads them, another tool might."""
+        from .dcp import WindowFile
+
+        self.add("zip.outside-data", None, f"{end - start:,} bytes at {start:,} belong to no blob .metadata names", start)
+        self.analyze(WindowFile(file, start, end - start), f"outside@{start} > ", 1)
 
     def label(self, prefix: str, name: str) -> str:
         return f"{prefix}{name}" if prefix else name
@@ -1849,3 +1904,25 @@ def scan(
     else:
         reports = _parallel(files, workers, allow_t, limits, fast, progress)
     return ScanReport(reports, time.perf_counter() - t0)
+
+
+def _dcp_globals() -> frozenset[str]:
+    from .dcp import DCP_GLOBALS
+
+    return DCP_GLOBALS
+
+
+_DCP_BLOBS: dict[tuple[str, int, int], Any] = {}
+
+
+def _dcp_blobs(folder: str, limits: Limits) -> Any:
+    """:func:`ckpt.dcp.blob_ranges` of ``folder``, read once per scan of a folder's many files."""
+    from .dcp import METADATA, blob_ranges
+
+    st = os.stat(os.path.join(folder, METADATA))
+    key = (folder, st.st_mtime_ns, st.st_size)
+    if key not in _DCP_BLOBS:
+        if len(_DCP_BLOBS) > 16:
+            _DCP_BLOBS.clear()
+        _DCP_BLOBS[key] = blob_ranges(folder, limits=limits)
+    return _DCP_BLOBS[key]

@@ -200,10 +200,11 @@ def inspect(
         if summary.facts.get("format") == "sharded" and folder:
             targets = [(os.path.join(folder, *row["file"].split("/")), row["file"]) for row in summary.facts["shards"]]
         elif summary.facts.get("format") == "dcp":
-            # The file-level scan does not read DCP folders yet (a .distcp file is a run of archives;
-            # .metadata names DCP's own classes): the reader already ran .metadata and every value
-            # blob through the restricted interpreter. ckpt.dcp.pickle_streams is the scanner's hook.
-            targets = []
+            # .metadata, then each .distcp file blob by blob as .metadata lays it out
+            targets = [] if not folder else sorted(
+                (os.path.join(folder, name), name) for name in os.listdir(folder)
+                if name == ".metadata" or name.endswith(".distcp")
+            )
         else:
             targets = [(os.fspath(path), None)]
         for target, label in targets:
@@ -216,9 +217,7 @@ def merge_scan(summary: Summary, report: Any, label: str | None = None) -> None:
     report (the worse verdict wins where both name one), and its other findings and errors as
     ``anomalies``. ``label`` (a shard's file name) prefixes the records of a sharded checkpoint."""
     if label is not None:
-        from dataclasses import replace
-
-        report.findings = [replace(f, record=f"{label} > {f.record}" if f.record else label) for f in report.findings]
+        report.findings = [f._replace(record=f"{label} > {f.record}" if f.record else label) for f in report.findings]
         for e in report.errors:
             e["record"] = f"{label} > {e['record']}" if e.get("record") else label
     # One finding per global: readers name their pickles their own way (a legacy file's streams,

@@ -134,6 +134,11 @@ def test_sharded_by_two_ranks(sharded, fmt, helpers):
         assert sum(np.prod(c["sizes"]) for c in t["chunks"]) == np.prod(t["shape"])
     arrays = ckpt.load(folder, as_="numpy")
     np.testing.assert_array_equal(arrays["model"]["odd"], np.arange(7))
+    # ckpt scan lays every .distcp file out through .metadata: clean, every blob accounted for
+    report = ckpt.scan(folder)
+    assert report.exit_code() == 0 and report.verdict == "safe", report.as_json()
+    assert {f.format for f in report.files if f.path.endswith(".distcp")} == {"distcp"}
+    assert not ckpt.inspect(folder).as_json()["anomalies"]
 
 
 @pytest.mark.slow
@@ -438,6 +443,9 @@ def test_malicious_blob_inside_a_distcp_file(tmp_path):
     summary = ckpt.inspect(folder)
     assert summary.findings and summary.findings[0].verdict == "dangerous"
     assert summary.findings[0].record.startswith("evil (__0_0.distcp @")
+    report = ckpt.scan(folder)
+    assert report.exit_code() == 1
+    assert any(f.verdict == "dangerous" and f.name.endswith("system") for f in report.findings)
     assert not marker.exists()
 
 
