@@ -143,7 +143,11 @@ def target_format(dst: str, to: str | None, sharded: bool) -> str:
             return "safetensors"
         if key in ("pt", "torch", "pth", "bin"):
             return "pt"
-        raise ValueError(f"--to {to!r}: say safetensors or pt")
+        if key == "dcp":
+            if sharded:
+                raise ValueError("--to dcp writes one rank's file; --shard-size does not apply")
+            return "dcp"
+        raise ValueError(f"--to {to!r}: say safetensors, pt or dcp")
     name = dst.rstrip("/\\").lower()
     if name.endswith(".safetensors") or name.endswith(".safetensors.index.json"):
         return "safetensors"
@@ -298,7 +302,9 @@ def convert(
     ``src`` is a path, or an already opened :class:`~ckpt.Checkpoint` (or any object with
     ``path``, ``format``, ``root`` and ``reader``; left open), e.g. one a new reader built.
 
-    ``to`` is ``"safetensors"`` or ``"pt"`` (default: from DST's suffix). ``shard_size``
+    ``to`` is ``"safetensors"``, ``"pt"`` or ``"dcp"`` (a single-rank torch.distributed.checkpoint
+    folder that ``torch.distributed.checkpoint.load`` reads; see :func:`ckpt.dcp_save`) (default:
+    from DST's suffix). A DCP folder as ``src`` is consolidated tensor by tensor. ``shard_size``
     (bytes, or ``"5GB"``) makes DST a folder of shards plus an index. ``dtype`` (``bf16``,
     ``fp16``, ``fp32``) casts floating tensors (float16/bfloat16/float32/float64) as torch's
     ``.to()`` does. ``only``/``exclude`` are globs over the dotted tensor names; ``key`` takes one
@@ -312,6 +318,8 @@ def convert(
     dst_s = os.fspath(dst)
     size = parse_size(shard_size) if shard_size is not None else None
     fmt = target_format(dst_s, to, size is not None)
+    if fmt == "dcp" and manifest:
+        raise ValueError("--manifest lists output files; a DCP folder has none of its own to list (use --to pt or safetensors)")
     cast = None
     if dtype is not None:
         name = CAST_NAMES.get(dtype.lower().replace("torch.", ""))
@@ -429,6 +437,17 @@ def _convert_single(
         result.kept_tree = METADATA_KEY in meta
         items = [Item(n, t, cast_target(t.dtype, cast)) for n, t in flat.tensors.items()]
         size = write(dst, items, meta, progress=step, fsync=fsync)
+    elif fmt == "dcp":
+        from .dcp_write import dcp_save
+
+        if user:
+            result.notes.append("--metadata is kept in safetensors files and shard indexes; a DCP folder has no "
+                                "place for it (ignored)")
+        conv = _ConvertedReader()
+        tree = _pt_tree(flat, {n: _pt_value(t, cast, conv, n) for n, t in flat.tensors.items()})
+        dcp_save(tree, dst, fsync=fsync)
+        step(result.tensor_bytes)
+        size = sum(e.stat().st_size for e in os.scandir(dst) if e.is_file())
     else:
         from .saving import save
 

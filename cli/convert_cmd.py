@@ -33,7 +33,8 @@ def _parse_metadata(values: tuple[str, ...]) -> dict[str, str]:
 @click.command("convert")
 @click.argument("src", type=click.Path(allow_dash=False))
 @click.argument("dst", type=click.Path(allow_dash=False))
-@click.option("--to", "to", type=click.Choice(["safetensors", "pt"]), help="Output format (default: from DST's suffix).")
+@click.option("--to", "to", type=click.Choice(["safetensors", "pt", "dcp"]),
+              help="Output format (default: from DST's suffix); dcp writes a single-rank torch.distributed.checkpoint folder.")
 @click.option("--shard-size", metavar="SIZE", help="Write DST as a folder of shards of at most SIZE (5GB, 500MB, 2GiB) "
               "plus an index.")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="Cast floating tensors (as torch's .to()).")
@@ -51,8 +52,9 @@ def convert_command(
     src: str, dst: str, to: str | None, shard_size: str | None, dtype: str | None, only: tuple[str, ...],
     exclude: tuple[str, ...], key: str | None, meta: tuple[str, ...], manifest: bool, as_json: bool, no_fsync: bool,
 ) -> None:
-    """Convert SRC (a torch .pt/.bin, a safetensors file, or a sharded checkpoint: its index or
-    folder) to DST: safetensors or a torch zip file, one file or sharded.
+    """Convert SRC (a torch .pt/.bin, a safetensors file, a sharded checkpoint: its index or
+    folder, or a torch.distributed.checkpoint folder) to DST: safetensors or a torch zip file, one
+    file or sharded, or (--to dcp) a single-rank DCP folder.
 
     Tensors stream from SRC to DST one at a time (the model is never loaded). Nested checkpoints
     are flattened to dotted names; everything else they hold (epoch, optimizer settings, ...) is
@@ -68,6 +70,8 @@ def convert_command(
       ckpt convert train.ckpt weights.safetensors --key state_dict --dtype bf16
       ckpt convert train.pt model.safetensors --exclude 'optimizer.*' --metadata author=me
       ckpt convert model.pt model.safetensors --manifest --json | jq .totals
+      ckpt convert fsdp_ckpt/ model.safetensors          # a DCP folder, consolidated
+      ckpt convert model.safetensors dcp_ckpt/ --to dcp  # a DCP folder torch.distributed.checkpoint.load reads
 
     Exit codes: 0 converted, 2 error (nothing written).
     """
