@@ -48,15 +48,29 @@ class Input:
         return self.largest_tensor_bytes * int(self.recipe["count"])
 
 
+BIG = {"kind": "state_dict", "count": 200, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+       "dtype": "float32", "seed": 0, "format": "torch-zip"}
+
 INPUTS: dict[str, Input] = {
     i.name: i
     for i in (
         Input(
             "big",
             "big.pt",
-            {"kind": "state_dict", "count": 200, "keys": "layers.{n}.weight", "shape": [2000, 1000],
-             "dtype": "float32", "seed": 0, "format": "torch-zip"},
+            BIG,
             "~1.6 GB: 200 float32 tensors of [2000, 1000] (8 MB each), torch.save zip format",
+        ),
+        Input(
+            "big_copy",
+            "big-copy.pt",
+            {**BIG, "copy": 1},  # same recipe, so the same bytes (torch.save is deterministic), another file
+            "a second file with exactly big.pt's bytes (for diff: two identical checkpoints)",
+        ),
+        Input(
+            "big_other",
+            "big-other.pt",
+            {**BIG, "seed": 1},
+            "big.pt's names and shapes with other random values (for diff: every tensor differs)",
         ),
         Input(
             "many",

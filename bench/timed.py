@@ -2,6 +2,7 @@
 
     python bench/timed.py ckpt-load  PATH [--mmap] [--as numpy] [--no-torch]
     python bench/timed.py torch-load PATH [--mmap]
+    python bench/timed.py torch-diff PATH OTHER [--stats]
 
 Imports happen before the clock starts (torch first, then ckpt), so what is timed is the call
 alone; the harness still measures the whole process's wall time and peak RSS around it. The last
@@ -45,9 +46,33 @@ def torch_load(a: argparse.Namespace) -> Callable[[], Any]:
     return lambda: torch.load(a.path, mmap=a.mmap, weights_only=True)
 
 
+def torch_diff(a: argparse.Namespace) -> Callable[[], Any]:
+    """What people write without ckpt: mmap-load both with torch, compare tensor by tensor
+    (torch.equal; with --stats also max abs diff and allclose, as ckpt diff reports)."""
+    import torch
+
+    def run() -> dict[str, Any]:
+        x = torch.load(a.path, mmap=True, weights_only=True)
+        y = torch.load(a.other, mmap=True, weights_only=True)
+        out = {}
+        for k, t in x.items():
+            u = y[k]
+            if torch.equal(t, u):
+                out[k] = 0.0
+            elif a.stats:
+                d = (t - u).abs()
+                out[k] = (float(d.max()), float(d.mean()), bool(torch.allclose(t, u)))
+            else:
+                out[k] = None
+        return out
+
+    return run
+
+
 CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "ckpt-load": ckpt_load,
     "torch-load": torch_load,
+    "torch-diff": torch_diff,
 }
 
 
@@ -55,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("call", choices=sorted(CALLS))
     p.add_argument("path")
+    p.add_argument("other", nargs="?", help="the second checkpoint (torch-diff)")
+    p.add_argument("--stats", action="store_true", help="torch-diff: max/mean abs diff and allclose too")
     p.add_argument("--mmap", action="store_true")
     p.add_argument("--as", dest="as_", default="torch", choices=("torch", "numpy"))
     p.add_argument("--no-torch", action="store_true")

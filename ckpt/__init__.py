@@ -8,6 +8,8 @@ every global a file names resolves only to constructors ckpt owns.
 >>> sd = ckpt.load("model.pt", map_location="cpu")  # doctest: +SKIP
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .checkpoint import Checkpoint, open
 from .load import load
 from .summary import Summary, inspect
@@ -24,12 +26,16 @@ from .limits import Limits
 from .policy import Finding
 from .tensors import StorageRef, TensorRef
 
+if TYPE_CHECKING:
+    from .differ import DiffReport, diff
+
 __version__ = "0.1.0"
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CorruptCheckpointError",
+    "DiffReport",
     "Finding",
     "Limits",
     "NotACheckpointError",
@@ -40,7 +46,20 @@ __all__ = [
     "UnsafeGlobalError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
+    "diff",
     "load",
     "inspect",
     "open",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ckpt.diff and ckpt.DiffReport import their module on first use: commands that do not
+    # compare checkpoints (inspect) do not pay for it at start-up
+    if name in ("diff", "DiffReport"):
+        from . import differ
+
+        value = getattr(differ, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ckpt' has no attribute {name!r}")

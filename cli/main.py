@@ -48,6 +48,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Examples:
       ckpt inspect model.pt
       ckpt inspect model.pt --json | jq .totals
+      ckpt diff before.pt after.pt
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -57,6 +58,10 @@ def _register() -> None:
     from .inspect_cmd import inspect_command
 
     cli.add_command(inspect_command)
+
+    from .diff_cmd import diff_command
+
+    cli.add_command(diff_command)
 
 
 _register()

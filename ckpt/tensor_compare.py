@@ -1,0 +1,421 @@
+"""Compare the values of two lazy tensors, streaming their bytes in chunks, without torch.
+
+:func:`compare_tensors` answers three questions about a pair of :class:`~ckpt.tensors.TensorRef`
+of the same shape, in order of cost:
+
+1. **Are they bitwise identical?** When the dtypes and conj/neg bits agree, the raw bytes of the
+   two views are compared chunk by chunk (positioned reads straight from the files; nothing is
+   decoded). Most pairs in a "did anything change?" diff stop here. Strided views and foreign
+   byte orders are compared element by element as stored bits, still without decoding.
+2. **By how much do they differ?** Otherwise both sides are decoded chunk by chunk to a common
+   numpy type (bfloat16 and the float8 family upcast exactly, via :mod:`ckpt.numpy_out`; float16
+   computed in float32 so that differences cannot overflow) and reduced to
+   :class:`~ckpt.tensor_stats.Stats`: max abs diff, max rel diff, mean abs diff, differing
+   elements, NaN/Inf counts and changes.
+3. **Are they close?** ``torch.allclose`` semantics: ``|a - b| <= atol + rtol * |b|`` elementwise
+   (``b`` is the second checkpoint), equal infinities are close, NaN is close to nothing unless
+   ``equal_nan``; defaults ``rtol=1e-5``, ``atol=1e-8`` as in torch.
+
+Memory stays at a few chunks per pair for tensors that are contiguous in files ckpt can read by
+offset (torch zip records are stored uncompressed); a strided view is read as the byte span it
+covers (at most its storage). Integrity: when both tensors fill their whole zip records, the
+stored CRC-32s must agree with what the byte comparison found (equal bytes with different CRCs,
+or different bytes with equal CRCs, mean one file is damaged: the record is then checked and a
+:class:`~ckpt.errors.CorruptCheckpointError` raised); ``verify=True`` checks every record's CRC.
+
+This module imports no numpy: a diff of identical checkpoints never needs it. Decoding lives in
+:mod:`ckpt.tensor_stats`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, CorruptCheckpointError
+from .tensors import StorageRef, TensorRef
+
+if TYPE_CHECKING:
+    from .tensor_stats import Stats
+
+CHUNK_BYTES = 256 << 10
+"""Bytes per positioned read in the raw comparison (small enough to stay in the CPU's cache)."""
+
+MAP_MIN = 1 << 20
+"""Spans at least this long are compared in place in a read-only map of their file (when maps are
+allowed); shorter ones are read."""
+
+MAX_THREADS = 4
+"""Most threads that decode one differing pair (numpy releases the GIL in its loops)."""
+
+RELEASE_STEP = 16 << 20
+"""A map's pages are dropped from the process (``MADV_DONTNEED``) every this many bytes, so peak
+memory stays a few steps per side however large the tensor."""
+
+ProgressFn = Callable[[int], None]
+"""Called with a number of bytes just compared (both sides together)."""
+
+
+@dataclass
+class Outcome:
+    """What :func:`compare_tensors` found: ``status`` is ``identical`` (same dtype, bitwise equal
+    elements), ``close`` (allclose under the tolerances, or values equal after upcasting),
+    ``different``, or ``not_compared`` (``note`` says why); ``stats`` when values were decoded."""
+
+    status: str
+    stats: Stats | None = None
+    note: str | None = None
+    bytes_read: int = 0
+
+
+# -- reading bytes ------------------------------------------------------------------------------
+
+
+def _zip_entry(storage: StorageRef) -> Any:
+    """The zip record behind a storage of a torch zip checkpoint, with its stored CRC (else None)."""
+    reader = storage.reader
+    archive = getattr(reader, "archive", None)
+    if archive is None or storage.record is None or not getattr(archive, "has_crcs", False):
+        return None
+    from .torch_zip import TorchZipReader
+
+    if not isinstance(reader, TorchZipReader):
+        return None
+    return archive.entry(storage.record)
+
+
+class MappedSpan:
+    """A read-only map of ``length`` bytes of a file at ``offset``, whose pages are dropped from
+    the process as the comparison moves past them (:meth:`done_upto`), so that the resident set
+    stays a few :data:`RELEASE_STEP` per side, not the file."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        self.shift = offset - start
+        self.length = length
+        self.map = mmap.mmap(fd, self.shift + length, access=mmap.ACCESS_READ, offset=start)
+        self.view = memoryview(self.map)
+        self._released = 0
+        self._can_release = hasattr(self.map, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+
+    def data(self, pos: int, n: int) -> memoryview:
+        """The bytes ``[pos, pos + n)`` of the span, in place."""
+        return self.view[self.shift + pos : self.shift + pos + n]
+
+    def done_upto(self, pos: int) -> None:
+        """The span's bytes before ``pos`` are no longer needed: drop their pages every step."""
+        end = (self.shift + pos) // mmap.PAGESIZE * mmap.PAGESIZE
+        if self._can_release and end - self._released >= RELEASE_STEP:
+            self.map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+            self._released = end
+
+    def release(self, start: int, stop: int) -> None:
+        """The span's bytes ``[start, stop)`` are no longer needed: drop the pages wholly inside."""
+        page = mmap.PAGESIZE
+        lo = -(-(self.shift + start) // page) * page
+        hi = (self.shift + stop) // page * page
+        if self._can_release and hi > lo:
+            self.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def close(self) -> None:
+        if self._can_release:
+            self.map.madvise(mmap.MADV_DONTNEED, 0, len(self.map))
+        try:
+            self.view.release()
+            self.map.close()
+        except BufferError:  # an array still views the map: it is unmapped when collected
+            pass
+
+
+class Span:
+    """The bytes a tensor's elements occupy in its storage (``TensorRef.byte_range``), readable in
+    pieces: by positioned reads from the file where the storage is stored uncompressed, else from
+    the whole storage read once (and CRC-checked) by its reader."""
+
+    def __init__(self, ref: TensorRef, verified: set[int]) -> None:
+        storage = ref.storage
+        if storage is None:
+            raise CheckpointError("a meta tensor has no data")
+        self.ref = ref
+        self.storage = storage
+        self.start, self.stop = ref.byte_range()
+        self.length = self.stop - self.start
+        self.whole_record = self.start == 0 and self.stop == storage.nbytes
+        self._verified = verified
+        self._fd: int | None = None
+        self._base = 0
+        self._buffer: bytearray | None = None
+        reader = storage.reader
+        if reader is None:
+            raise CorruptCheckpointError("storage has no data source", record=storage.record)
+        fileno = getattr(reader, "fileno", None)
+        fd = fileno() if fileno is not None else None
+        offset = reader.data_offset(storage) if fd is not None else None
+        if fd is not None and offset is not None and hasattr(os, "preadv"):
+            self._fd = fd
+            self._base = offset + self.start
+
+    @property
+    def byteorder(self) -> str:
+        return getattr(self.storage.reader, "byteorder", "little")
+
+    def map(self) -> MappedSpan | None:
+        """A read-only map of this span (None when it is short, compressed or past the file's end)."""
+        if self._fd is None or self.length < MAP_MIN or not hasattr(mmap, "mmap"):
+            return None
+        try:
+            if os.fstat(self._fd).st_size < self._base + self.length:
+                return None  # the file shrank since it was opened: the read path reports it
+            return MappedSpan(self._fd, self._base, self.length)
+        except (OSError, ValueError):
+            return None
+
+    def readinto(self, pos: int, buf: memoryview) -> None:
+        """Fill ``buf`` with the span's bytes from ``pos`` (relative to the span's start)."""
+        n = len(buf)
+        if self._fd is None:
+            buf[:] = memoryview(self._whole())[self.start + pos : self.start + pos + n]
+            return
+        done = 0
+        while done < n:
+            got = os.preadv(self._fd, [buf[done:]], self._base + pos + done)
+            if got <= 0:
+                raise CorruptCheckpointError(
+                    "the file ended inside this record (truncated or changed while being read)",
+                    path=getattr(self.storage.reader, "path", None), record=self.storage.record,
+                )
+            done += got
+
+    def _whole(self) -> bytearray:
+        """The whole storage, read once by its reader (filled before it is shared with threads)."""
+        if self._buffer is None:
+            whole = bytearray(self.storage.nbytes)
+            self.storage.readinto(memoryview(whole))  # CRC-checked by the reader
+            self._buffer = whole
+        return self._buffer
+
+    def read(self, pos: int, n: int) -> bytearray:
+        buf = bytearray(n)
+        self.readinto(pos, memoryview(buf))
+        return buf
+
+    def stored_crc(self) -> int | None:
+        """The record's stored CRC-32 when this span is the whole of a CRC-carrying zip record."""
+        if not self.whole_record:
+            return None
+        entry = _zip_entry(self.storage)
+        return None if entry is None else int(entry.crc)
+
+    def verify(self) -> None:
+        """Check the storage's record against its stored CRC-32 (once per record), streaming."""
+        storage = self.storage
+        key = id(storage)
+        if key in self._verified:
+            return
+        entry = _zip_entry(storage)
+        if entry is None:
+            self._verified.add(key)
+            return
+        if self._fd is None:
+            self._whole()  # the reader checks the CRC
+            self._verified.add(key)
+            return
+        crc = 0
+        buf = bytearray(min(storage.nbytes, 1 << 22) or 1)
+        view = memoryview(buf)
+        pos = 0
+        base = self._base - self.start
+        while pos < storage.nbytes:
+            k = min(len(buf), storage.nbytes - pos)
+            got = os.preadv(self._fd, [view[:k]], base + pos)
+            if got != k:
+                raise CorruptCheckpointError("record is truncated", path=getattr(storage.reader, "path", None),
+                                             record=storage.record)
+            crc = zlib.crc32(view[:k], crc)
+            pos += k
+        if crc != entry.crc:
+            raise CorruptCheckpointError(
+                f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): the record is damaged",
+                path=getattr(storage.reader, "path", None), record=storage.record,
+            )
+        self._verified.add(key)
+
+
+# -- the comparison ---------------------------------------------------------------------------------
+
+
+def raw_comparable(a: TensorRef, b: TensorRef, sa: Span, sb: Span) -> bool:
+    """True when the stored elements can be compared bit for bit before any decoding."""
+    return a.dtype is b.dtype and (a.metadata or {}) == (b.metadata or {})
+
+
+def bytes_comparable(a: TensorRef, b: TensorRef, sa: Span, sb: Span) -> bool:
+    """True when the two views' bytes can be compared as two runs of bytes."""
+    return (
+        (a.dtype.itemsize == 1 or sa.byteorder == sb.byteorder)
+        and a.is_contiguous and b.is_contiguous and sa.length == a.nbytes and sb.length == b.nbytes
+    )
+
+
+class Buffers:
+    """Scratch space shared by every tensor pair of one diff: two chunk buffers, whether spans
+    may be compared in place in read-only maps of their files, and the numpy workspace."""
+
+    def __init__(self, size: int = CHUNK_BYTES, *, use_mmap: bool = True, threads: int | None = None) -> None:
+        self.size = size
+        self.a = bytearray(size)
+        self.b = bytearray(size)
+        self.use_mmap = use_mmap and hasattr(mmap, "mmap")
+        self.threads = threads if threads is not None else min(os.cpu_count() or 1, MAX_THREADS)
+        self.workspace: Any = None
+        """A :class:`~ckpt.tensor_stats.Workspace`, made when a pair first needs decoding."""
+
+    def close(self) -> None:
+        """Stop the worker threads (if any were started)."""
+        if self.workspace is not None:
+            self.workspace.close()
+            self.workspace = None
+
+    def __enter__(self) -> Buffers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _bytes_equal(sa: Span, sb: Span, progress: ProgressFn, buffers: Buffers | None = None) -> bool:
+    """Chunked comparison of two equally long contiguous spans.
+
+    A's bytes are read by positioned reads into a small buffer that stays in the CPU cache; B's
+    are compared in place in a read-only map of B's file (memcmp through ``bytearray.startswith``),
+    which saves one copy of every byte. Without a map (``use_mmap=False``, a short span, or a file
+    that cannot be mapped) B is read like A.
+    """
+    buffers = buffers or Buffers(min(CHUNK_BYTES, max(sa.length, 1)), use_mmap=False)
+    mapped = sb.map() if buffers.use_mmap else None
+    try:
+        return _bytes_equal_with(sa, sb, progress, buffers, mapped)
+    finally:
+        if mapped is not None:
+            mapped.close()
+
+
+def _bytes_equal_with(sa: Span, sb: Span, progress: ProgressFn, buffers: Buffers, mapped: MappedSpan | None) -> bool:
+    n = sa.length
+    chunk = buffers.size
+    ba, bb = buffers.a, buffers.b
+    va, vb = memoryview(ba), memoryview(bb)
+    fa, fb = sa._fd, sb._fd
+    oa, ob = sa._base, sb._base
+    preadv = os.preadv if hasattr(os, "preadv") else None
+    pos = 0
+    unreported = 0
+    try:
+        while pos < n:
+            k = n - pos if n - pos < chunk else chunk
+            pa = va[:k] if k < chunk else va
+            if fa is None or preadv is None or preadv(fa, [pa], oa + pos) != k:
+                sa.readinto(pos, pa)  # the careful path: whole-storage reads, short reads, errors
+            if mapped is not None:
+                same = ba.startswith(mapped.data(pos, k))
+            else:
+                pb = vb[:k] if k < chunk else vb
+                if fb is None or preadv is None or preadv(fb, [pb], ob + pos) != k:
+                    sb.readinto(pos, pb)
+                same = ba == bb if k == chunk else ba.startswith(pb)
+            unreported += 2 * k
+            if unreported >= RELEASE_STEP:
+                progress(unreported)
+                unreported = 0
+                if mapped is not None:
+                    mapped.done_upto(pos)
+            if not same:
+                return False
+            pos += k
+        return True
+    finally:
+        progress(unreported)
+
+
+def _check_crcs(sa: Span, sb: Span, equal: bool) -> None:
+    """Equal bytes must come with equal stored CRC-32s and different bytes with different ones;
+    when they do not, one record is damaged: find it (raises CorruptCheckpointError)."""
+    ca, cb = sa.stored_crc(), sb.stored_crc()
+    if ca is None or cb is None or (ca == cb) == equal:
+        return
+    sa.verify()
+    sb.verify()
+    # both records match their CRCs: equal CRCs over different bytes (a true collision) is possible
+
+
+def compare_tensors(
+    a: TensorRef,
+    b: TensorRef,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-8,
+    equal_nan: bool = False,
+    verify: bool = False,
+    verified: set[int] | None = None,
+    progress: ProgressFn | None = None,
+    buffers: Buffers | None = None,
+) -> Outcome:
+    """Compare the values of two tensors of the same shape (see the module docs).
+
+    ``verify`` checks the CRC-32 of every record read (once each; ``verified`` holds the storages
+    already checked, shared across calls). ``progress`` is called with bytes compared.
+    ``buffers``: scratch buffers to reuse across calls.
+    """
+    if a.shape != b.shape:
+        return Outcome("not_compared", note="shapes differ")
+    meta_a, meta_b = a.storage is None, b.storage is None
+    if meta_a or meta_b:
+        if meta_a and meta_b:
+            return Outcome("identical" if a.dtype is b.dtype else "close", note="meta tensors: no data to compare")
+        return Outcome("not_compared", note="one side is a meta tensor (no data)")
+    verified = set() if verified is None else verified
+    sa, sb = Span(a, verified), Span(b, verified)
+    if verify:
+        sa.verify()
+        sb.verify()
+    if a.numel == 0:
+        return Outcome("identical" if a.dtype is b.dtype else "close")
+    total = a.nbytes + b.nbytes
+    reported = 0
+
+    def tick(n: int) -> None:
+        nonlocal reported
+        n = min(n, total - reported)
+        if n > 0 and progress is not None:
+            reported += n
+            progress(n)
+
+    raw = raw_comparable(a, b, sa, sb)
+    if raw and bytes_comparable(a, b, sa, sb):
+        equal = _bytes_equal(sa, sb, tick, buffers)
+        _check_crcs(sa, sb, equal)
+        if equal:
+            tick(total)
+            return Outcome("identical", bytes_read=total)
+        raw = False  # known to differ: go straight to the values
+    from .tensor_stats import Workspace, compare_values
+
+    if buffers is not None and buffers.workspace is None:
+        buffers.workspace = Workspace(use_mmap=buffers.use_mmap, threads=buffers.threads)
+    status, stats, note = compare_values(a, b, sa, sb, rtol=rtol, atol=atol, equal_nan=equal_nan, tick=tick,
+                                         raw_first=raw, ws=buffers.workspace if buffers is not None else None)
+    tick(total)
+    return Outcome(status, stats, note, bytes_read=total)
+
+
+def read_scalar(ref: TensorRef) -> Any:
+    """The value of a one-element tensor (an optimizer's ``step``), or None if it has no data."""
+    if ref.storage is None or ref.numel != 1:
+        return None
+    from .tensor_stats import read_value
+
+    return read_value(ref, Span(ref, set()))
