@@ -196,7 +196,13 @@ def compare_optimizer(
         row.setdefault("changed", True)
 
     def one(steps: set[Any]) -> Any:
-        return _jsonable(next(iter(steps))) if len(steps) == 1 else None
+        """The step all parameters are at; ``[lowest, highest]`` when they differ; None if none."""
+        numbers = sorted(x for x in steps if type(x) in (int, float) and x == x)
+        if not numbers:
+            return None
+        if len(steps) == 1:
+            return _jsonable(numbers[0])
+        return [_jsonable(numbers[0]), _jsonable(numbers[-1])]
 
     return {
         "path": path,

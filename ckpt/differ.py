@@ -73,11 +73,15 @@ class TensorDiff:
     stats: Stats | None = None
     note: str | None = None
     same_as: str | None = None
+    ignore_dtype: bool = False
 
     @property
     def is_difference(self) -> bool:
-        """True when this pair makes the checkpoints different (values or dtype/shape)."""
-        return self.status in ("different", "not_compared") or any(c in ATTRIBUTE_CHANGES for c in self.changes)
+        """True when this pair makes the checkpoints different: values not close, a shape change,
+        or a dtype change (unless the diff ignores dtype changes)."""
+        if self.status in ("different", "not_compared") or "shape" in self.changes:
+            return True
+        return "dtype" in self.changes and not self.ignore_dtype
 
     @property
     def magnitude(self) -> float:
@@ -162,6 +166,7 @@ class DiffReport:
     only: list[str]
     exclude: list[str]
     verify: bool
+    ignore_dtype: bool
     tensors: list[TensorDiff]
     only_a: list[dict[str, Any]]
     only_b: list[dict[str, Any]]
@@ -213,7 +218,8 @@ class DiffReport:
             "a": self.a.as_json(),
             "b": self.b.as_json(),
             "options": {"rtol": self.rtol, "atol": self.atol, "equal_nan": self.equal_nan,
-                        "only": list(self.only), "exclude": list(self.exclude), "verify": self.verify},
+                        "only": list(self.only), "exclude": list(self.exclude), "verify": self.verify,
+                        "ignore_dtype": self.ignore_dtype},
             "counts": self.counts,
             "tensors": [t.as_json() for t in self.tensors],
             "only_a": list(self.only_a),
@@ -237,6 +243,7 @@ def diff(
     exclude: Iterable[str] = (),
     key: str | None | tuple[str | None, str | None] = None,
     allow: Iterable[str] = (),
+    ignore_dtype: bool = False,
     verify: bool = False,
     mmap: bool = True,
     limits: Limits = DEFAULT_LIMITS,
@@ -251,6 +258,9 @@ def diff(
       checkpoint); a pair ``(key_a, key_b)`` picks a different subtree on each side.
     * ``allow``: globals to accept as inert data; any other global outside the allowlist raises
       :class:`~ckpt.UnsafeGlobalError`, as :func:`ckpt.load` does. Nothing is ever executed.
+    * ``ignore_dtype``: a dtype change alone does not make the checkpoints different (it is still
+      reported, and the values are compared after upcasting): "is this bfloat16 copy within
+      tolerance of the float32 original?".
     * ``verify``: check the CRC-32 of every zip record read (slower; without it, stored CRCs are
       still checked against what the byte comparison finds).
     * ``mmap``: compare equal-looking tensors in place in a read-only map of ``b``'s file (one
@@ -288,6 +298,9 @@ def diff(
         flat_b = filter_paths(flat_b, only=only, exclude=exclude)
         report = _compare(flat_a, flat_b, rtol=rtol, atol=atol, equal_nan=equal_nan, verify=verify,
                           use_mmap=mmap, progress=progress)
+        report.ignore_dtype = ignore_dtype
+        for t in report.tensors:
+            t.ignore_dtype = ignore_dtype
         report.a = _side_info(ck_a, a, key_a, flat_a)
         report.b = _side_info(ck_b, b, key_b, flat_b)
         report.rtol, report.atol, report.equal_nan = rtol, atol, equal_nan
@@ -416,7 +429,7 @@ def _compare(
                                 -t.magnitude))
     return DiffReport(
         a=Side("", "", None, 0, 0, []), b=Side("", "", None, 0, 0, []),
-        rtol=rtol, atol=atol, equal_nan=equal_nan, only=[], exclude=[], verify=verify,
+        rtol=rtol, atol=atol, equal_nan=equal_nan, only=[], exclude=[], verify=verify, ignore_dtype=False,
         tensors=results, only_a=only_a, only_b=only_b, values=value_diffs,
         values_compared=values_compared, optimizers=[], bytes_compared=compared,
     )

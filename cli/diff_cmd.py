@@ -29,6 +29,7 @@ _STYLE = {"identical": "green", "close": "yellow", "different": "bold red", "not
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-8, show_default=True,
               help="Absolute tolerance, as in torch.allclose.")
 @click.option("--equal-nan", is_flag=True, help="Count NaN as close to NaN (torch.allclose's equal_nan).")
+@click.option("--ignore-dtype", is_flag=True, help="A dtype change alone does not make the files different (values are still compared, upcast).")
 @click.option("--only", multiple=True, metavar="GLOB", help="Compare only paths matching this glob, e.g. 'model.*' (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out paths matching this glob, e.g. 'optimizer.*' (repeatable).")
 @click.option("--key", metavar="PATH", help="Compare the subtree at this dotted path in both files, e.g. 'state_dict'.")
@@ -41,7 +42,7 @@ _STYLE = {"identical": "green", "close": "yellow", "different": "bold red", "not
 @click.option("--max-rows", type=click.IntRange(min=1), default=DEFAULT_MAX_ROWS, show_default=True,
               help="Rows per table unless --all.")
 def diff_command(
-    a: str, b: str, as_json: bool, stat: bool, rtol: float, atol: float, equal_nan: bool,
+    a: str, b: str, as_json: bool, stat: bool, rtol: float, atol: float, equal_nan: bool, ignore_dtype: bool,
     only: tuple[str, ...], exclude: tuple[str, ...], key: str | None, key_a: str | None, key_b: str | None,
     allow: tuple[str, ...], verify: bool, no_mmap: bool, show_all: bool, max_rows: int,
 ) -> None:
@@ -57,7 +58,7 @@ def diff_command(
     Examples:
       ckpt diff before.pt after.pt
       ckpt diff run1/last.ckpt run2/last.ckpt --stat
-      ckpt diff model.pt model-fp16.pt --atol 1e-3 --rtol 1e-2
+      ckpt diff model.pt model-bf16.pt --ignore-dtype --atol 1e-2
       ckpt diff lightning.ckpt exported.pt --key-a state_dict
       ckpt diff a.pt b.pt --exclude 'optimizer.*' --json | jq '.tensors[] | select(.status != "identical") | .path'
 
@@ -66,7 +67,8 @@ def diff_command(
     keys = (key_a if key_a is not None else key, key_b if key_b is not None else key)
     progress = _progress_bar() if not as_json else None
     try:
-        report = ckpt.diff(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan, only=only, exclude=exclude,
+        report = ckpt.diff(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan, ignore_dtype=ignore_dtype,
+                           only=only, exclude=exclude,
                            key=keys, allow=allow, verify=verify, mmap=not no_mmap,
                            progress=progress.update if progress is not None else None)
     finally:
@@ -193,13 +195,15 @@ def verdict_text(report: ckpt.DiffReport) -> Any:
         close = t["close"]
         line.append(f": {t['common']} tensors" + (f" ({close} within tolerance)" if close else "")
                     + f" and {v['common']} values match (rtol={report.rtol:g}, atol={report.atol:g})")
+        if c["changes"]["dtype"]:
+            line.append(f"; {c['changes']['dtype']} dtype changes ignored")
         return line
     line.append("Different", style="bold red")
     parts = []
     differ = t["different"] + t["not_compared"]
     if differ:
         parts.append(f"{differ} of {t['common']} tensors differ")
-    if c["changes"]["dtype"]:
+    if c["changes"]["dtype"] and not report.ignore_dtype:
         parts.append(f"{c['changes']['dtype']} dtype changes")
     if c["changes"]["shape"]:
         parts.append(f"{c['changes']['shape']} shape changes")
@@ -228,6 +232,8 @@ def render(report: ckpt.DiffReport, *, show_all: bool, max_rows: int) -> None:
     opts = [f"rtol={report.rtol:g}", f"atol={report.atol:g}"]
     if report.equal_nan:
         opts.append("equal_nan")
+    if report.ignore_dtype:
+        opts.append("dtype changes ignored")
     if report.only:
         opts.append("only " + ", ".join(report.only))
     if report.exclude:
@@ -338,7 +344,7 @@ def _optimizer_panel(opt: dict[str, Any], *, show_all: bool, max_rows: int) -> A
     head = Text()
     step = opt["step"]
     if step["a"] is not None or step["b"] is not None:
-        head.append(f"step {_pair(fmt_num(step['a']), fmt_num(step['b']))}; ")
+        head.append(f"step {_pair(_step(step['a']), _step(step['b']))}; ")
     head.append(f"{opt['parameters_changed']} of {opt['parameters']} parameters' state changed")
     if opt["matched_by"] == "name":
         head.append(" (matched by param_names: the order of parameters differs)")
@@ -386,6 +392,13 @@ def _optimizer_panel(opt: dict[str, Any], *, show_all: bool, max_rows: int) -> A
         parts.append(table)
     title = f"Optimizer {opt['path'] or '(root)'}: {name}"
     return Panel(Group(*parts), title=title, title_align="left")
+
+
+def _step(v: Any) -> str:
+    """An optimizer's step: one number, or ``low–high`` when its parameters are at different steps."""
+    if isinstance(v, list) and len(v) == 2:
+        return f"{fmt_num(v[0])}–{fmt_num(v[1])}"
+    return fmt_num(v)
 
 
 def _short(v: Any) -> str:
@@ -451,7 +464,7 @@ def render_stat(report: ckpt.DiffReport) -> None:
         line.append(f"\noptimizer {opt['path'] or '(root)'}: {opt['parameters_changed']} of {opt['parameters']} "
                     "parameters' state changed")
         if step["a"] is not None or step["b"] is not None:
-            line.append(f", step {_pair(fmt_num(step['a']), fmt_num(step['b']))}")
+            line.append(f", step {_pair(_step(step['a']), _step(step['b']))}")
         hp = sum(len(g["changes"]) for g in opt["param_groups"])
         if hp:
             line.append(f", {hp} hyper-parameter changes")

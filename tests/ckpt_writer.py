@@ -153,7 +153,7 @@ class _Writer:
                     + self.tuple_(t.array.shape) + self.tuple_(_strides(t.array.shape)) + self.pk(t.requires_grad)
                     + b"tR")
             return body
-        arr = np.ascontiguousarray(t.array)
+        arr = t.array if t.array.flags.c_contiguous else np.ascontiguousarray(t.array)  # (keeps 0-d arrays 0-d)
         if self.byteorder == "big" and arr.dtype.itemsize > 1 and arr.dtype.kind != "V":
             if arr.dtype.kind == "c":  # torch swaps each half of a complex number
                 half = arr.dtype.itemsize // 2

@@ -291,6 +291,16 @@ def test_keys_dtypes_shapes_and_values(tmp_path: Path) -> None:
     assert report.tensors[0].path == "model.s"
 
 
+def test_ignore_dtype(tmp_path: Path) -> None:
+    w = rng(11).standard_normal(100).astype(np.float32)
+    a, b = pair(tmp_path, {"w": T(w)}, {"w": T(bf16_bits(w), "bfloat16")})
+    strict = ckpt.diff(a, b, atol=1e-2)
+    assert by_path(strict)["w"].status == "close" and by_path(strict)["w"].changes == ["dtype"] and not strict.same
+    relaxed = ckpt.diff(a, b, atol=1e-2, ignore_dtype=True)
+    assert relaxed.same and relaxed.as_json()["options"]["ignore_dtype"] is True
+    assert not ckpt.diff(a, b, ignore_dtype=True).same  # the values still count
+
+
 def test_noted_changes_do_not_make_checkpoints_different(tmp_path: Path) -> None:
     w = np.ones((2, 2), np.float32)
     a, b = pair(tmp_path, {"w": T(w, location="cuda:0", parameter=True, requires_grad=True)}, {"w": T(w)})
