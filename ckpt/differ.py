@@ -263,10 +263,11 @@ def diff(
       tolerance of the float32 original?".
     * ``verify``: check the CRC-32 of every zip record read (slower; without it, stored CRCs are
       still checked against what the byte comparison finds).
-    * ``mmap``: compare equal-looking tensors in place in a read-only map of ``b``'s file (one
-      copy of each byte saved). As with ``torch.load(mmap=True)``, a file truncated by another
-      process *while* it is compared can then kill the process (SIGBUS); pass ``mmap=False`` to
-      read both files with positioned reads only (a truncated file is then a clean error).
+    * ``mmap``: compare large tensors in place in maps of the two files (no copy of their bytes;
+      pages are dropped as the comparison moves on, so memory stays bounded). As with
+      ``torch.load(mmap=True)``, a file truncated by another process *while* it is compared can
+      then kill the process (SIGBUS); ``mmap=False`` reads both files with positioned reads only
+      (a truncated file is then a clean error), a little slower.
     * ``progress(done, total)``: called with tensor bytes compared so far.
 
     Raises :class:`~ckpt.CheckpointError` for unreadable or unsafe files.

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from .tensor_compare import Span
 
 CHUNK_ELEMENTS = 1 << 18
+
+def _quiet() -> Any:
+    """Differences of infinities, divisions by zero and overflowing differences are expected: the
+    statistics handle them; numpy must not warn about them."""
+    return np.errstate(divide="ignore", invalid="ignore", over="ignore")
 """Elements per side decoded and reduced at a time when values differ."""
 
 # 4-bit e2m1 values (float4_e2m1fn_x2 packs two per byte, low nibble first)
@@ -161,8 +166,7 @@ class Stats:
         d = ws.array("ad", n, a.dtype)
         rel = ws.array("rel", n, a.dtype)
         np.subtract(a, b, out=d)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(d, b, out=rel)
+        np.divide(d, b, out=rel)  # x/0 and 0/0 are expected (callers silence the warnings)
         np.abs(d, out=d)
         top = float(d.max())
         if not math.isfinite(top):
@@ -464,7 +468,7 @@ def compare_values(
     ``raw_first``: check bitwise equality of the stored elements before decoding (same dtype,
     views or byte orders that prevent a plain byte comparison); equal pairs are never decoded.
     """
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflowing differences: handled
+    with _quiet():  # inf - inf, x/0, overflowing differences: all handled
         return _compare_values(a, b, sa, sb, rtol, atol, equal_nan, tick, raw_first, ws or Workspace())
 
 
@@ -515,7 +519,7 @@ def _compare_values(
                 if report:
                     tick(ca.nbytes + cb.nbytes)
 
-        with np.errstate(invalid="ignore", over="ignore"):  # errstate is per thread
+        with _quiet():  # errstate is per thread: helpers set their own
             others = [ws.pool.submit(_in_errstate, run, i, workers[i], False) for i in range(1, len(ranges))]
             try:
                 run(0, workers[0], True)
@@ -533,7 +537,7 @@ def _compare_values(
 
 
 def _in_errstate(fn: Callable[..., None], *args: Any) -> None:
-    with np.errstate(invalid="ignore", over="ignore"):
+    with _quiet():
         fn(*args)
 
 

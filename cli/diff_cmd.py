@@ -37,7 +37,7 @@ _STYLE = {"identical": "green", "close": "yellow", "different": "bold red", "not
 @click.option("--key-b", metavar="PATH", help="The subtree to compare in B (overrides --key for B).")
 @click.option("--allow", multiple=True, metavar="MODULE.NAME", help="Accept this global as inert data (repeatable); any other global outside the allowlist stops the diff.")
 @click.option("--verify", is_flag=True, help="Check the CRC-32 of every record read (slower).")
-@click.option("--no-mmap", is_flag=True, help="Read B with positioned reads instead of mapping it (for a file another process may be rewriting).")
+@click.option("--no-mmap", is_flag=True, help="Read both files with positioned reads instead of mapping them (for a file another process may be rewriting).")
 @click.option("--all", "show_all", is_flag=True, help="List identical tensors too, and every row.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=DEFAULT_MAX_ROWS, show_default=True,
               help="Rows per table unless --all.")
@@ -267,33 +267,15 @@ def render(report: ckpt.DiffReport, *, show_all: bool, max_rows: int) -> None:
         title = "Tensors" if show_all else "Tensors that differ"
         table = Table(title=f"{title} ({len(rows)} of {len(report.tensors)}), largest change first",
                       title_justify="left", show_edge=False, pad_edge=False)
-        for col, justify in (("name", "left"), ("status", "left"), ("dtype", "left"), ("shape", "left"),
-                             ("max abs diff", "right"), ("max rel diff", "right"), ("mean abs diff", "right"),
-                             ("differing", "right"), ("notes", "left")):
-            table.add_column(col, justify=justify, overflow="fold")
         shown = rows if show_all else rows[:max_rows]
-        for t in shown:
-            s = t.stats
-            notes = [c for c in t.changes if c not in ("dtype", "shape")]
-            notes = [f"{c}: {_attr(t, c)}" for c in notes]
-            if _nonfinite(s):
-                notes.append(_nonfinite(s))
-            if t.note:
-                notes.append(t.note)
-            if t.same_as:
-                notes.append(f"= {t.same_as}")
-            raw = s is not None and s.compared_as == "raw"
-            table.add_row(
-                t.path or "(root)",
-                Text(t.status, style=_STYLE.get(t.status, "")),
-                _pair(t.a.dtype.name, t.b.dtype.name),
-                _pair(shape_str(t.a.shape), shape_str(t.b.shape)),
-                fmt_num(s.max_abs) if s is not None and not raw else "-",
-                fmt_num(s.max_rel) if s is not None and not raw else "-",
-                fmt_num(s.mean_abs) if s is not None and not raw else "-",
-                _share(s),
-                "; ".join(notes),
-            )
+        cells = [_tensor_cells(t) for t in shown]
+        with_notes = any(c[-1] for c in cells)
+        for col, justify in (("name", "left"), ("status", "left"), ("dtype", "left"), ("shape", "left"),
+                             ("max abs", "right"), ("max rel", "right"), ("mean abs", "right"),
+                             ("differing", "right"), *((("notes", "left"),) if with_notes else ())):
+            table.add_column(col, justify=justify, overflow="fold", min_width=12 if col == "name" else None)
+        for c in cells:
+            table.add_row(*(c if with_notes else c[:-1]))
         if len(shown) < len(rows):
             table.caption = f"{len(rows) - len(shown)} more; --all lists every tensor, --stat groups them"
         elif not show_all and len(rows) < len(report.tensors):
@@ -321,6 +303,32 @@ def render(report: ckpt.DiffReport, *, show_all: bool, max_rows: int) -> None:
         console.print(_optimizer_panel(opt, show_all=show_all, max_rows=max_rows))
 
     console.print(verdict_text(report))
+
+
+def _tensor_cells(t: Any) -> list[Any]:
+    """One row of the tensor table: name, status, dtype, shape, max abs/rel, mean abs, differing, notes."""
+    from rich.text import Text
+
+    s = t.stats
+    notes = [f"{c}: {_attr(t, c)}" for c in t.changes if c not in ("dtype", "shape")]
+    if _nonfinite(s):
+        notes.append(_nonfinite(s))
+    if t.note:
+        notes.append(t.note)
+    if t.same_as:
+        notes.append(f"= {t.same_as}")
+    numeric = s is not None and s.compared_as != "raw"
+    return [
+        t.path or "(root)",
+        Text(t.status, style=_STYLE.get(t.status, "")),
+        _pair(t.a.dtype.name, t.b.dtype.name),
+        _pair(shape_str(t.a.shape), shape_str(t.b.shape)),
+        fmt_num(s.max_abs) if numeric else "-",
+        fmt_num(s.max_rel) if numeric else "-",
+        fmt_num(s.mean_abs) if numeric else "-",
+        _share(s),
+        "; ".join(notes),
+    ]
 
 
 def _attr(t: Any, change: str) -> str:

@@ -154,6 +154,12 @@ def test_committed_example_validates() -> None:
     assert doc["schema"] == "ckpt.diff/1"
 
 
+def test_the_trimmed_example_in_the_docs_validates() -> None:
+    text = (ROOT / "docs" / "json-schema.md").read_text(encoding="utf-8")
+    block = text.split("### Diff example", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert SchemaChecker(load_schema()).validate(json.loads(block)) == []
+
+
 def test_schema_dtype_enum_is_the_dtype_table() -> None:
     from ckpt.dtypes import DTYPES
 
