@@ -245,7 +245,6 @@ def diff(
     allow: Iterable[str] = (),
     ignore_dtype: bool = False,
     verify: bool = False,
-    mmap: bool = True,
     limits: Limits = DEFAULT_LIMITS,
     progress: ProgressCallback | None = None,
 ) -> DiffReport:
@@ -263,11 +262,6 @@ def diff(
       tolerance of the float32 original?".
     * ``verify``: check the CRC-32 of every zip record read (slower; without it, stored CRCs are
       still checked against what the byte comparison finds).
-    * ``mmap``: compare large tensors in place in maps of the two files (no copy of their bytes;
-      pages are dropped as the comparison moves on, so memory stays bounded). As with
-      ``torch.load(mmap=True)``, a file truncated by another process *while* it is compared can
-      then kill the process (SIGBUS); ``mmap=False`` reads both files with positioned reads only
-      (a truncated file is then a clean error), a little slower.
     * ``progress(done, total)``: called with tensor bytes compared so far.
 
     Raises :class:`~ckpt.CheckpointError` for unreadable or unsafe files.
@@ -298,7 +292,7 @@ def diff(
         flat_a = filter_paths(flat_a, only=only, exclude=exclude)
         flat_b = filter_paths(flat_b, only=only, exclude=exclude)
         report = _compare(flat_a, flat_b, rtol=rtol, atol=atol, equal_nan=equal_nan, verify=verify,
-                          use_mmap=mmap, progress=progress)
+                          progress=progress)
         report.ignore_dtype = ignore_dtype
         for t in report.tensors:
             t.ignore_dtype = ignore_dtype
@@ -345,7 +339,7 @@ def _side_info(ck: Checkpoint, src: Any, key: str | None, flat: Flat) -> Side:
 
 
 def _compare(
-    fa: Flat, fb: Flat, *, rtol: float, atol: float, equal_nan: bool, verify: bool, use_mmap: bool,
+    fa: Flat, fb: Flat, *, rtol: float, atol: float, equal_nan: bool, verify: bool,
     progress: ProgressCallback | None,
 ) -> DiffReport:
     only_a: list[dict[str, Any]] = []
@@ -409,7 +403,7 @@ def _compare(
     first: dict[tuple[int, int], TensorDiff] = {}
     results: list[TensorDiff] = []
     compared = 0
-    with Buffers(use_mmap=use_mmap) as buffers:
+    with Buffers() as buffers:
         for path, ta, tb in pairs:
             changes = _attribute_changes(ta, tb)
             k = (id(ta), id(tb))

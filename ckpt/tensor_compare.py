@@ -17,8 +17,8 @@ of the same shape, in order of cost:
    ``equal_nan``; defaults ``rtol=1e-5``, ``atol=1e-8`` as in torch.
 
 Memory stays at a few chunks per pair for tensors that are contiguous in files ckpt can read by
-offset (torch zip records are stored uncompressed); a strided view is read as the byte span it
-covers (at most its storage). Integrity: when both tensors fill their whole zip records, the
+offset (torch zip records are stored uncompressed): positioned reads, a few hundred kilobytes at a
+time. A strided view is read as the byte span it covers (at most its storage). Integrity: when both tensors fill their whole zip records, the
 stored CRC-32s must agree with what the byte comparison found (equal bytes with different CRCs,
 or different bytes with equal CRCs, mean one file is damaged: the record is then checked and a
 :class:`~ckpt.errors.CorruptCheckpointError` raised); ``verify=True`` checks every record's CRC.
@@ -29,7 +29,6 @@ This module imports no numpy: a diff of identical checkpoints never needs it. De
 
 from __future__ import annotations
 
-import mmap
 import os
 import zlib
 from collections.abc import Callable
@@ -46,19 +45,14 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 256 << 10
 """Bytes per positioned read in the raw comparison (small enough to stay in the CPU's cache)."""
 
-MAP_MIN = 1 << 20
-"""Spans at least this long are compared in place in a read-only map of their file (when maps are
-allowed); shorter ones are read."""
-
 SMALL = 64 << 10
 """Spans up to this long are compared with one positioned read per side."""
 
 MAX_THREADS = 4
 """Most threads that decode one differing pair (numpy releases the GIL in its loops)."""
 
-RELEASE_STEP = 16 << 20
-"""A map's pages are dropped from the process (``MADV_DONTNEED``) every this many bytes, so peak
-memory stays a few steps per side however large the tensor."""
+PROGRESS_STEP = 16 << 20
+"""Bytes compared between two progress reports inside one pair."""
 
 ProgressFn = Callable[[int], None]
 """Called with a number of bytes just compared (both sides together)."""
@@ -97,78 +91,6 @@ def _torch_zip_reader() -> type:
 
         _ZIP_READER.append(TorchZipReader)
     return _ZIP_READER[0]
-
-
-class MappedSpan:
-    """A map of ``length`` bytes of a file at ``offset``, read in place, whose pages are dropped
-    from the process as the comparison moves past them (:meth:`release`), so that the resident set
-    stays a few :data:`RELEASE_STEP` per side, not the file.
-
-    The map is private and copy-on-write (nothing ever writes to it, so no page is copied): that
-    lets :meth:`address` hand its memory to ``memcmp``.
-    """
-
-    def __init__(self, fd: int, offset: int, length: int) -> None:
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        self.shift = offset - start
-        self.length = length
-        try:
-            self.map = mmap.mmap(fd, self.shift + length, flags=mmap.MAP_PRIVATE,
-                                 prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
-        except (AttributeError, OSError):  # a platform without private maps, or no memory to commit
-            self.map = mmap.mmap(fd, self.shift + length, access=mmap.ACCESS_READ, offset=start)
-        self.view = memoryview(self.map)
-        self._anchor: Any = None
-        self._can_release = hasattr(self.map, "madvise") and hasattr(mmap, "MADV_DONTNEED")
-
-    def data(self, pos: int, n: int) -> memoryview:
-        """The bytes ``[pos, pos + n)`` of the span, in place."""
-        return self.view[self.shift + pos : self.shift + pos + n]
-
-    def address(self) -> int | None:
-        """The memory address of the span's first byte (None for a read-only map)."""
-        found = _memcmp()
-        if found is None or self.view.readonly:
-            return None
-        ctypes = found[0]
-        if self._anchor is None:
-            self._anchor = ctypes.c_char.from_buffer(self.map)
-        return int(ctypes.addressof(self._anchor)) + self.shift
-
-    def release(self, start: int, stop: int) -> None:
-        """The span's bytes ``[start, stop)`` are no longer needed: drop the pages wholly inside."""
-        page = mmap.PAGESIZE
-        lo = -(-(self.shift + start) // page) * page
-        hi = (self.shift + stop) // page * page
-        if self._can_release and hi > lo:
-            self.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-    def close(self) -> None:
-        self._anchor = None
-        try:
-            self.view.release()
-            self.map.close()  # unmapping drops the pages
-        except BufferError:  # an array still views the map: drop its pages, unmap when collected
-            if self._can_release:
-                self.map.madvise(mmap.MADV_DONTNEED, 0, len(self.map))
-
-
-_MEMCMP: list[Any] = []
-
-
-def _memcmp() -> tuple[Any, Any] | None:
-    """``(ctypes, libc memcmp)``, or None where the C library cannot be reached."""
-    if not _MEMCMP:
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None).memcmp
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-            _MEMCMP.append((ctypes, fn))
-        except (ImportError, OSError, AttributeError):
-            _MEMCMP.append(None)
-    return _MEMCMP[0]  # type: ignore[no-any-return]
 
 
 class Span:
@@ -210,17 +132,6 @@ class Span:
     @property
     def byteorder(self) -> str:
         return getattr(self.storage.reader, "byteorder", "little")
-
-    def map(self) -> MappedSpan | None:
-        """A read-only map of this span (None when it is short, compressed or past the file's end)."""
-        if self._fd is None or self.length < MAP_MIN or not hasattr(mmap, "mmap"):
-            return None
-        try:
-            if os.fstat(self._fd).st_size < self._base + self.length:
-                return None  # the file shrank since it was opened: the read path reports it
-            return MappedSpan(self._fd, self._base, self.length)
-        except (OSError, ValueError):
-            return None
 
     def readinto(self, pos: int, buf: memoryview) -> None:
         """Fill ``buf`` with the span's bytes from ``pos`` (relative to the span's start)."""
@@ -315,14 +226,13 @@ def bytes_comparable(a: TensorRef, b: TensorRef, sa: Span, sb: Span, nbytes: int
 
 
 class Buffers:
-    """Scratch space shared by every tensor pair of one diff: two chunk buffers, whether spans
-    may be compared in place in read-only maps of their files, and the numpy workspace."""
+    """Scratch space shared by every tensor pair of one diff: two chunk buffers for raw
+    comparisons, and the numpy workspace (with its threads) for pairs that need decoding."""
 
-    def __init__(self, size: int = CHUNK_BYTES, *, use_mmap: bool = True, threads: int | None = None) -> None:
+    def __init__(self, size: int = CHUNK_BYTES, *, threads: int | None = None) -> None:
         self.size = size
         self.a = bytearray(size)
         self.b = bytearray(size)
-        self.use_mmap = use_mmap and hasattr(mmap, "mmap")
         self.threads = threads if threads is not None else min(os.cpu_count() or 1, MAX_THREADS)
         self.workspace: Any = None
         """A :class:`~ckpt.tensor_stats.Workspace`, made when a pair first needs decoding."""
@@ -341,46 +251,11 @@ class Buffers:
 
 
 def _bytes_equal(sa: Span, sb: Span, progress: ProgressFn, buffers: Buffers | None = None) -> bool:
-    """Chunked comparison of two equally long contiguous spans, in the cheapest way available:
-
-    * both spans mapped: ``memcmp`` over the two maps, a few megabytes per call (no copy at all,
-      and the GIL is released while it runs);
-    * otherwise A's bytes read into a small buffer that stays in the CPU cache and compared with
-      B's bytes in place in a map of B (``bytearray.startswith`` is a memcmp);
-    * without maps (``use_mmap=False``, short spans, files that cannot be mapped), both read.
-    """
-    buffers = buffers or Buffers(min(CHUNK_BYTES, max(sa.length, 1)), use_mmap=False)
-    mb = sb.map() if buffers.use_mmap else None
-    ma = sa.map() if mb is not None else None
-    try:
-        if ma is not None and mb is not None:
-            pa, pb = ma.address(), mb.address()
-            cmp = _memcmp()
-            if pa is not None and pb is not None and cmp is not None:
-                return _memcmp_equal(pa, pb, sa.length, cmp[1], ma, mb, progress)
-        return _bytes_equal_with(sa, sb, progress, buffers, mb)
-    finally:
-        for m in (ma, mb):
-            if m is not None:
-                m.close()
-
-
-def _memcmp_equal(pa: int, pb: int, n: int, memcmp: Any, ma: MappedSpan, mb: MappedSpan, progress: ProgressFn) -> bool:
-    pos = 0
-    while pos < n:
-        k = min(RELEASE_STEP, n - pos)
-        same = memcmp(pa + pos, pb + pos, k) == 0
-        progress(2 * k)
-        if not same:
-            return False
-        if pos + k < n:
-            ma.release(pos, pos + k)
-            mb.release(pos, pos + k)
-        pos += k
-    return True
-
-
-def _bytes_equal_with(sa: Span, sb: Span, progress: ProgressFn, buffers: Buffers, mapped: MappedSpan | None) -> bool:
+    """Chunked comparison of two equally long contiguous spans: positioned reads of both into two
+    small buffers that stay in the CPU cache, compared with memcmp (``bytearray ==``). This costs
+    about what reading both files costs (measured: less CPU than comparing them in memory maps,
+    whose page faults cost as much as the copies they save, and no SIGBUS if a file shrinks)."""
+    buffers = buffers or Buffers(min(CHUNK_BYTES, max(sa.length, 1)), threads=1)
     n = sa.length
     chunk = buffers.size
     ba, bb = buffers.a, buffers.b
@@ -390,27 +265,20 @@ def _bytes_equal_with(sa: Span, sb: Span, progress: ProgressFn, buffers: Buffers
     preadv = os.preadv if hasattr(os, "preadv") else None
     pos = 0
     unreported = 0
-    released = 0
     try:
         while pos < n:
             k = n - pos if n - pos < chunk else chunk
             pa = va[:k] if k < chunk else va
+            pb = vb[:k] if k < chunk else vb
             if fa is None or preadv is None or preadv(fa, [pa], oa + pos) != k:
                 sa.readinto(pos, pa)  # the careful path: whole-storage reads, short reads, errors
-            if mapped is not None:
-                same = ba.startswith(mapped.data(pos, k))
-            else:
-                pb = vb[:k] if k < chunk else vb
-                if fb is None or preadv is None or preadv(fb, [pb], ob + pos) != k:
-                    sb.readinto(pos, pb)
-                same = ba == bb if k == chunk else ba.startswith(pb)
+            if fb is None or preadv is None or preadv(fb, [pb], ob + pos) != k:
+                sb.readinto(pos, pb)
+            same = ba == bb if k == chunk else ba.startswith(pb)
             unreported += 2 * k
-            if unreported >= RELEASE_STEP:
+            if unreported >= PROGRESS_STEP:
                 progress(unreported)
                 unreported = 0
-                if mapped is not None:
-                    mapped.release(released, pos)
-                    released = pos
             if not same:
                 return False
             pos += k
@@ -488,7 +356,7 @@ def compare_tensors(
     from .tensor_stats import Workspace, compare_values
 
     if buffers is not None and buffers.workspace is None:
-        buffers.workspace = Workspace(use_mmap=buffers.use_mmap, threads=buffers.threads)
+        buffers.workspace = Workspace(threads=buffers.threads)
     status, stats, note = compare_values(a, b, sa, sb, rtol=rtol, atol=atol, equal_nan=equal_nan, tick=tick,
                                          raw_first=raw, ws=buffers.workspace if buffers is not None else None)
     tick(total)

@@ -50,10 +50,8 @@ class Workspace:
     """Reusable arrays, so that decoding and reducing a chunk allocates nothing (a fresh
     multi-megabyte array per chunk costs page faults and zeroing, more than the arithmetic)."""
 
-    def __init__(self, *, use_mmap: bool = False, threads: int = 1) -> None:
+    def __init__(self, *, threads: int = 1) -> None:
         self._arrays: dict[tuple[str, np.dtype], np.ndarray] = {}
-        self.use_mmap = use_mmap
-        """Decode long contiguous spans in place in read-only maps of their files (no copy)."""
         self.threads = max(1, threads)
         self._helpers: list[Workspace] = []
         self._pool: Any = None
@@ -71,7 +69,7 @@ class Workspace:
         a pair of fewer than two chunks per thread is not worth splitting."""
         n = max(1, min(self.threads, numel // (2 * chunk)))
         while len(self._helpers) < n - 1:
-            self._helpers.append(Workspace(use_mmap=self.use_mmap))
+            self._helpers.append(Workspace())
         return [self, *self._helpers[: n - 1]]
 
     def close(self) -> None:
@@ -373,10 +371,9 @@ def decode(raw: np.ndarray, ref: TensorRef, byteorder: str, ws: Workspace | None
 class Elements:
     """A tensor's stored elements in logical (row-major) order, served as raw numpy chunks.
 
-    :meth:`open` prepares the source: a read-only map of a contiguous span (when the workspace
-    allows maps), positioned reads into workspace buffers otherwise, or, for a strided view, its
-    elements gathered once into a contiguous array. :meth:`chunk` then serves any range (so that
-    several threads can share one tensor); :meth:`close` drops the map.
+    A contiguous tensor is read chunk by chunk, by positioned reads into workspace buffers; a
+    strided view has its elements gathered once into a contiguous array by :meth:`open`.
+    :meth:`chunk` serves any range (so that several threads can share one tensor).
     """
 
     def __init__(self, ref: TensorRef, span: Span) -> None:
@@ -389,7 +386,6 @@ class Elements:
         self.byteorder = span.byteorder
         self.per = 2 if self.dt.name == "complex32" else 1
         self.rdt = self.raw_dtype()
-        self.mapped: Any = None
         self.flat: np.ndarray | None = None
 
     def raw_dtype(self) -> np.dtype:
@@ -398,9 +394,8 @@ class Elements:
             return np.dtype("<u2" if self.byteorder == "little" else ">u2")
         return stored_dtype(self.dt, self.byteorder)
 
-    def open(self, use_mmap: bool) -> None:
+    def open(self) -> None:
         if self.contiguous:
-            self.mapped = self.span.map() if use_mmap else None
             return
         # A strided view: read the span it covers and gather its elements in logical order
         # (chunks must line up with the other side's, whatever its layout).
@@ -416,33 +411,20 @@ class Elements:
         per = self.per
         if self.flat is not None:
             return self.flat[start * per : (start + k) * per]
-        if self.mapped is not None:
-            return np.frombuffer(self.mapped.map, dtype=self.rdt, count=k * per,
-                                 offset=self.mapped.shift + start * self.item)
         size = k * self.item
         buf = ws.array(f"read{side}", size, np.uint8) if ws is not None else np.empty(size, np.uint8)
         self.span.readinto(start * self.item, memoryview(buf))
         return np.frombuffer(buf, dtype=self.rdt, count=k * per)
 
-    def done(self, start: int, stop: int) -> None:
-        """Elements ``[start, stop)`` are compared: drop their pages from the process."""
-        if self.mapped is not None:
-            self.mapped.release(start * self.item, stop * self.item)
-
     def close(self) -> None:
-        if self.mapped is not None:
-            self.mapped.close()
-            self.mapped = None
         self.flat = None
 
     def chunks(self, elements: int, ws: Workspace | None = None, side: str = "a") -> Iterator[np.ndarray]:
         """Every element in chunks of ``elements`` (the last one shorter), in order."""
-        self.open(ws is not None and ws.use_mmap)
+        self.open()
         try:
             for pos in range(0, self.numel, elements):
-                k = min(elements, self.numel - pos)
-                yield self.chunk(pos, k, ws, side)
-                self.done(pos, pos + k)
+                yield self.chunk(pos, min(elements, self.numel - pos), ws, side)
         finally:
             self.close()
 
@@ -492,9 +474,9 @@ def _compare_values(
         return ("different" if stats.differing else "identical"), stats, f"{a.dtype.name} compared as stored bits"
     ctype = compute_type(na, nb)
     scale = 2 if a.dtype.name == "float4_e2m1fn_x2" else 1
-    ea.open(ws.use_mmap)
+    ea.open()
     try:
-        eb.open(ws.use_mmap)
+        eb.open()
         # Split the elements into one contiguous range per worker: ranges run in parallel
         # (numpy releases the GIL in its loops), each with its own scratch arrays.
         workers = ws.workers(numel, CHUNK_ELEMENTS)
@@ -515,8 +497,6 @@ def _compare_values(
                     st.add_int(va, vb, rtol, atol, wsx)
                 else:
                     st.add_float(va, vb, rtol, atol, equal_nan, wsx)
-                ea.done(pos, pos + k)
-                eb.done(pos, pos + k)
                 if report:
                     tick(ca.nbytes + cb.nbytes)
 

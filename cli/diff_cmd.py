@@ -37,14 +37,13 @@ _STYLE = {"identical": "green", "close": "yellow", "different": "bold red", "not
 @click.option("--key-b", metavar="PATH", help="The subtree to compare in B (overrides --key for B).")
 @click.option("--allow", multiple=True, metavar="MODULE.NAME", help="Accept this global as inert data (repeatable); any other global outside the allowlist stops the diff.")
 @click.option("--verify", is_flag=True, help="Check the CRC-32 of every record read (slower).")
-@click.option("--no-mmap", is_flag=True, help="Read both files with positioned reads instead of mapping them (for a file another process may be rewriting).")
 @click.option("--all", "show_all", is_flag=True, help="List identical tensors too, and every row.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=DEFAULT_MAX_ROWS, show_default=True,
               help="Rows per table unless --all.")
 def diff_command(
     a: str, b: str, as_json: bool, stat: bool, rtol: float, atol: float, equal_nan: bool, ignore_dtype: bool,
     only: tuple[str, ...], exclude: tuple[str, ...], key: str | None, key_a: str | None, key_b: str | None,
-    allow: tuple[str, ...], verify: bool, no_mmap: bool, show_all: bool, max_rows: int,
+    allow: tuple[str, ...], verify: bool, show_all: bool, max_rows: int,
 ) -> None:
     """Compare two checkpoints: keys, dtypes, shapes, values, optimizer state.
 
@@ -69,14 +68,14 @@ def diff_command(
     try:
         report = ckpt.diff(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan, ignore_dtype=ignore_dtype,
                            only=only, exclude=exclude,
-                           key=keys, allow=allow, verify=verify, mmap=not no_mmap,
+                           key=keys, allow=allow, verify=verify,
                            progress=progress.update if progress is not None else None)
     finally:
         if progress is not None:
             progress.close()
     if as_json:
-        json.dump(report.as_json(), sys.stdout, separators=(",", ":"), allow_nan=False)
-        sys.stdout.write("\n")
+        # one json.dumps (C encoder) rather than json.dump (a Python loop of small writes)
+        sys.stdout.write(json.dumps(report.as_json(), separators=(",", ":"), allow_nan=False) + "\n")
     elif stat:
         render_stat(report)
     else:

@@ -258,9 +258,9 @@ def test_errors_exit_2_with_one_line(make: str, files: dict[str, Path], tmp_path
         assert "bad.pt" in lines[0]
 
 
-def test_verify_and_no_mmap_give_the_same_answer(files: dict[str, Path]) -> None:
+def test_verify_gives_the_same_answer(files: dict[str, Path]) -> None:
     plain = json.loads(stdout_of(run_cli("diff", files["a"], files["b"], "--json")))
-    careful = json.loads(stdout_of(run_cli("diff", files["a"], files["b"], "--json", "--verify", "--no-mmap")))
+    careful = json.loads(stdout_of(run_cli("diff", files["a"], files["b"], "--json", "--verify")))
     careful["options"]["verify"] = False
     assert careful == plain
 
