@@ -120,9 +120,10 @@ class Span:
         if fd is None or not hasattr(os, "preadv"):
             return
         if self._entry is not None:
-            # torch zip: the record's local header, read through the archive's read-ahead window
-            # (cheap for the many small records of a large state dict, read in file order)
-            offset = None if self._entry.method != STORED else reader.archive.data_offset(self._entry, readahead=True)
+            # torch zip: the record's local header; small records through the archive's read-ahead
+            # window (cheap for the many small records of a large state dict, read in file order)
+            small = self._entry.size <= SMALL
+            offset = None if self._entry.method != STORED else reader.archive.data_offset(self._entry, readahead=small)
         else:
             offset = reader.data_offset(storage)
         if offset is not None:
@@ -229,8 +230,8 @@ class Buffers:
     """Scratch space shared by every tensor pair of one diff: two chunk buffers for raw
     comparisons, and the numpy workspace (with its threads) for pairs that need decoding."""
 
-    def __init__(self, size: int = CHUNK_BYTES, *, threads: int | None = None) -> None:
-        self.size = size
+    def __init__(self, size: int | None = None, *, threads: int | None = None) -> None:
+        self.size = size = size or CHUNK_BYTES
         self.a = bytearray(size)
         self.b = bytearray(size)
         self.threads = threads if threads is not None else min(os.cpu_count() or 1, MAX_THREADS)
