@@ -8,6 +8,8 @@ inputs need about their own size in memory while torch.save writes them.
 
 Recipe kinds (``recipe["kind"]``); add a function to ``GENERATORS`` for a new one:
 
+* ``numpy_values``: a small model plus ``scalars`` numpy scalars (float64 losses and int64 steps)
+  and ``arrays`` float32 arrays of ``array_shape``, as a training loop's history.
 * ``state_dict``: ``count`` tensors named by ``keys`` (a ``str.format`` template over ``n`` (the
   index), ``i = n // group`` and ``j = n % group``), each of ``shape`` and ``dtype``, filled from
   ``torch.randn`` seeded with ``seed``; saved as ``format``: ``torch-zip`` (torch.save's
@@ -55,8 +57,45 @@ def make_state_dict(recipe: dict[str, Any], out: str) -> None:
         raise SystemExit(f"gen_input: unknown format {fmt!r}")
 
 
+def make_sharded(recipe: dict[str, Any], out: str) -> None:
+    """A folder of ``shards`` safetensors files and a ``model.safetensors.index.json`` naming them,
+    as Hugging Face's save_pretrained lays them out."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    sd = _state_dict(recipe)
+    n = int(recipe["shards"])
+    names = list(sd)
+    per = -(-len(names) // n)
+    os.makedirs(out)
+    weight_map = {}
+    for s in range(n):
+        shard = f"model-{s + 1:05d}-of-{n:05d}.safetensors"
+        part = {k: sd[k] for k in names[s * per : (s + 1) * per]}
+        save_file(part, os.path.join(out, shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+def make_numpy_values(recipe: dict[str, Any], out: str) -> None:
+    """A checkpoint whose non-tensor state is numpy values, as training loops log them."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(int(recipe.get("seed", 0)))
+    shape = tuple(recipe["array_shape"])
+    history = [{"loss": np.float64(rng.random()), "step": np.int64(i)} for i in range(int(recipe["scalars"]) // 2)]
+    stats = [rng.random(shape, dtype=np.float32) for _ in range(int(recipe["arrays"]))]
+    model = {f"layer{i}.weight": torch.randn(8, 8) for i in range(4)}
+    torch.save({"model": model, "history": history, "stats": stats, "best": np.float64(0.5)}, out)
+
+
 GENERATORS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "state_dict": make_state_dict,
+    "sharded": make_sharded,
+    "numpy_values": make_numpy_values,
 }
 
 

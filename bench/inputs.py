@@ -61,6 +61,28 @@ INPUTS: dict[str, Input] = {
             "~1.6 GB: 200 float32 tensors of [2000, 1000] (8 MB each), torch.save zip format",
         ),
         Input(
+            "legacy",
+            "big-legacy.pt",
+            {"kind": "state_dict", "count": 128, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+             "dtype": "float32", "seed": 0, "format": "torch-legacy"},
+            "~1 GB: 128 float32 tensors of [2000, 1000], legacy format (_use_new_zipfile_serialization=False)",
+        ),
+        Input(
+            "st",
+            "big.safetensors",
+            {"kind": "state_dict", "count": 128, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+             "dtype": "float32", "seed": 0, "format": "safetensors"},
+            "~1 GB: 128 float32 tensors of [2000, 1000], safetensors",
+        ),
+        Input(
+            "sharded",
+            "sharded",
+            {"kind": "sharded", "shards": 16, "count": 2048, "keys": "layers.{i}.sub{j}.weight", "group": 16,
+             "shape": [128, 256], "dtype": "bfloat16", "seed": 0, "format": "safetensors"},
+            "a folder of 16 safetensors shards (2,048 bfloat16 tensors of [128, 256], 128 MiB) and "
+            "model.safetensors.index.json",
+        ),
+        Input(
             "big_copy",
             "big-copy.pt",
             {**BIG, "copy": 1},  # same recipe, so the same bytes (torch.save is deterministic), another file
@@ -78,6 +100,13 @@ INPUTS: dict[str, Input] = {
             {"kind": "state_dict", "count": 100_000, "keys": "layers.{i}.sub{j}.weight", "group": 10,
              "shape": [4], "dtype": "float32", "seed": 0, "format": "torch-zip"},
             "100,000 float32 tensors of [4] in one state dict (layers.{i}.sub{j}.weight), ~30 MB",
+        ),
+        Input(
+            "numpy_values",
+            "numpy_values.pt",
+            {"kind": "numpy_values", "scalars": 50_000, "arrays": 5_000, "array_shape": [16], "seed": 0},
+            "a training log of numpy values: 50,000 numpy float64/int64 scalars and 5,000 float32 "
+            "arrays of [16] beside a 4-tensor model, torch.save zip format (~2 MB)",
         ),
     )
 }

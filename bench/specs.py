@@ -17,6 +17,22 @@ TIMED = ("{python}", "{bench}/timed.py")  # prints {"seconds": ...} for the call
 # Cases several benchmarks share (same command -> measured once per invocation).
 TORCH_LOAD_BIG_MMAP = ("torch.load(big.pt, mmap=True)", (*TIMED, "torch-load", "{big}", "--mmap"))
 TORCH_LOAD_MANY = ("torch.load(many.pt)", (*TIMED, "torch-load", "{many}"))
+TORCH_LOAD_LEGACY = ("torch.load(big-legacy.pt)", (*TIMED, "torch-load", "{legacy}"))
+ST_LOAD = ("safetensors load_file(big.safetensors)", (*TIMED, "st-load", "{st}"))
+ST_SHARDED_LOAD = ("safetensors load_file of each shard", (*TIMED, "st-sharded-load", "{sharded}"))
+# what reading a safetensors header costs with the library itself: names and shapes, no data
+ST_HEADER = (
+    "safetensors header (safe_open, shapes)",
+    ("{python}", "-c", "import sys; from safetensors import safe_open; f = safe_open(sys.argv[1], 'numpy'); "
+     "[f.get_slice(k).get_shape() for k in f.keys()]", "{st}"),
+)
+ST_SHARDED_HEADERS = (
+    "safetensors headers of every shard",
+    ("{python}", "-c", "import sys, json, os; from safetensors import safe_open; d = sys.argv[1]; "
+     "m = json.load(open(os.path.join(d, 'model.safetensors.index.json')))['weight_map']; "
+     "[[f.get_slice(k).get_shape() for k in f.keys()] for f in "
+     "(safe_open(os.path.join(d, s), 'numpy') for s in dict.fromkeys(m.values()))]", "{sharded}"),
+)
 
 BENCHMARKS: list[Bench] = [
     # ---- issue 2: the reader, `ckpt inspect`, `ckpt.load` ------------------------------------
@@ -79,6 +95,102 @@ BENCHMARKS: list[Bench] = [
                  vs=TORCH_LOAD_MANY[0]),
             Case(TORCH_LOAD_MANY[0], TORCH_LOAD_MANY[1], role="baseline", timing="call"),
         ),
+    ),
+    # ---- issue 4: legacy files, safetensors, sharded checkpoints ------------------------------
+    Bench(
+        "inspect-legacy", 4, ("legacy",),
+        about="`ckpt inspect --json` of a ~1 GB legacy (non-zip) torch file as a whole process: the "
+              "pickles and one 8-byte size field per storage; baseline: a process that imports torch "
+              "and loads it (torch cannot mmap this format)",
+        cases=(
+            Case("ckpt inspect --json", ("{ckpt}", "inspect", "{legacy}", "--json")),
+            Case(TORCH_LOAD_LEGACY[0], TORCH_LOAD_LEGACY[1], role="baseline"),
+            # Where the 0.5 s goes before the file is read (the same commands as inspect-big's):
+            Case("python startup", ("{python}", "-c", "pass"), role="info"),
+            Case("import ckpt CLI", ("{python}", "-c", "import ckpt_cli.main"), role="info"),
+            Case("ckpt.inspect() call", (*TIMED, "ckpt-inspect", "{legacy}"), role="info", timing="call"),
+        ),
+        floors=(under_seconds("ckpt inspect --json", 0.5, "a 1 GB legacy file inspects in under 0.5 s"),
+                under_rss_mb("ckpt inspect --json", 80)),
+    ),
+    Bench(
+        "load-legacy", 4, ("legacy",),
+        about="ckpt.load vs torch.load(weights_only=True) of the ~1 GB legacy file, the call alone; "
+              "ckpt.load(mmap=True), which torch refuses for this format, for information",
+        cases=(
+            Case("ckpt.load(big-legacy.pt)", (*TIMED, "ckpt-load", "{legacy}"), timing="call"),
+            Case(TORCH_LOAD_LEGACY[0], TORCH_LOAD_LEGACY[1], role="baseline", timing="call"),
+            Case("ckpt.load(big-legacy.pt, mmap=True)", (*TIMED, "ckpt-load", "{legacy}", "--mmap"), role="info",
+                 timing="call", vs=TORCH_LOAD_LEGACY[0]),
+        ),
+    ),
+    Bench(
+        "inspect-safetensors", 4, ("st",),
+        about="`ckpt inspect --json` of a ~1 GB safetensors file (the header only) as a whole process; "
+              "baseline: a process reading names and shapes with the safetensors library",
+        cases=(
+            Case("ckpt inspect --json", ("{ckpt}", "inspect", "{st}", "--json")),
+            Case(ST_HEADER[0], ST_HEADER[1], role="baseline"),
+        ),
+        floors=(under_seconds("ckpt inspect --json", 0.3, "inspect reads only metadata (the zip floor)"),
+                under_rss_mb("ckpt inspect --json", 80)),
+    ),
+    Bench(
+        "load-safetensors", 4, ("st",),
+        about="ckpt.load(mmap=True) vs safetensors.torch.load_file of the ~1 GB file, the call alone "
+              "(load_file maps the file too: its tensors are views of the mapping); the copying load and "
+              "the numpy flavours for information",
+        cases=(
+            Case("ckpt.load(big.safetensors, mmap=True)", (*TIMED, "ckpt-load", "{st}", "--mmap"), timing="call"),
+            Case(ST_LOAD[0], ST_LOAD[1], role="baseline", timing="call"),
+            Case("ckpt.load(big.safetensors)", (*TIMED, "ckpt-load", "{st}"), role="info", timing="call",
+                 vs=ST_LOAD[0]),
+            Case("ckpt.load(big.safetensors, as_=numpy)", (*TIMED, "ckpt-load", "{st}", "--as", "numpy",
+                                                            "--no-torch"), role="info", timing="call",
+                 vs="safetensors.numpy load_file"),
+            Case("safetensors.numpy load_file", (*TIMED, "st-load", "{st}", "--as", "numpy"), role="info",
+                 timing="call"),
+        ),
+    ),
+    Bench(
+        "inspect-sharded", 4, ("sharded",),
+        about="`ckpt inspect --json` of a folder of 16 safetensors shards and their index (headers "
+              "only) as a whole process; baseline: a process reading every shard's header with safetensors",
+        cases=(
+            Case("ckpt inspect --json", ("{ckpt}", "inspect", "{sharded}", "--json")),
+            Case(ST_SHARDED_HEADERS[0], ST_SHARDED_HEADERS[1], role="baseline"),
+        ),
+        floors=(under_seconds("ckpt inspect --json", 0.5, "inspect reads only metadata"),),
+    ),
+    Bench(
+        "load-sharded", 4, ("sharded",),
+        about="ckpt.load(mmap=True) of the sharded folder vs reading its index and load_file of each "
+              "shard (which maps each shard), the call alone; the copying load for information",
+        cases=(
+            Case("ckpt.load(sharded/, mmap=True)", (*TIMED, "ckpt-load", "{sharded}", "--mmap"), timing="call"),
+            Case(ST_SHARDED_LOAD[0], ST_SHARDED_LOAD[1], role="baseline", timing="call"),
+            Case("ckpt.load(sharded/)", (*TIMED, "ckpt-load", "{sharded}"), role="info", timing="call",
+                 vs=ST_SHARDED_LOAD[0]),
+        ),
+    ),
+    # ---- issue 4 (part B): numpy values and other profiled objects ---------------------------
+    Bench(
+        "load-numpy-values", 4, ("numpy_values",),
+        about="ckpt.load of a checkpoint holding 50,000 numpy scalars and 5,000 numpy arrays (read "
+              "by default, rebuilt by ckpt's own code) vs torch.load(weights_only=True) with the "
+              "numpy globals allowlisted (torch refuses the file otherwise); the call alone",
+        cases=(
+            Case("ckpt.load(numpy_values.pt)", (*TIMED, "ckpt-load", "{numpy_values}"), timing="call"),
+            Case("torch.load(numpy_values.pt, numpy allowlisted)",
+                 (*TIMED, "torch-load-numpy-allowed", "{numpy_values}"), role="baseline", timing="call"),
+            Case("ckpt.load(numpy_values.pt, as_=numpy)",
+                 (*TIMED, "ckpt-load", "{numpy_values}", "--as", "numpy", "--no-torch"), role="info",
+                 timing="call", vs="torch.load(numpy_values.pt, numpy allowlisted)"),
+            Case("ckpt inspect numpy_values.pt --json", ("{ckpt}", "inspect", "{numpy_values}", "--json"),
+                 role="info"),
+        ),
+        floors=(ratio_at_most("ckpt.load(numpy_values.pt)", "torch.load(numpy_values.pt, numpy allowlisted)",
+                              2.0, "numpy values cost at most twice what torch's allowlisted load costs"),),
     ),
     # ---- issue 6: `ckpt diff` --------------------------------------------------------------------
     Bench(

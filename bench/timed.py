@@ -1,8 +1,12 @@
 """In-process timing: run one call in a fresh process and print its seconds as a JSON line.
 
     python bench/timed.py ckpt-load  PATH [--mmap] [--as numpy] [--no-torch]
+    python bench/timed.py ckpt-inspect PATH               # ckpt.inspect, the call alone
     python bench/timed.py torch-load PATH [--mmap]
     python bench/timed.py torch-diff PATH OTHER [--stats]
+    python bench/timed.py st-load PATH [--as numpy]       # safetensors' load_file
+    python bench/timed.py st-sharded-load FOLDER          # index + load_file of each shard
+    python bench/timed.py torch-load-numpy-allowed PATH     # numpy globals allowlisted
 
 Imports happen before the clock starts (torch first, then ckpt), so what is timed is the call
 alone; the harness still measures the whole process's wall time and peak RSS around it. The last
@@ -40,6 +44,13 @@ def ckpt_load(a: argparse.Namespace) -> Callable[[], Any]:
     return lambda: ckpt.load(a.path, mmap=a.mmap, as_=a.as_)
 
 
+def ckpt_inspect(a: argparse.Namespace) -> Callable[[], Any]:
+    """``ckpt.inspect`` (the summary the CLI prints), the call alone: no interpreter start, no imports."""
+    import ckpt
+
+    return lambda: ckpt.inspect(a.path).tensors
+
+
 def torch_load(a: argparse.Namespace) -> Callable[[], Any]:
     import torch
 
@@ -69,10 +80,61 @@ def torch_diff(a: argparse.Namespace) -> Callable[[], Any]:
     return run
 
 
+def st_load(a: argparse.Namespace) -> Callable[[], Any]:
+    """``safetensors.torch.load_file`` (or ``safetensors.numpy.load_file`` with ``--as numpy``)."""
+    if a.as_ == "numpy":
+        from safetensors.numpy import load_file
+    else:
+        import torch  # noqa: F401
+
+        from safetensors.torch import load_file
+    return lambda: load_file(a.path)
+
+
+def st_sharded_load(a: argparse.Namespace) -> Callable[[], Any]:
+    """What loaders do with a sharded safetensors folder: read the index, load_file each shard."""
+    import json
+    import os
+
+    import torch  # noqa: F401
+    from safetensors.torch import load_file
+
+    def load() -> Any:
+        with open(os.path.join(a.path, "model.safetensors.index.json")) as f:
+            weight_map = json.load(f)["weight_map"]
+        out: dict[str, Any] = {}
+        for shard in dict.fromkeys(weight_map.values()):
+            out.update(load_file(os.path.join(a.path, shard)))
+        return out
+
+    return load
+
+
+def torch_load_numpy_allowed(a: argparse.Namespace) -> Callable[[], Any]:
+    """torch.load(weights_only=True) with the numpy globals allowlisted, as torch's docs advise
+    (torch then runs numpy's own reconstruction functions)."""
+    import numpy as np
+    import torch
+
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype,
+               *(getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType"))]
+
+    def call() -> Any:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(a.path, mmap=a.mmap, weights_only=True)
+
+    return call
+
+
 CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "ckpt-load": ckpt_load,
+    "ckpt-inspect": ckpt_inspect,
     "torch-load": torch_load,
     "torch-diff": torch_diff,
+    "st-load": st_load,
+    "st-sharded-load": st_sharded_load,
+    "torch-load-numpy-allowed": torch_load_numpy_allowed,
 }
 
 

@@ -19,6 +19,9 @@ from .rebuild import Builder
 from .sniff import HEAD_BYTES, explain, sniff
 from .tensors import StorageRef, TensorRef
 from . import torch_zip  # noqa: F401  (registers the zip reader)
+from . import torch_legacy  # noqa: F401  (registers the legacy reader)
+from . import safetensors_reader  # noqa: F401  (registers the safetensors reader)
+from . import sharded  # noqa: F401  (registers the sharded-index reader)
 from .reader import READERS, Reader
 from .walk import iter_tensors
 from .zipread import RangedFile
@@ -27,9 +30,11 @@ PathLike = str | os.PathLike[str]
 
 
 class Checkpoint:
-    """An opened checkpoint. Nothing but the zip directory and the pickle has been read.
+    """An opened checkpoint. Nothing but its metadata has been read: the zip directory and the
+    pickle, a legacy file's pickles, a safetensors header, a sharded index and its shards' headers.
 
-    Attributes: ``path``; ``format`` (``"torch-zip"``); ``facts`` (format details: archive name,
+    Attributes: ``path``; ``format`` (``"torch-zip"``, ``"torch-legacy"``, ``"torchscript"``,
+    ``"safetensors"`` or ``"sharded"``); ``facts`` (format details: archive name,
     version, byte order, pickle protocol, ...); ``root`` (the object the file holds, tensors as
     :class:`~ckpt.tensors.TensorRef`); ``findings`` (globals outside the allowlist, in inspect
     mode); ``storages`` (key -> :class:`~ckpt.tensors.StorageRef`).
@@ -85,13 +90,12 @@ class Checkpoint:
 
 
 def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Reader:
-    """Detect the format of ``path`` by content and return its reader (the file stays open)."""
+    """Detect the format of ``path`` by content and return its reader (the file stays open).
+
+    A folder is the sharded checkpoint whose index it holds (:func:`ckpt.sharded.open_folder`)."""
     name = os.fspath(path)
     if os.path.isdir(name):
-        raise UnsupportedFormatError(
-            "is a directory; sharded and distributed (DCP) checkpoint folders are not supported yet",
-            path=name,
-        )
+        return sharded.open_folder(name, limits)
     try:
         file = RangedFile.open(name)
     except FileNotFoundError:
@@ -106,18 +110,6 @@ def open_reader(path: PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Reader:
         factory = READERS.get(kind)
         if factory is not None:
             return factory(file, name, limits, head)
-        if kind == "torch-legacy":
-            raise UnsupportedFormatError(
-                "this is a legacy (pre-1.6, non-zip) torch checkpoint; reading it is not supported yet",
-                path=name,
-            )
-        if kind == "torch-tar":
-            raise UnsupportedFormatError(
-                "this is a tar archive (the pre-0.1.10 torch tar format, or another tar); not supported",
-                path=name,
-            )
-        if kind == "safetensors":
-            raise UnsupportedFormatError("safetensors files are not supported yet", path=name)
         raise NotACheckpointError(explain(kind, head, file.size), path=name)
     except BaseException:
         file.close()
@@ -131,18 +123,20 @@ def open(
     allow: Iterable[str] = (),
     trust: Mapping[str, Callable[..., Any]] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    profiles: str | Iterable[str] | None = None,
 ) -> Checkpoint:
     """Open a checkpoint lazily: read its directory and pickle, no tensor bytes.
 
     ``policy="strict"`` raises :class:`~ckpt.UnsafeGlobalError` at the first global outside the
     allowlist; ``policy="inspect"`` turns such globals into inert stand-ins listed in
     ``Checkpoint.findings``. ``allow`` names globals to accept as inert data; ``trust`` maps names
-    to real constructors to call (an explicit choice to run code).
+    to real constructors to call (an explicit choice to run code). ``profiles`` selects the
+    :mod:`profiles <ckpt.profiles>` read without ``allow``, as in :func:`ckpt.load`.
 
     >>> with ckpt.open("model.pt") as ck:                 # doctest: +SKIP
     ...     sd = ck.root                                   # tensors are TensorRef
     """
-    pol = Policy(policy, allow=allow, trust=trust)
+    pol = Policy(policy, allow=allow, trust=trust, profiles=profiles)
     reader = open_reader(path, limits=limits)
     try:
         findings: list[Finding] = []

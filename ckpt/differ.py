@@ -174,6 +174,7 @@ class DiffReport:
     values_compared: int
     optimizers: list[dict[str, Any]]
     bytes_compared: int = 0
+    tensors_only: bool = False
 
     @property
     def same(self) -> bool:
@@ -219,7 +220,7 @@ class DiffReport:
             "b": self.b.as_json(),
             "options": {"rtol": self.rtol, "atol": self.atol, "equal_nan": self.equal_nan,
                         "only": list(self.only), "exclude": list(self.exclude), "verify": self.verify,
-                        "ignore_dtype": self.ignore_dtype},
+                        "ignore_dtype": self.ignore_dtype, "tensors_only": self.tensors_only},
             "counts": self.counts,
             "tensors": [t.as_json() for t in self.tensors],
             "only_a": list(self.only_a),
@@ -244,6 +245,7 @@ def diff(
     key: str | None | tuple[str | None, str | None] = None,
     allow: Iterable[str] = (),
     ignore_dtype: bool = False,
+    tensors_only: bool = False,
     verify: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     progress: ProgressCallback | None = None,
@@ -257,6 +259,9 @@ def diff(
       checkpoint); a pair ``(key_a, key_b)`` picks a different subtree on each side.
     * ``allow``: globals to accept as inert data; any other global outside the allowlist raises
       :class:`~ckpt.UnsafeGlobalError`, as :func:`ckpt.load` does. Nothing is ever executed.
+    * ``tensors_only``: compare tensors only; non-tensor values (epochs, hyper-parameters, the
+      module objects of a TorchScript archive) are left out, and so is the optimizer summary,
+      which needs them: "are these the same weights?".
     * ``ignore_dtype``: a dtype change alone does not make the checkpoints different (it is still
       reported, and the values are compared after upcasting): "is this bfloat16 copy within
       tolerance of the float32 original?".
@@ -291,9 +296,13 @@ def diff(
             opt_b = find_optimizers(flat_b.tensors, flat_b.values)
         flat_a = filter_paths(flat_a, only=only, exclude=exclude)
         flat_b = filter_paths(flat_b, only=only, exclude=exclude)
+        if tensors_only:
+            flat_a.values, flat_b.values = {}, {}
+            opt_a, opt_b = {}, {}
         report = _compare(flat_a, flat_b, rtol=rtol, atol=atol, equal_nan=equal_nan, verify=verify,
                           progress=progress)
         report.ignore_dtype = ignore_dtype
+        report.tensors_only = tensors_only
         for t in report.tensors:
             t.ignore_dtype = ignore_dtype
         report.a = _side_info(ck_a, a, key_a, flat_a)

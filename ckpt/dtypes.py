@@ -12,11 +12,10 @@ and the numpy dtype string where numpy has an exact native equivalent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class DType:
+class DType(NamedTuple):
     """One dtype as torch knows it.
 
     ``kind`` is one of ``float``, ``int``, ``uint``, ``bool``, ``complex``, ``quantized``, ``bits``.
@@ -81,7 +80,7 @@ _ROWS = [
     DType("float8_e5m2fnuz", 1, "float", None, "F8_E5M2FNUZ"),
     DType("float8_e4m3fnuz", 1, "float", None, "F8_E4M3FNUZ"),
     DType("float8_e8m0fnu", 1, "float", None, "F8_E8M0"),
-    DType("float4_e2m1fn_x2", 1, "float", None, None),
+    DType("float4_e2m1fn_x2", 1, "float", None, "F4"),  # safetensors counts F4 elements: 2 per byte
     DType("bits8", 1, "bits"),
     DType("bits16", 2, "bits"),
     DType("bits1x8", 1, "bits"),

@@ -12,11 +12,12 @@ allocate or walk. Pass your own :class:`Limits` to raise them for unusual but tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
+    """Bounds on what one file may make ckpt allocate or walk (each field documented below)."""
+
     max_pickle_bytes: int = 2 << 30
     """Largest pickle record ckpt will read into memory (``data.pkl`` is read whole)."""
 
@@ -35,6 +36,10 @@ class Limits:
 
     max_walk_depth: int = 512
     """Nesting depth below which inspect stops descending and reports the subtree as elided."""
+
+    max_json_bytes: int = 100_000_000
+    """Largest JSON ckpt parses: a safetensors header (the safetensors library's own cap) or a
+    sharded checkpoint's index."""
 
 
 DEFAULT_LIMITS = Limits()

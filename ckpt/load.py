@@ -19,6 +19,7 @@ def load(
     mmap: bool = False,
     allow: Iterable[str] = (),
     trust: Mapping[str, Callable[..., Any]] | None = None,
+    profiles: str | Iterable[str] | None = None,
     as_: str = "torch",
     unsupported_dtype: str = "upcast",
     limits: Limits = DEFAULT_LIMITS,
@@ -36,15 +37,21 @@ def load(
       write); CRCs of mapped records are not checked (that would read them).
     * ``allow``: globals to accept as inert data (``ckpt.values.InertObject``), never imported.
     * ``trust``: ``{"pkg.Name": constructor}``: call your own constructor for that global.
+    * ``profiles``: which :mod:`profiles <ckpt.profiles>` rebuild non-tensor objects without being
+      named in ``allow``. The default reads plain values (numpy scalars/arrays/dtypes, datetime,
+      pathlib, frozenset/slice/range, defaultdict with a built-in factory); add record groups such
+      as ``"argparse"``, ``"lightning"``, ``"omegaconf"``, ``"deepspeed"`` (or ``"all"``) to get
+      their objects as :class:`~ckpt.values.Record` data; ``"none"`` accepts only what torch does.
     * ``as_="numpy"``: numpy arrays instead of torch tensors (no torch needed); dtypes numpy lacks
       follow ``unsupported_dtype`` (``upcast``, ``raw`` or ``error``; see :mod:`ckpt.numpy_out`).
 
     >>> sd = ckpt.load("model.pt", map_location="cpu")                 # doctest: +SKIP
     >>> arrays = ckpt.load("model.pt", as_="numpy")                     # doctest: +SKIP
+    >>> ck = ckpt.load("last.ckpt", profiles=["default", "lightning", "omegaconf"])  # doctest: +SKIP
     """
     if as_ not in FLAVORS:
         raise ValueError(f"as_ must be one of {FLAVORS}, not {as_!r}")
-    policy = Policy("strict", allow=allow, trust=trust)
+    policy = Policy("strict", allow=allow, trust=trust, profiles=profiles)
     reader = open_reader(path, limits=limits)
     try:
         builder: Any
@@ -59,6 +66,17 @@ def load(
 
             builder = NumpyBuilder(reader, mmap=mmap, unsupported_dtype=unsupported_dtype, limits=limits)
         findings: list[Finding] = []
-        return reader.load(builder, policy, findings)
+        result = reader.load(builder, policy, findings)
+        if as_ == "torch":
+            from .torch_out import holds_storage_handle
+
+            if holds_storage_handle(result):
+                # The file stores a bare storage: torch returns it as a TypedStorage, which ckpt
+                # makes only when needed, so this rare file is read once more making them.
+                builder = TorchBuilder(
+                    reader, map_location=map_location, mmap=mmap, limits=limits, typed_storages=True
+                )
+                result = reader.load(builder, policy, findings)
+        return result
     finally:
         reader.close()

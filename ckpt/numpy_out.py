@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from .dtypes import DType
-from .errors import UnsupportedFeatureError
+from .errors import CorruptCheckpointError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
-from .rebuild import Builder
+from .rebuild import COMPRESSED_LAYOUTS, Builder, check_nested_components
 from .tensors import StorageRef, TensorRef
 from .reader import Reader
+from .values import Record
 
 UNSUPPORTED_DTYPE_CHOICES = ("upcast", "raw", "error")
 
@@ -174,6 +175,7 @@ class NumpyBuilder(Builder):
         if unsupported_dtype not in UNSUPPORTED_DTYPE_CHOICES:
             raise ValueError(f"unsupported_dtype must be one of {UNSUPPORTED_DTYPE_CHOICES}")
         super().__init__(mode=mode, limits=limits)
+        self._settings = {"mmap": mmap, "unsupported_dtype": unsupported_dtype, "mode": mode, "limits": limits}
         self.reader = reader
         self.unsupported_dtype = unsupported_dtype
         self._loaded: dict[str, np.ndarray] = {}
@@ -183,15 +185,27 @@ class NumpyBuilder(Builder):
             if fd is not None and reader.file_size:
                 self._map = _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
 
+    def for_reader(self, reader: Reader) -> NumpyBuilder:
+        """A builder with the same settings for another file (a shard of a sharded checkpoint)."""
+        return NumpyBuilder(reader, **self._settings)
+
     def finish_storage(self, ref: StorageRef) -> Any:
         arr = self._loaded.get(ref.key)
         if arr is None:
-            offset = self.reader.data_offset(ref) if self._map is not None else None
-            if offset is not None:
+            view = self.reader.storage_base(ref)
+            offset = self.reader.data_offset(ref) if self._map is not None and view is None else None
+            if view is not None:  # a slice of another storage (legacy storage views): share its memory
+                base, start = view
+                arr = self.finish_storage(base)[start : start + ref.nbytes]
+            elif offset is not None:
                 arr = np.frombuffer(self._map, dtype=np.uint8, count=ref.nbytes, offset=offset)
             else:
-                arr = np.empty(ref.nbytes, dtype=np.uint8)
-                self.reader.readinto(ref, memoryview(arr))
+                data = self.reader.read_small(ref)
+                if data is not None:
+                    arr = np.frombuffer(bytearray(data), dtype=np.uint8)
+                else:
+                    arr = np.empty(ref.nbytes, dtype=np.uint8)
+                    self.reader.readinto(ref, memoryview(arr))
             if ref.nbytes:
                 self._loaded[ref.key] = arr
             self.remember(arr, ref)
@@ -208,3 +222,98 @@ class NumpyBuilder(Builder):
 
     def set_attrs(self, obj: Any, ref: TensorRef, attrs: dict[str, Any]) -> Any:
         return obj
+
+    # -- sparse, quantized and nested tensors: no numpy equivalent, so plain data ----------------
+
+    def sparse_tensor(
+        self, layout: str, parts: dict[str, Any], refs: dict[str, TensorRef], size: tuple[int, ...],
+        coalesced: bool | None,
+    ) -> Any:
+        """A ``torch.sparse_*`` :class:`~ckpt.values.Record` of numpy arrays (``indices`` and
+        ``values`` for COO; ``crow_indices``/``col_indices`` or ``ccol_indices``/``row_indices`` and
+        ``values`` for the compressed layouts), ``size`` and ``is_coalesced``; the indices are
+        checked as torch's invariant checks would."""
+        if layout == "torch.sparse_coo":
+            check_coo_indices(parts["indices"], size, coalesced)
+        else:
+            check_compressed_indices(layout, parts, size)
+        out = Record(layout, parts)
+        out["size"] = tuple(size)
+        if layout == "torch.sparse_coo":
+            out["is_coalesced"] = coalesced
+        return out
+
+    def quantized_tensor(self, storage: Any, ref: TensorRef, quantizer: dict[str, Any]) -> Any:
+        """A ``torch.quantized`` :class:`~ckpt.values.Record`: ``int_repr`` (the stored integers,
+        int8/uint8/int32), ``qscheme`` and ``scale``/``zero_point`` or ``scales``/``zero_points``
+        (arrays) and ``axis``."""
+        raw = view_array(ref, storage, byteorder=self.reader.byteorder, unsupported_dtype="raw")
+        ints = raw.view({"qint8": np.int8, "quint8": np.uint8, "qint32": np.int32}[ref.dtype.name])
+        out = Record("torch.quantized", {"int_repr": ints, **quantizer})
+        out["qscheme"] = quantizer["qscheme"].split(".", 1)[1]
+        for key in ("scales", "zero_points"):
+            if type(out.get(key)) is list:
+                out[key] = np.array(out[key])
+        return out
+
+    def nested_tensor(self, parts: dict[str, Any], refs: dict[str, TensorRef]) -> Any:
+        """A nested tensor as a list of numpy arrays, one per component (views of the buffer)."""
+        buffer = parts["buffer"]
+        sizes, strides, offsets = (np.asarray(parts[k]).tolist() for k in ("sizes", "strides", "offsets"))
+        check_nested_components(sizes, strides, offsets, buffer.shape[0])
+        step = buffer.strides[0]
+        out = []
+        for shape, stride, offset in zip(sizes, strides, offsets):
+            start = buffer[offset:] if offset < buffer.shape[0] else buffer[:0]
+            out.append(np.lib.stride_tricks.as_strided(
+                start, shape=tuple(shape), strides=tuple(s * step for s in stride), writeable=False
+            ) if all(shape) else np.empty(tuple(shape), dtype=buffer.dtype))
+        return out
+
+
+def check_coo_indices(indices: np.ndarray, size: tuple[int, ...], coalesced: bool | None) -> None:
+    """Every COO index inside ``size``; if the file says coalesced, indices sorted and unique."""
+    sparse_dim, nnz = indices.shape
+    if not nnz:
+        return
+    bounds = np.array(size[:sparse_dim], dtype=np.int64).reshape(sparse_dim, 1)
+    bad = (indices < 0) | (indices >= bounds)
+    if bad.any():
+        d, j = (int(x[0]) for x in np.nonzero(bad))
+        raise CorruptCheckpointError(
+            f"sparse COO index {int(indices[d, j])} at dimension {d} is out of range for size {list(size)}"
+        )
+    if coalesced and nnz > 1:
+        diff = indices[:, 1:] - indices[:, :-1]
+        nonzero = diff != 0
+        first = nonzero.argmax(axis=0)
+        if not nonzero.any(axis=0).all() or (diff[first, np.arange(nnz - 1)] < 0).any():
+            raise CorruptCheckpointError("a sparse COO tensor says it is coalesced but its indices are not sorted and unique")
+
+
+def check_compressed_indices(layout: str, parts: dict[str, np.ndarray], size: tuple[int, ...]) -> None:
+    """torch's compressed-layout invariants: each batch's compressed indices start at 0, never
+    decrease and end at nnz; plain indices lie in range and increase strictly within a row."""
+    first, second, cdim, blocked = COMPRESSED_LAYOUTS[layout]
+    comp = np.asarray(parts[first]).astype(np.int64)
+    plain = np.asarray(parts[second]).astype(np.int64)
+    values = parts["values"]
+    nb = comp.ndim - 1
+    nnz = plain.shape[-1]
+    block = values.shape[nb + 1 : nb + 3] if blocked else (1, 1)
+    extent = size[nb + 1 - cdim] // block[1 - cdim]
+    comp2 = comp.reshape(-1, comp.shape[-1])
+    plain2 = plain.reshape(-1, nnz)
+    for b in range(comp2.shape[0]):
+        c, p = comp2[b], plain2[b]
+        if c[0] != 0 or c[-1] != nnz or (np.diff(c) < 0).any():
+            raise CorruptCheckpointError(
+                f"a {layout} tensor's {first} must start at 0, never decrease and end at {nnz} (the number of values)"
+            )
+        if nnz and ((p < 0) | (p >= extent)).any():
+            raise CorruptCheckpointError(f"a {layout} tensor's {second} has an index out of range 0..{extent - 1}")
+        if nnz > 1:
+            row = np.searchsorted(c, np.arange(nnz), side="right") - 1
+            same = row[1:] == row[:-1]
+            if (np.diff(p)[same] <= 0).any():
+                raise CorruptCheckpointError(f"a {layout} tensor's {second} must increase strictly within each row")

@@ -22,11 +22,14 @@ import codecs
 import re
 import struct
 from collections import Counter, OrderedDict
+from functools import lru_cache
+from operator import itemgetter
+from collections import defaultdict as _defaultdict
 from typing import Any, Callable
 
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
-from .values import GlobalRef, InertObject
+from .values import GlobalRef, InertObject, ListRecord, Record, brief_repr
 
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
@@ -72,6 +75,35 @@ class Trusted:
         self.obj = obj
 
 
+class Pending:
+    """A value an :class:`Op` made that the pickle's BUILD completes into a *new* object.
+
+    numpy dtypes are immutable and a numpy array's size is known only from its BUILD state, so
+    ckpt cannot complete them in place as pickle does with ``__setstate__``. An Op returns a
+    ``Pending`` holding a provisional ``value`` and a ``finish(state)`` function; at BUILD the VM
+    puts the finished value where the pending one stands: on the stack and in the memo entries
+    made since it was created (``mark``), which is where a pickler puts it. A ``Pending`` that a
+    crafted pickle copies elsewhere stays a ``Pending``, harmless; consumers read ``.value``.
+    """
+
+    __slots__ = ("name", "value", "finish", "mark", "done")
+
+    def __init__(self, name: str, value: Any, finish: Callable[[Any], Any]) -> None:
+        self.name = name
+        self.value = value
+        self.finish = finish
+        self.mark = 0
+        self.done = False
+
+    def __repr__(self) -> str:
+        return f"<pending {self.name}: {self.value!r}>"
+
+
+def settled(value: Any) -> Any:
+    """``value``, or the value a :class:`Pending` stands for."""
+    return value.value if type(value) is Pending else value
+
+
 _NO_MATCH = object()
 
 # One dense tensor as CPython's pickler writes ``torch._utils._rebuild_tensor_v2(...)`` for
@@ -88,65 +120,149 @@ _GET_OP = rb"(h.|j....)"
 _INT_OP = rb"(K.|M..|J....)"
 _INT_RUN = rb"(?:K.|M..|J....)"
 _TUPLE_OPS = rb"(?:(\))|(" + _INT_RUN + rb"{1,3}[\x85-\x87]|\(" + _INT_RUN + rb"*t)r(....))"
-_TENSOR_RECORD = re.compile(
+_TENSOR_RECORD_PATTERN = (
     rb"(?:h.|j....)\(\(" + _GET_OP + _GET_OP + rb"X[\x01-\x14]\x00\x00\x00([0-9]+)r(....)" + _GET_OP
     + _INT_OP + rb"tr(....)Q" + _INT_OP + _TUPLE_OPS + _TUPLE_OPS + rb"([\x88\x89])" + _GET_OP
-    + rb"\)Rr(....)tr(....)Rr(....)",
-    re.DOTALL,
+    + rb"\)Rr(....)tr(....)Rr(....)"
 )
-_FAST_CACHE_LIMIT = 1 << 14
-_small_ints: dict[bytes, int] = {}
-_small_tuples: dict[bytes, tuple[int, ...] | None] = {}
+
+
+@lru_cache(maxsize=None)
+def tensor_record_regex() -> re.Pattern[bytes]:
+    """The compiled tensor-record pattern (compiled on first use: it costs ~20 ms at import)."""
+    return re.compile(_TENSOR_RECORD_PATTERN, re.DOTALL)
 _TUPLE_ARITY = {0x85: 1, 0x86: 2, 0x87: 3}
 _DICT_TYPES = (dict, OrderedDict, Counter)
 _SCALAR_KEYS = (str, int, float, bool, type(None), bytes)
+_KEY_NODES = 100_000
 
 
-def _small_int(raw: bytes) -> int:
-    """The int a matched BINGET/LONG_BINGET/BININT1/BININT2/BININT opcode and argument encode
-    (cached: the same few encodings recur for every tensor)."""
-    value = _small_ints.get(raw)
-    if value is None:
-        op = raw[0]
-        if op == 104 or op == 75:
-            value = raw[1]
-        elif op == 77:
-            value = raw[1] | (raw[2] << 8)
-        elif op == 106:
-            value = _unpack_I(raw, 1)[0]
-        else:
-            value = _unpack_i(raw, 1)[0]
-        if len(_small_ints) < _FAST_CACHE_LIMIT:
-            _small_ints[raw] = value
-    return value
+class _RecordLayout:
+    """The exact byte layout of one tensor record as a ``struct`` format, so that every record
+    with the same opcodes and argument widths (nearly all of them in a state dict) decodes with
+    one ``unpack_from`` and one comparison of its opcode bytes.
+
+    ``derive`` builds it from a record the regex matched; ``decode`` returns a record's fields, or
+    None when the bytes at that offset do not have exactly this layout.
+    """
+
+    __slots__ = ("unpack", "size", "get_ops", "op_values", "len_index", "key_index", "key_len",
+                 "get_scalars", "size_slice", "stride_slice", "size_put", "stride_put", "grad")
+
+    def decode(self, data: bytes, at: int) -> tuple[Any, ...] | None:
+        if at + self.size > len(data):
+            return None
+        vals = self.unpack(data, at)
+        if self.get_ops(vals) != self.op_values or vals[self.len_index] != self.key_len:
+            return None
+        key = vals[self.key_index]
+        if not key.isdigit():
+            return None
+        name_i, type_i, key_put, location_i, numel, pid_put, offset, od_i, hooks_put, args_put, result_put = (
+            self.get_scalars(vals)
+        )
+        return (
+            name_i, type_i, key.decode("ascii"), key_put, location_i, numel, pid_put, offset,
+            vals[self.size_slice], None if self.size_put is None else vals[self.size_put],
+            vals[self.stride_slice], None if self.stride_put is None else vals[self.stride_put],
+            self.grad, od_i, hooks_put, args_put, result_put,
+        )
+
+    @classmethod
+    def derive(cls, data: bytes, at: int, end: int) -> _RecordLayout | None:
+        """The layout of the record ``data[at:end]`` (already matched by the regex), or None if
+        a run of ints does not fit its tuple opcode's arity."""
+        fmt = ["<"]
+        ops: list[int] = []
+        p = at
+
+        def field(code: str, width: int) -> int:
+            nonlocal p
+            fmt.append(code)
+            p += width
+            return len(fmt) - 2  # index of this field in the unpacked tuple
+
+        def opcode() -> int:
+            ops.append(field("B", 1))
+            return data[p - 1]
+
+        def memo_ref() -> int:
+            return field("B", 1) if opcode() in (104, 113) else field("I", 4)
+
+        def int_arg(op: int) -> int:
+            return field(*_INT_FIELDS[op])
+
+        def small_tuple() -> tuple[slice, int | None] | None:
+            op = opcode()
+            if op == 41:  # EMPTY_TUPLE
+                return slice(0, 0), None
+            marked = op == 40
+            first = len(fmt) - 1 if not marked else len(fmt)  # index of the first int argument
+            count = 0
+            if not marked:
+                int_arg(op)
+                count = 1
+            while True:
+                op = opcode()
+                if op not in _INT_FIELDS:
+                    break
+                int_arg(op)
+                count += 1
+            if marked != (op == 116) or (not marked and _TUPLE_ARITY[op] != count):
+                return None
+            # ints and their opcodes alternate: the values are every other field
+            return slice(first, first + 2 * count, 2), memo_ref()
+
+        memo_ref()  # the rebuild function
+        opcode()
+        opcode()  # MARK MARK
+        name_i = memo_ref()
+        type_i = memo_ref()
+        opcode()  # BINUNICODE
+        key_len = data[p]
+        len_index = field("I", 4)
+        key_index = field(f"{key_len}s", key_len)
+        key_put = memo_ref()
+        location_i = memo_ref()
+        numel = int_arg(opcode())
+        opcode()  # TUPLE
+        pid_put = memo_ref()
+        opcode()  # BINPERSID
+        offset = int_arg(opcode())
+        size = small_tuple()
+        stride = small_tuple() if size is not None else None
+        if size is None or stride is None:
+            return None
+        grad = opcode() == 0x88  # NEWTRUE; the opcode comparison pins it for every record of this layout
+        od_i = memo_ref()
+        opcode()
+        opcode()  # EMPTY_TUPLE REDUCE
+        hooks_put = memo_ref()
+        opcode()  # TUPLE
+        args_put = memo_ref()
+        opcode()  # REDUCE
+        result_put = memo_ref()
+        if p != end:  # pragma: no cover - the regex fixed the structure
+            return None
+        layout = cls()
+        compiled = struct.Struct("".join(fmt))
+        layout.unpack = compiled.unpack_from
+        layout.size = compiled.size
+        layout.get_ops = itemgetter(*ops)
+        layout.op_values = layout.get_ops(compiled.unpack_from(data, at))
+        layout.len_index = len_index
+        layout.key_index = key_index
+        layout.key_len = key_len
+        layout.get_scalars = itemgetter(
+            name_i, type_i, key_put, location_i, numel, pid_put, offset, od_i, hooks_put, args_put, result_put
+        )
+        layout.size_slice, layout.size_put = size
+        layout.stride_slice, layout.stride_put = stride
+        layout.grad = grad
+        return layout
 
 
-def _small_tuple(raw: bytes) -> tuple[int, ...] | None:
-    """The tuple a matched run of INT opcodes and TUPLE1/2/3 (or MARK ... TUPLE) leaves on the
-    stack, or None if it would not leave exactly that one tuple (e.g. ``K1 K2 TUPLE1``)."""
-    value = _small_tuples.get(raw, _NO_MATCH)
-    if value is not _NO_MATCH:
-        return value  # type: ignore[return-value]
-    marked = raw[0] == 40
-    i = 1 if marked else 0
-    items = []
-    while True:
-        c = raw[i]
-        if c == 75:
-            items.append(raw[i + 1])
-            i += 2
-        elif c == 77:
-            items.append(raw[i + 1] | (raw[i + 2] << 8))
-            i += 3
-        elif c == 74:
-            items.append(_unpack_i(raw, i + 1)[0])
-            i += 5
-        else:
-            break
-    result = tuple(items) if marked == (c == 116) and (marked or _TUPLE_ARITY[c] == len(items)) else None
-    if len(_small_tuples) < _FAST_CACHE_LIMIT:
-        _small_tuples[raw] = result
-    return result
+_INT_FIELDS = {75: ("B", 1), 77: ("H", 2), 74: ("i", 4)}  # BININT1, BININT2, BININT
 
 
 def check_hashable(key: Any, max_nesting: int) -> None:
@@ -155,8 +271,13 @@ def check_hashable(key: Any, max_nesting: int) -> None:
     if type(key) in _SCALAR_KEYS:
         return
     todo = [(key, 0)]
+    budget = _KEY_NODES
     while todo:
         obj, depth = todo.pop()
+        budget -= 1
+        if budget < 0:
+            # Hashing walks shared tuples once per path: a small "billion laughs" key would hang.
+            raise CorruptCheckpointError(f"a dict key or set member holds more than {_KEY_NODES:,} items")
         t = type(obj)
         if t is tuple or t is frozenset:
             if depth >= max_nesting:
@@ -166,6 +287,8 @@ def check_hashable(key: Any, max_nesting: int) -> None:
             todo.extend((x, depth + 1) for x in obj)
         elif t is list or t is dict or t is set or t is bytearray or t is OrderedDict or t is Counter:
             raise CorruptCheckpointError(f"a {t.__name__} cannot be a dict key or set member")
+        elif getattr(t, "__hash__", None) is None:  # numpy arrays, records, defaultdicts, ...
+            raise CorruptCheckpointError(f"a {t.__name__} cannot be a dict key or set member")
 
 
 class Unpickler:
@@ -173,8 +296,8 @@ class Unpickler:
 
     ``resolve(module, name, offset)`` maps a global to a ckpt value (see module docs); ``None``
     refuses every global. ``persistent_load(pid)`` maps a persistent id to a value; ``None`` refuses them.
-    ``build_hook(obj, state)`` may handle BUILD on objects the VM does not know (returns the new
-    object, or ``NotImplemented``). Trailing bytes after STOP are an error unless
+    BUILD reaches ckpt's own objects through their ``__ckpt_build__(state)`` method, and completes
+    a :class:`Pending` into a new object. Trailing bytes after STOP are an error unless
     ``allow_trailing`` (multi-pickle streams); ``end`` then tells where the pickle stopped.
     """
 
@@ -203,6 +326,8 @@ class Unpickler:
         self.allow_trailing = allow_trailing
         self.protocol = 0
         self._trusted: dict[int, Any] = {}
+        self._layout: _RecordLayout | None = None
+        self._memo: dict[int, Any] = {}
         self.fast_tensor_op: Op | None = None
         """The Op for ``torch._utils._rebuild_tensor_v2``; set it to enable the tensor-record fast path."""
 
@@ -228,13 +353,19 @@ class Unpickler:
         if type(args) is not tuple:
             raise self._error(f"call arguments must be a tuple, not {type(args).__name__}", pos)
         t = type(func)
+        if t is GlobalRef and func.op is not None:
+            func = func.op
+            t = Op
         if t is Op:
             try:
-                return func.fn(*args)
+                result = func.fn(*args)
             except CheckpointError as e:
                 raise e.with_context(path=self.path, record=self.record)
             except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as e:
                 raise self._error(f"{func.name} called with bad arguments ({e})", pos) from None
+            if type(result) is Pending:
+                result.mark = len(self._memo)
+            return result
         if t is GlobalRef:
             return InertObject(func.qualname, args=args, how=how)
         if t is InertObject:
@@ -249,6 +380,9 @@ class Unpickler:
         if kwargs is not None and type(kwargs) is not dict:
             raise self._error("NEWOBJ_EX keyword arguments must be a dict", pos)
         t = type(cls)
+        if t is GlobalRef and cls.op is not None:
+            cls = cls.op
+            t = Op
         if t is Op and cls.newobj is not None:
             try:
                 return cls.newobj(*args, **(kwargs or {}))
@@ -273,7 +407,12 @@ class Unpickler:
             return
         hook = getattr(inst, "__ckpt_build__", None) if t not in _DICT_TYPES else None
         if hook is not None:
-            hook(state)
+            try:
+                hook(state)
+            except CheckpointError as e:
+                raise e.with_context(path=self.path, record=self.record)
+            except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as e:
+                raise self._error(f"BUILD state of a {t.__name__} is malformed ({e})", pos) from None
             return
         if t is OrderedDict or t is Counter:
             # torch saves module state dicts as OrderedDict + BUILD {'_metadata': ...}; like torch,
@@ -281,8 +420,9 @@ class Unpickler:
             if type(state) is not dict:
                 raise self._error(f"BUILD state for {t.__name__} must be a dict", pos)
             for key, value in state.items():
-                if type(key) is not str or key.startswith("__"):
-                    raise self._error(f"BUILD may not set attribute {key!r} on {t.__name__}", pos)
+                if type(key) is not str or key.startswith("__") or hasattr(t, key):
+                    # special names, and names that would shadow the mapping's own methods (keys, get)
+                    raise self._error(f"BUILD may not set attribute {brief_repr(key)} on {t.__name__}", pos)
                 inst.__dict__[key] = value
             return
         if self._is_trusted_instance(inst):
@@ -294,6 +434,29 @@ class Unpickler:
             return
         raise self._error(f"BUILD on a {t.__name__} is not allowed", pos)
 
+    def _finish_pending(self, inst: Pending, state: Any, memo: dict[int, Any], pos: int) -> Any:
+        """Complete a :class:`Pending` with its BUILD state and forward the memo entries made since
+        it was created to the finished value (bounded by the number of entries made since)."""
+        if inst.done:
+            raise self._error(f"BUILD applied twice to a {inst.name}", pos)
+        try:
+            value = inst.finish(state)
+        except CheckpointError as e:
+            raise e.with_context(path=self.path, record=self.record)
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as e:
+            raise self._error(f"BUILD state of {inst.name} is malformed ({e})", pos) from None
+        inst.value = value
+        inst.done = True
+        budget = len(memo) - inst.mark
+        if budget > 0:
+            for key in reversed(memo):
+                if memo[key] is inst:
+                    memo[key] = value
+                budget -= 1
+                if not budget:
+                    break
+        return value
+
     def _keep_trusted(self, obj: Any) -> Any:
         """Remember an object a trusted callable made: BUILD/APPEND/SETITEM on it act as in pickle."""
         self._trusted[id(obj)] = obj
@@ -304,7 +467,7 @@ class Unpickler:
 
     def _append(self, target: Any, items: list[Any], pos: int) -> None:
         t = type(target)
-        if t is list:
+        if t is list or t is ListRecord:
             target.extend(items)
         elif t is InertObject:
             target.listitems.extend(items)
@@ -318,7 +481,7 @@ class Unpickler:
         t = type(target)
         if len(items) % 2:
             raise self._error("SETITEMS with an odd number of items", pos)
-        if t is dict or t is OrderedDict or t is Counter:
+        if t is dict or t is OrderedDict or t is Counter or t is _defaultdict or (t is Record and target.takes_items):
             for i in range(0, len(items), 2):
                 key = items[i]
                 if type(key) not in _SCALAR_KEYS:
@@ -346,44 +509,51 @@ class Unpickler:
 
     # -- the tensor-record fast path ---------------------------------------------------------
 
-    def _tensor_record(self, m: re.Match[bytes], memo: dict[int, Any], at: int) -> Any:
-        """Decode one matched tensor record (see ``_TENSOR_RECORD``); ``_NO_MATCH`` if the ints
-        before a tuple opcode do not match its arity (then the opcode loop handles it)."""
-        (name_op, type_op, key_b, key_put, location_op, numel_op, pid_put, offset_op,
-         size_empty, size_ops, size_put, stride_empty, stride_ops, stride_put, grad, od_op,
-         hooks_put, args_put, result_put) = m.groups()
-        value = _small_int
-        size = () if size_empty is not None else _small_tuple(size_ops)
-        stride = () if stride_empty is not None else _small_tuple(stride_ops)
-        if size is None or stride is None or m.string[m.start(3) - 4] != len(key_b):
-            return _NO_MATCH
+    def _tensor_record(self, data: bytes, at: int, memo: dict[int, Any]) -> Any:
+        """Decode and apply the tensor record at ``at`` (see ``tensor_record_regex``); returns
+        ``(result, end)``, or ``_NO_MATCH`` when the bytes there are not such a record (then the
+        opcode loop handles them)."""
+        fields = None
+        layout = self._layout
+        if layout is not None:
+            fields = layout.decode(data, at)
+        if fields is None:
+            m = tensor_record_regex().match(data, at)
+            if m is None:
+                return _NO_MATCH
+            layout = _RecordLayout.derive(data, at, m.end())
+            if layout is None:
+                return _NO_MATCH
+            self._layout = layout
+            fields = layout.decode(data, at)
+            if fields is None:  # pragma: no cover - a derived layout always decodes its own record
+                return _NO_MATCH
+        (name_i, type_i, key, key_put, location_i, numel, pid_put, offset, size, size_put, stride,
+         stride_put, requires_grad, od_i, hooks_put, args_put, result_put) = fields
         persistent_load = self.persistent_load
         if persistent_load is None:
             raise self._error("a persistent id appears where none is allowed", at)
-        fb = int.from_bytes
         try:
-            storage_name = memo[value(name_op)]
-            storage_type = memo[value(type_op)]
-            key = key_b.decode("ascii")
-            memo[fb(key_put, "little")] = key
-            location = memo[value(location_op)]
-            pid = (storage_name, storage_type, key, location, value(numel_op))
-            memo[fb(pid_put, "little")] = pid
+            storage_name = memo[name_i]
+            storage_type = memo[type_i]
+            memo[key_put] = key
+            pid = (storage_name, storage_type, key, memo[location_i], numel)
+            memo[pid_put] = pid
             storage = persistent_load(pid)
             if size_put is not None:
-                memo[fb(size_put, "little")] = size
+                memo[size_put] = size
             if stride_put is not None:
-                memo[fb(stride_put, "little")] = stride
-            ordered_dict = memo[value(od_op)]
+                memo[stride_put] = stride
+            ordered_dict = memo[od_i]
         except KeyError as e:
             raise self._error(f"memo key {e.args[0]} used before it was set", at) from None
         if type(ordered_dict) is Op and ordered_dict.name == "collections.OrderedDict":
             hooks: Any = OrderedDict()
         else:
             hooks = self._call(ordered_dict, (), at)
-        memo[fb(hooks_put, "little")] = hooks
-        args = (storage, value(offset_op), size, stride, grad == b"\x88", hooks)
-        memo[fb(args_put, "little")] = args
+        memo[hooks_put] = hooks
+        args = (storage, offset, size, stride, requires_grad, hooks)
+        memo[args_put] = args
         rebuild = self.fast_tensor_op  # the rebuild function the record began with
         try:
             result = rebuild.fn(*args)  # type: ignore[union-attr]
@@ -391,8 +561,8 @@ class Unpickler:
             raise e.with_context(path=self.path, record=self.record)
         except (TypeError, ValueError, OverflowError) as e:
             raise self._error(f"{rebuild.name} called with bad arguments ({e})", at) from None  # type: ignore[union-attr]
-        memo[fb(result_put, "little")] = result
-        return result
+        memo[result_put] = result
+        return result, at + layout.size
 
     # -- the interpreter ---------------------------------------------------------------------
 
@@ -419,12 +589,12 @@ class Unpickler:
         metastack: list[list[Any]] = []
         push = stack.append
         memo: dict[int, Any] = {}
+        self._memo = memo
         resolve_global = self._global
         call = self._call
         persistent = self.persistent_load
         error = self._error
         fast_op = self.fast_tensor_op
-        fast_match = _TENSOR_RECORD.match
         at = pos
         try:
             while True:
@@ -447,13 +617,11 @@ class Unpickler:
                     except KeyError:
                         raise error(f"memo key {key} used before it was set", at) from None
                     if value is fast_op and fast_op is not None:
-                        m = fast_match(data, at)
-                        if m is not None:
-                            result = self._tensor_record(m, memo, at)
-                            if result is not _NO_MATCH:
-                                push(result)
-                                pos = m.end()
-                                continue
+                        record = self._tensor_record(data, at, memo)
+                        if record is not _NO_MATCH:
+                            push(record[0])
+                            pos = record[1]
+                            continue
                     push(value)
                 elif op == 88:  # BINUNICODE
                     (ln,) = _unpack_I(data, pos)
@@ -558,7 +726,11 @@ class Unpickler:
                     pos += ln
                 elif op == 98:  # BUILD
                     state = stack.pop()
-                    self._build(stack[-1], state, at)
+                    inst = stack[-1]
+                    if type(inst) is Pending:
+                        stack[-1] = self._finish_pending(inst, state, memo, at)
+                    else:
+                        self._build(inst, state, at)
                 elif op == 128:  # PROTO
                     proto = data[pos]
                     pos += 1

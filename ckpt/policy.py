@@ -6,6 +6,10 @@
 
 In both, names the caller lists in ``allow`` become inert data (never imports), and names in
 ``trust`` resolve to the real constructor the caller passed: an explicit choice to run it.
+Globals ckpt has a :mod:`profile <ckpt.profiles>` for become what the profile builds when their
+group is selected (``profiles``; by default the plain-value groups) or their name is allowed;
+the inspect policy shows every profiled object as data, and still lists the ones outside the
+selection as findings.
 
 >>> p = Policy("strict", allow=["argparse.Namespace"])
 >>> p.allows("argparse.Namespace"), p.allows("os.system")
@@ -15,11 +19,12 @@ In both, names the caller lists in ``allow`` become inert data (never imports), 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UnsafeGlobalError
 from .pickle_vm import Trusted
+from .profiles import BY_NAME as PROFILES
+from .profiles import groups as profile_groups
 from .rebuild import Builder, canonical_name
 from .values import GlobalRef
 from .verdicts import verdict_for
@@ -27,8 +32,7 @@ from .verdicts import verdict_for
 MODES = ("strict", "inspect")
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """Something in a file that a user should know before trusting it.
 
     ``verdict`` is ``dangerous`` (known to run code or touch the system) or ``unknown`` (not on
@@ -64,6 +68,7 @@ class Policy:
         *,
         allow: Iterable[str] = (),
         trust: Mapping[str, Callable[..., Any]] | None = None,
+        profiles: str | Iterable[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"policy mode must be one of {MODES}, not {mode!r}")
@@ -72,6 +77,8 @@ class Policy:
         self.mode = mode
         self.allow = frozenset(allow)
         self.trust = dict(trust or {})
+        self.profiles = profile_groups(profiles)
+        """The profile groups whose globals are read without being named in ``allow``."""
         for name, obj in self.trust.items():
             if not callable(obj):
                 raise TypeError(f"trust[{name!r}] must be a callable (the constructor to run)")
@@ -96,6 +103,7 @@ class Resolver:
         findings: list[Finding],
     ) -> None:
         self.policy = policy
+        self.builder = builder
         self.table = builder.table
         self.path = path
         self.record = record
@@ -111,14 +119,31 @@ class Resolver:
         policy = self.policy
         if qualname in policy.trust:
             return Trusted(qualname, policy.trust[qualname])
+        profile = PROFILES.get(qualname)
+        if profile is not None and (profile.group in policy.profiles or qualname in policy.allow):
+            return self.builder.profile_value(qualname)
         if qualname in policy.allow:
             return GlobalRef(module, name)
         if policy.mode == "strict":
-            raise UnsafeGlobalError(qualname, path=self.path, record=self.record)
+            hint = None
+            if profile is not None:
+                hint = (
+                    f"nothing was executed; ckpt reads it as inert data with its {profile.group!r} profile if you "
+                    f"ask: profiles=[{profile.group!r}] or allow=[{qualname!r}] (CLI: --allow {qualname})"
+                )
+            raise UnsafeGlobalError(qualname, path=self.path, record=self.record, hint=hint)
         if qualname not in self._seen:
-            verdict, why = verdict_for(qualname)
+            if profile is not None:
+                verdict, why = "unknown", (
+                    f"{qualname} is shown as data by ckpt's {profile.group!r} profile; ckpt.load reads it only "
+                    f"when asked (profiles=[{profile.group!r}] or allow=[{qualname!r}])"
+                )
+            else:
+                verdict, why = verdict_for(qualname, name)
             self.findings.append(
                 Finding(verdict, qualname, self.record, offset, why)
             )
             self._seen[qualname] = True
+        if profile is not None:
+            return self.builder.profile_value(qualname)
         return GlobalRef(module, name)

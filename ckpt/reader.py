@@ -27,6 +27,9 @@ class Reader(StorageReader):
     path: str
     limits: Limits
     byteorder: str = "little"
+    key_prefix: str = ""
+    """Prepended to the key of every storage the reader makes: a multi-file reader (sharded
+    checkpoints) sets it per file so that keys of different files never collide."""
 
     def facts(self) -> dict[str, Any]:
         """Format details for ``Checkpoint.facts`` and inspect's ``format`` object (``format`` key first)."""
@@ -45,8 +48,17 @@ class Reader(StorageReader):
     def file_size(self) -> int:
         raise NotImplementedError
 
+    def read_small(self, storage: StorageRef) -> bytes | None:
+        """A fast path for small storages: their bytes, or None to use ``readinto``."""
+        return None
+
     def fileno(self) -> int | None:
         """A file descriptor to memory-map the file with, or None if it cannot be mapped."""
+        return None
+
+    def storage_base(self, storage: StorageRef) -> tuple[StorageRef, int] | None:
+        """``(base, byte offset)`` when ``storage`` is a slice of another storage of the file (legacy
+        storage views), so that builders share memory between them as torch does; else None."""
         return None
 
     @property

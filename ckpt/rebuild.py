@@ -23,7 +23,7 @@ from .errors import CorruptCheckpointError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 from .pickle_vm import Op, check_hashable
 from .tensors import StorageRef, StorageType, TensorRef, make_view
-from .values import Device, GlobalRef, InertObject, Size, TorchConstant
+from .values import Device, GlobalRef, InertObject, Record, Size, TorchConstant, brief_repr
 
 LAYOUTS = (
     "torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
@@ -33,16 +33,22 @@ QSCHEMES = (
     "per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric",
     "per_channel_affine_float_qparams",
 )
+COMPRESSED_LAYOUTS = {
+    # layout: (names of the compressed and plain index tensors, compressed dimension, blocked)
+    "torch.sparse_csr": ("crow_indices", "col_indices", 0, False),
+    "torch.sparse_csc": ("ccol_indices", "row_indices", 1, False),
+    "torch.sparse_bsr": ("crow_indices", "col_indices", 0, True),
+    "torch.sparse_bsc": ("ccol_indices", "row_indices", 1, True),
+}
+QUANTIZED_READ = ("qint8", "quint8", "qint32")
 # Tensor kinds torch's weights_only loader rebuilds that ckpt does not rebuild yet.
 UNSUPPORTED_REBUILDS = {
-    "torch._utils._rebuild_qtensor": "quantized tensors",
-    "torch._utils._rebuild_sparse_tensor": "sparse tensors",
-    "torch._utils._rebuild_nested_tensor": "nested tensors",
     "torch._utils._rebuild_wrapper_subclass": "tensor wrapper subclasses",
     "torch._utils._rebuild_device_tensor_from_numpy": "device tensors saved through numpy",
     "torch._utils._rebuild_device_tensor_from_cpu_tensor": "device tensors saved through a CPU copy",
 }
 _UNIT_STRIDE = (1,)
+_UNBOUND = object()
 _TENSOR_CLASS_NAMES = ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
 _LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
 
@@ -77,6 +83,31 @@ class Builder:
         self.limits = limits
         self._made: dict[int, tuple[Any, Any]] = {}
         self.table: dict[str, Any] = self._make_table()
+        self._bound: dict[str, Any] = {}
+        self._numpy_values: Any = None
+
+    # -- profiles (ckpt.profiles): what non-tensor objects become --------------------------------
+
+    def profile_value(self, qualname: str) -> Any:
+        """What a pickle gets for a global ckpt has a :mod:`profile <ckpt.profiles>` for (``None`` if
+        none); bound to this builder, made once per name."""
+        value = self._bound.get(qualname, _UNBOUND)
+        if value is _UNBOUND:
+            from .profiles import BY_NAME
+
+            profile = BY_NAME.get(qualname)
+            value = None if profile is None else profile.bind(self)
+            self._bound[qualname] = value
+        return value
+
+    @property
+    def numpy_values(self) -> Any:
+        """ckpt's constructors for numpy values (:mod:`ckpt.numpy_values`), made on first use."""
+        if self._numpy_values is None:
+            from .numpy_values import _Numpy
+
+            self._numpy_values = _Numpy(strict=self.mode == "strict")
+        return self._numpy_values
 
     # -- the allowlist -----------------------------------------------------------------------
 
@@ -102,6 +133,9 @@ class Builder:
         op("torch._utils._rebuild_parameter_with_state", self.rebuild_parameter_with_state)
         op("torch._utils._rebuild_meta_tensor_no_storage", self.rebuild_meta_tensor)
         op("torch._tensor._rebuild_from_type_v2", self.rebuild_from_type_v2)
+        op("torch._utils._rebuild_sparse_tensor", self.rebuild_sparse_tensor)
+        op("torch._utils._rebuild_qtensor", self.rebuild_qtensor)
+        op("torch._utils._rebuild_nested_tensor", self.rebuild_nested_tensor)
         op("torch.nn.parameter.Parameter", self._not_callable("torch.nn.parameter.Parameter"),
            newobj=self.parameter_new)
         op("torch.Tensor", self._not_callable("torch.Tensor"))
@@ -183,6 +217,12 @@ class Builder:
         target.attrs = {**(target.attrs or {}), **attrs}
         return obj
 
+    def set_plain_attrs(self, obj: Any, attrs: dict[str, Any]) -> Any:
+        """Python attributes saved with a sparse or nested tensor: kept in the record's ``info``."""
+        if type(obj) is Record:
+            obj.info["attrs"] = attrs
+        return obj
+
     def as_subclass(self, obj: Any, new_type: Any) -> Any:
         """Re-type a rebuilt tensor as ``new_type`` (``torch.Tensor``, Parameter or an unknown class)."""
         name = _type_name(new_type)
@@ -196,6 +236,32 @@ class Builder:
         out = _copy_ref(ref)
         out.subclass = name
         return out
+
+    def sparse_tensor(
+        self, layout: str, parts: dict[str, Any], refs: dict[str, TensorRef], size: tuple[int, ...],
+        coalesced: bool | None,
+    ) -> Any:
+        """A checked sparse tensor. Lazy flavour: a :class:`~ckpt.values.Record` named after the
+        layout (``torch.sparse_coo``, ...) holding its index and value tensors, its ``size`` and
+        (COO) ``is_coalesced``; the index values are checked where they are read (``ckpt.load``)."""
+        out = Record(layout, parts)
+        out["size"] = self.size_value(size)
+        if layout == "torch.sparse_coo":
+            out["is_coalesced"] = coalesced
+        return out
+
+    def quantized_tensor(self, storage: Any, ref: TensorRef, quantizer: dict[str, Any]) -> Any:
+        """A checked quantized tensor. Lazy flavour: the :class:`TensorRef` of its stored integers
+        (dtype ``qint8``/``quint8``/``qint32``), with ``quantizer`` (qscheme, scale/zero point or
+        per-channel scales/zero points/axis) recorded on it."""
+        ref._set("quantizer", quantizer)
+        return self.finish_tensor(ref, storage)
+
+    def nested_tensor(self, parts: dict[str, Any], refs: dict[str, TensorRef]) -> Any:
+        """A nested (strided) tensor. Lazy flavour: a ``torch.nested`` :class:`Record` of its
+        ``buffer`` and its ``sizes``/``strides``/``offsets`` tensors (the components' shapes are
+        data in the file, so they are known only once those tensors are read)."""
+        return Record("torch.nested", parts)
 
     # -- generic Python values --------------------------------------------------------------
 
@@ -264,8 +330,8 @@ class Builder:
         return self.device_value(Device(kind, index))
 
     def layout(self, name: Any) -> Any:
-        if name not in LAYOUTS:
-            raise CorruptCheckpointError(f"unknown layout {name!r}")
+        if type(name) is not str or name not in LAYOUTS:
+            raise CorruptCheckpointError(f"unknown layout {brief_repr(name)}")
         return self.constant("layout", name)
 
     # -- tensors ------------------------------------------------------------------------------
@@ -302,11 +368,16 @@ class Builder:
     def _dtype_row(self, value: Any) -> _dt.DType:
         if isinstance(value, _dt.DType):
             return value
-        name = str(value)
+        t = type(value)
+        # a torch.dtype (what the torch builder makes of GLOBAL torch.<dtype>) or a name; never str()
+        # an arbitrary value from the file (a shared or deep container makes str() explode)
+        name = str(value) if t.__module__ == "torch" and t.__name__ == "dtype" else value
+        if type(name) is not str:
+            raise CorruptCheckpointError(f"a {t.__name__} is not a dtype")
         try:
             return _dt.dtype(name)
         except KeyError:
-            raise CorruptCheckpointError(f"{name!r} is not a dtype") from None
+            raise CorruptCheckpointError(f"{brief_repr(name)} is not a dtype") from None
 
     def _tensor(
         self, storage: Any, ref: StorageRef, dtype: _dt.DType, offset: Any, size: Any, stride: Any,
@@ -354,7 +425,8 @@ class Builder:
     def rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, state: Any) -> Any:
         if type(func) is not Op or func.fn not in (
             self.rebuild_tensor_v1, self.rebuild_tensor_v2, self.rebuild_tensor_v3,
-            self.rebuild_parameter, self.rebuild_meta_tensor,
+            self.rebuild_parameter, self.rebuild_meta_tensor, self.rebuild_qtensor, self.rebuild_sparse_tensor,
+            self.rebuild_nested_tensor,
         ):
             raise CorruptCheckpointError("_rebuild_from_type_v2 must wrap a tensor rebuild function")
         if type(args) is not tuple:
@@ -363,8 +435,128 @@ class Builder:
         obj = self.as_subclass(obj, new_type)
         attrs = _attr_state(state)
         if attrs:
-            obj = self.set_attrs(obj, self.tensor_ref(obj), attrs)
+            ref = self._ref_of(obj, TensorRef)
+            if ref is None:  # a sparse or nested tensor: no single view stands for it
+                return self.set_plain_attrs(obj, attrs)
+            obj = self.set_attrs(obj, ref, attrs)
         return obj
+
+    # -- sparse, quantized and nested tensors ------------------------------------------------
+
+    def _layout_name(self, layout: Any) -> str:
+        if type(layout) is TorchConstant:
+            return layout.name
+        text = str(layout)
+        if text not in LAYOUTS:
+            raise CorruptCheckpointError(f"a sparse tensor's layout must be a torch layout, not {text[:80]!r}")
+        return text
+
+    def _dims(self, size: Any, what: str) -> tuple[int, ...]:
+        if not isinstance(size, (tuple, list)) or any(type(d) is not int or d < 0 for d in size):
+            raise CorruptCheckpointError(f"{what} must be a tuple of non-negative ints")
+        return tuple(size)
+
+    def rebuild_sparse_tensor(self, layout: Any, data: Any) -> Any:
+        """``_rebuild_sparse_tensor(layout, data)``: COO ``(indices, values, size[, is_coalesced])``
+        or compressed ``(compressed_indices, plain_indices, values, size)``; every shape is checked
+        against ``size`` here, the index values by the flavour that reads them."""
+        name = self._layout_name(layout)
+        if type(data) is not tuple:
+            raise CorruptCheckpointError("a sparse tensor's data must be a tuple")
+        coalesced = None
+        if name == "torch.sparse_coo":
+            if len(data) == 3:
+                indices, values, size = data
+            elif len(data) == 4:
+                indices, values, size, coalesced = data
+            else:
+                raise CorruptCheckpointError("a COO sparse tensor is (indices, values, size[, is_coalesced])")
+            if coalesced is not None and type(coalesced) is not bool:
+                raise CorruptCheckpointError("a COO sparse tensor's is_coalesced must be a bool or None")
+            parts = {"indices": indices, "values": values}
+        elif name in COMPRESSED_LAYOUTS:
+            if len(data) != 4:
+                raise CorruptCheckpointError(f"a {name} tensor is (compressed_indices, plain_indices, values, size)")
+            first, second = COMPRESSED_LAYOUTS[name][:2]
+            parts = {first: data[0], second: data[1], "values": data[2]}
+            size = data[3]
+        else:
+            raise UnsupportedFeatureError(f"sparse tensors with layout {name} are not supported")
+        refs = {k: self.tensor_ref(v) for k, v in parts.items()}
+        dims = self._dims(size, "a sparse tensor's size")
+        if name == "torch.sparse_coo":
+            _check_coo_shapes(refs, dims)
+        else:
+            _check_compressed_shapes(name, refs, dims)
+        return self.sparse_tensor(name, parts, refs, dims, coalesced)
+
+    def rebuild_qtensor(
+        self, storage: Any, offset: Any, size: Any, stride: Any, quantizer_params: Any, requires_grad: Any,
+        backward_hooks: Any = None,
+    ) -> Any:
+        """``_rebuild_qtensor``: a view of a quantized storage with its quantizer. As in torch 2.13,
+        the per-channel axis must be a dimension and the scales and zero points must have
+        ``size[axis]`` entries; per-tensor scale and zero point must be a finite float and an int."""
+        ref = self.storage_ref(storage)
+        dt = ref.dtype
+        if dt.kind != "quantized":
+            raise CorruptCheckpointError(f"a quantized tensor's storage holds {dt.name}, not a quantized dtype")
+        if dt.name not in QUANTIZED_READ:
+            raise UnsupportedFeatureError(
+                f"quantized tensors of the sub-byte dtype {dt.name} are not supported (torch itself mis-sizes them)"
+            )
+        if requires_grad is not False:
+            raise CorruptCheckpointError("a quantized tensor cannot require gradients")
+        view = make_view(ref, dt, offset, size, stride, False)
+        if type(quantizer_params) is not tuple or not quantizer_params:
+            raise CorruptCheckpointError("a quantized tensor's quantizer parameters must be a tuple")
+        scheme = quantizer_params[0]
+        scheme = scheme.name if type(scheme) is TorchConstant else str(scheme)
+        if scheme == "torch.per_tensor_affine":
+            if len(quantizer_params) != 3:
+                raise CorruptCheckpointError("per-tensor quantizer parameters are (qscheme, scale, zero_point)")
+            _, scale, zero_point = quantizer_params
+            if type(scale) is not float or scale != scale or abs(scale) == float("inf") or type(zero_point) is not int:
+                raise CorruptCheckpointError("a per-tensor quantizer needs a finite float scale and an int zero point")
+            quantizer: dict[str, Any] = {"qscheme": scheme, "scale": scale, "zero_point": zero_point}
+        elif scheme in ("torch.per_channel_affine", "torch.per_channel_affine_float_qparams"):
+            if len(quantizer_params) != 4:
+                raise CorruptCheckpointError("per-channel quantizer parameters are (qscheme, scales, zero_points, axis)")
+            _, scales, zero_points, axis = quantizer_params
+            if type(axis) is not int or not 0 <= axis < len(view.shape):
+                raise CorruptCheckpointError(
+                    f"per-channel quantizer axis {axis!r} is out of range for size {list(view.shape)}"
+                )
+            want = view.shape[axis]
+            for what, value in (("scales", scales), ("zero_points", zero_points)):
+                n = len(value) if type(value) is list else self.tensor_ref(value).numel
+                if n != want:
+                    raise CorruptCheckpointError(
+                        f"per-channel quantizer {what} has {n} entries; size[axis] = {want}"
+                    )
+                if type(value) is not list and self.tensor_ref(value).ndim != 1:
+                    raise CorruptCheckpointError(f"per-channel quantizer {what} must be a 1-d tensor")
+            quantizer = {"qscheme": scheme, "scales": scales, "zero_points": zero_points, "axis": axis}
+        else:
+            raise UnsupportedFeatureError(f"quantized tensors with qscheme {scheme} cannot be read (torch refuses them too)")
+        return self.quantized_tensor(storage, view, quantizer)
+
+    def rebuild_nested_tensor(self, buffer: Any, sizes: Any, strides: Any, offsets: Any) -> Any:
+        """``_rebuild_nested_tensor(buffer, sizes, strides, storage_offsets)``: shapes checked here
+        (a 1-d buffer; int64 ``sizes``/``strides`` of one row per component, ``offsets`` of one
+        entry per component); the flavour that reads them checks every component lies in the buffer."""
+        parts = {"buffer": buffer, "sizes": sizes, "strides": strides, "offsets": offsets}
+        refs = {k: self.tensor_ref(v) for k, v in parts.items()}
+        if refs["buffer"].ndim != 1:
+            raise CorruptCheckpointError("a nested tensor's buffer must be 1-d")
+        s, st, off = refs["sizes"], refs["strides"], refs["offsets"]
+        if any(r.dtype.name != "int64" for r in (s, st, off)):
+            raise CorruptCheckpointError("a nested tensor's sizes, strides and offsets must be int64 tensors")
+        if s.ndim != 2 or st.shape != s.shape or off.shape != s.shape[:1]:
+            raise CorruptCheckpointError(
+                "a nested tensor needs sizes and strides of one row per component and one offset per component"
+            )
+        return self.nested_tensor(parts, refs)
 
     # -- refusals ------------------------------------------------------------------------------
 
@@ -431,5 +623,66 @@ def _attr_state(state: Any) -> dict[str, Any]:
         raise CorruptCheckpointError(f"tensor state must be a dict, not a {type(state).__name__}")
     for key in state:
         if type(key) is not str or not key.isidentifier() or key.startswith("__"):
-            raise CorruptCheckpointError(f"tensor attribute {key!r} may not be set")
+            raise CorruptCheckpointError(f"tensor attribute {brief_repr(key)} may not be set")
     return dict(state)
+
+
+def _check_coo_shapes(refs: dict[str, TensorRef], size: tuple[int, ...]) -> None:
+    indices, values = refs["indices"], refs["values"]
+    if indices.dtype.name != "int64" or indices.ndim != 2:
+        raise CorruptCheckpointError("a COO sparse tensor's indices must be a 2-d int64 tensor")
+    sparse_dim, nnz = indices.shape
+    if values.ndim < 1 or values.shape[0] != nnz:
+        raise CorruptCheckpointError(f"a COO sparse tensor has {nnz} indices but values of shape {list(values.shape)}")
+    if len(size) != sparse_dim + values.ndim - 1 or tuple(values.shape[1:]) != size[sparse_dim:]:
+        raise CorruptCheckpointError(
+            f"a COO sparse tensor of size {list(size)} cannot have {sparse_dim} sparse dimensions and values of "
+            f"shape {list(values.shape)}"
+        )
+
+
+def _check_compressed_shapes(layout: str, refs: dict[str, TensorRef], size: tuple[int, ...]) -> None:
+    first, second, cdim, blocked = COMPRESSED_LAYOUTS[layout]
+    comp, plain, values = refs[first], refs[second], refs["values"]
+    if comp.dtype.name not in ("int32", "int64") or plain.dtype is not comp.dtype:
+        raise CorruptCheckpointError(f"a {layout} tensor's indices must both be int32 or both int64")
+    if comp.ndim < 1 or plain.ndim != comp.ndim:
+        raise CorruptCheckpointError(f"a {layout} tensor's index tensors must have the same number of dimensions")
+    batch = tuple(comp.shape[:-1])
+    nb = len(batch)
+    nnz = plain.shape[-1]
+    block = tuple(values.shape[nb + 1 : nb + 3]) if blocked else (1, 1)
+    dense = values.ndim - nb - (3 if blocked else 1)
+    if tuple(plain.shape[:-1]) != batch or dense < 0 or tuple(values.shape[: nb + 1]) != (*batch, nnz):
+        raise CorruptCheckpointError(
+            f"a {layout} tensor's indices ({list(comp.shape)}, {list(plain.shape)}) and values "
+            f"({list(values.shape)}) do not agree"
+        )
+    if len(size) != nb + 2 + dense or tuple(size[:nb]) != batch or tuple(size[nb + 2 :]) != tuple(values.shape[values.ndim - dense :]):
+        raise CorruptCheckpointError(f"a {layout} tensor of size {list(size)} does not match its indices and values")
+    if any(b == 0 for b in block) or size[nb] % block[0] or size[nb + 1] % block[1]:
+        raise CorruptCheckpointError(f"a {layout} tensor's size {list(size)} is not a multiple of its block {list(block)}")
+    if comp.shape[-1] != size[nb + cdim] // block[cdim] + 1:
+        raise CorruptCheckpointError(
+            f"a {layout} tensor's {first} has {comp.shape[-1]} entries per batch; size {list(size)} needs "
+            f"{size[nb + cdim] // block[cdim] + 1}"
+        )
+
+
+def check_nested_components(sizes: list[list[int]], strides: list[list[int]], offsets: list[int], numel: int) -> None:
+    """Refuse a nested tensor whose components (``sizes[i]``, ``strides[i]`` from ``offsets[i]``)
+    do not lie inside a buffer of ``numel`` elements."""
+    for i, (shape, stride, offset) in enumerate(zip(sizes, strides, offsets)):
+        if offset < 0 or any(d < 0 for d in shape) or any(s < 0 for s in stride):
+            raise CorruptCheckpointError(f"nested tensor component {i} has a negative size, stride or offset")
+        last = offset
+        empty = False
+        for d, s in zip(shape, stride):
+            if d == 0:
+                empty = True
+            last += (d - 1) * s
+        if (not empty and last >= numel) or offset > numel:
+            raise CorruptCheckpointError(
+                f"nested tensor component {i} (size {shape}, stride {stride}, offset {offset}) runs past its "
+                f"buffer of {numel} elements"
+            )

@@ -17,6 +17,7 @@ from typing import Any
 
 from .jsonable import finite_number, json_scalar
 from .tensors import TensorRef
+from .values import brief_repr
 
 MODEL_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net", "network", "module", "ema", "model_ema", "ema_state_dict")
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_states", "optim", "opt", "optimizers")
@@ -156,7 +157,8 @@ def recognize_training(obj: Mapping[Any, Any], children: dict[str, dict[str, Any
         return None
     framework = None
     if "pytorch-lightning_version" in keys:
-        framework = f"lightning {obj['pytorch-lightning_version']}"
+        version = obj["pytorch-lightning_version"]
+        framework = f"lightning {version if type(version) is str else brief_repr(version)}"
     elif "optimizer_states" in keys and "state_dict" in keys:
         framework = "lightning"
     info: dict[str, Any] = {

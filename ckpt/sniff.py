@@ -11,6 +11,7 @@ HTML error page, an empty download, ...) into the actionable message users need.
 
 from __future__ import annotations
 
+import codecs
 import json
 import struct
 
@@ -19,6 +20,7 @@ HEAD_BYTES = 512
 # pickle of torch's legacy magic number 0x1950A86A20F9469CFC6C, as LONG1 (protocol >= 2)
 LEGACY_MAGIC_LONG1 = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 LEGACY_MAGIC_INT = 0x1950A86A20F9469CFC6C
+_FRAME = b"\x95"
 
 
 def sniff(head: bytes, size: int) -> str:
@@ -31,6 +33,8 @@ def sniff(head: bytes, size: int) -> str:
         return "empty"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
+    if size < 4 and len(head) >= 2 and b"PK\x03\x04".startswith(head):
+        return "zip"  # the first bytes of a zip and nothing else: a truncated download
     if head.startswith(b"PYTORCH1"):
         return "pytorch-preview"
     if head.startswith(b"version https://git-lfs"):
@@ -44,8 +48,11 @@ def sniff(head: bytes, size: int) -> str:
     if _is_safetensors(head, size):
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 2 and head[1] <= 5:
-        if head[2:].startswith(LEGACY_MAGIC_LONG1):
-            return "torch-legacy"
+        body = head[2:]
+        if body[:1] == _FRAME:  # protocol 4+: a FRAME opcode (+ u64 length) comes before the first value
+            body = body[9:]
+        if body.startswith(LEGACY_MAGIC_LONG1) or (body and len(head) == size and LEGACY_MAGIC_LONG1.startswith(body)):
+            return "torch-legacy"  # (or its first bytes only: a truncated download the reader names)
         return "pickle"
     if _is_legacy_text_protocol(head):
         return "torch-legacy"
@@ -67,10 +74,13 @@ def _is_tar(head: bytes) -> bool:
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian length, then a JSON object (the reader checks the length against
+    the file, so a truncated download is named as such rather than as unknown bytes)."""
     if len(head) < 9:
         return False
     (n,) = struct.unpack_from("<Q", head)
-    return 2 <= n <= size - 8 and head[8:9] == b"{"
+    body = head[8 : 8 + min(n, 64)].lstrip(b" \t\r\n")
+    return n >= 2 and body[:1] in (b"{", b"[")
 
 
 def _is_legacy_text_protocol(head: bytes) -> bool:
@@ -81,8 +91,8 @@ def _is_legacy_text_protocol(head: bytes) -> bool:
 
 
 def _looks_textual(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
+    try:  # not final: a character cut in two at the end of ``head`` is still text
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return False
     return all(c.isprintable() or c in "\r\n\t" for c in text)
@@ -123,7 +133,7 @@ def explain(kind: str, head: bytes, size: int) -> str:
 def _explain_json(head: bytes) -> str:
     text = head.decode("utf-8", "replace")
     if '"weight_map"' in text:
-        return "this is a sharded-checkpoint index (weight_map); sharded checkpoints are not supported yet"
+        return "this is a sharded-checkpoint index (weight_map), but not a valid one"
     try:
         json.loads(text)
     except ValueError:

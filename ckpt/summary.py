@@ -14,7 +14,6 @@ import fnmatch
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpoint import PathLike, open
@@ -23,11 +22,13 @@ from .limits import DEFAULT_LIMITS, Limits
 from .policy import Finding
 from .recognize import recognize_optimizer, recognize_state_dict, recognize_training
 from .tensors import StorageRef, TensorRef
-from .values import Device, GlobalRef, InertObject, Size, TorchConstant
+from .values import Device, EnumMember, GlobalRef, InertObject, ListRecord, Record, Size, TorchConstant
 from .jsonable import brief, json_scalar
 from .walk import MAPPINGS, is_scalar_collection, join_path, walk
 
 SCHEMA = "ckpt.inspect/1"
+_ROW_KEY_BUDGET = 2_000_000
+_UNIT_STRIDE = (1,)  # key parts over all listed rows (~ tens of MB at most)
 
 
 class TensorInfo:
@@ -40,7 +41,8 @@ class TensorInfo:
         self.path = path
         self.keys = keys
         self.ref = ref
-        self.numel = ref.numel
+        shape = ref.shape
+        self.numel = shape[0] if len(shape) == 1 else ref.numel
         self.same_as = same_as
 
     dtype = property(lambda self: self.ref.dtype.name)
@@ -59,36 +61,45 @@ class TensorInfo:
 
     def as_json(self) -> dict[str, Any]:
         ref = self.ref
+        storage = ref.storage
+        extra = ref._extra
+        shape = ref.shape
+        stride = ref.stride
         out = {
             "path": self.path,
             "keys": [k if type(k) is str or type(k) is int else repr(k) for k in self.keys],
             "dtype": ref.dtype.name,
-            "shape": list(ref.shape),
-            "stride": list(ref.stride),
+            "shape": list(shape),
+            "stride": list(stride),
             "offset": ref.offset,
-            "storage": ref.storage.key if ref.storage is not None else None,
-            "device": ref.device,
+            "storage": storage.key if storage is not None else None,
+            "device": storage.location if extra is None and storage is not None else ref.device,
             "numel": self.numel,
             "nbytes": self.numel * ref.dtype.itemsize,
             "requires_grad": ref.requires_grad,
-            "parameter": ref.is_parameter,
-            "contiguous": ref.is_contiguous,
+            "parameter": extra is not None and ref.is_parameter,
+            "contiguous": stride == _UNIT_STRIDE or (len(shape) != 1 and ref.is_contiguous),
         }
-        if ref.subclass:
-            out["subclass"] = ref.subclass
+        if extra is not None:
+            if ref.subclass:
+                out["subclass"] = ref.subclass
         if self.same_as:
             out["same_as"] = self.same_as
         return out
 
 
-@dataclass(slots=True)
 class ValueInfo:
-    path: str
-    keys: tuple[Any, ...]
-    type: str
-    value: Any
-    """JSON-safe value for scalars and short strings, else ``None`` (see ``repr``)."""
-    repr: str
+    """One non-tensor value at a dotted path: its type name, a JSON-safe ``value`` (scalars,
+    short strings and lists; ``None`` otherwise) and a short ``repr``."""
+
+    __slots__ = ("path", "keys", "type", "value", "repr")
+
+    def __init__(self, path: str, keys: tuple[Any, ...], type: str, value: Any, repr: str) -> None:
+        self.path = path
+        self.keys = keys
+        self.type = type
+        self.value = value
+        self.repr = repr
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -100,23 +111,41 @@ class ValueInfo:
         }
 
 
-@dataclass
 class Summary:
-    """Everything ``ckpt inspect`` shows about one checkpoint."""
+    """Everything ``ckpt inspect`` shows about one checkpoint (see :meth:`as_json` for the fields)."""
 
-    path: str
-    file_size: int
-    facts: dict[str, Any]
-    kind: str
-    structure: list[dict[str, Any]]
-    tensors: list[TensorInfo]
-    values: list[ValueInfo]
-    storages: dict[str, dict[str, Any]]
-    totals: dict[str, Any]
-    findings: list[Finding]
-    refs: list[dict[str, str]] = field(default_factory=list)
-    elided: list[str] = field(default_factory=list)
-    filter: str | None = None
+    def __init__(
+        self,
+        *,
+        path: str,
+        file_size: int,
+        facts: dict[str, Any],
+        kind: str,
+        structure: list[dict[str, Any]],
+        tensors: list[TensorInfo],
+        values: list[ValueInfo],
+        storages: dict[str, dict[str, Any]],
+        totals: dict[str, Any],
+        findings: list[Finding],
+        refs: list[dict[str, str]] | None = None,
+        elided: list[str] | None = None,
+        filter: str | None = None,
+        unlisted: dict[str, int] | None = None,
+    ) -> None:
+        self.path = path
+        self.file_size = file_size
+        self.facts = facts
+        self.kind = kind
+        self.structure = structure
+        self.tensors = tensors
+        self.values = values
+        self.storages = storages
+        self.totals = totals
+        self.findings = findings
+        self.refs = refs or []
+        self.elided = elided or []
+        self.filter = filter
+        self.unlisted = unlisted or {"tensors": 0, "values": 0}
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +162,7 @@ class Summary:
             "storages": list(self.storages.values()),
             "shared_objects": self.refs,
             "elided": self.elided,
+            "unlisted": self.unlisted,
             "findings": [f.as_json() for f in self.findings],
         }
 
@@ -176,13 +206,24 @@ def summarize(
     mappings: list[tuple[tuple[Any, ...], Any]] = [((), root)] if type(root) in MAPPINGS else []
     first_path: dict[int, str] = {}
     views: dict[str, int] = {}
+    unlisted_refs: list[TensorRef] = []
+    unlisted = {"tensors": 0, "values": 0}
+    # Rows keep their keys and dotted path, so a deep and wide pickle could make them cost
+    # leaves x depth: past a budget of key parts, rows are counted (tensors still totalled), not listed.
+    budget = _ROW_KEY_BUDGET
     for event in walk(root, max_depth=limits.max_walk_depth, atomic=is_scalar_collection):
         kind = event.kind
         if kind == "tensor":
+            ref: TensorRef = event.value
+            if budget < 0:
+                if match is None:
+                    unlisted["tensors"] += 1
+                    unlisted_refs.append(ref)
+                continue
             path_s = join_path(event.keys)
             if match is not None and not match(path_s):
                 continue
-            ref: TensorRef = event.value
+            budget -= len(event.keys)
             same = first_path.get(id(ref))
             if same is None:
                 first_path[id(ref)] = path_s
@@ -191,14 +232,19 @@ def summarize(
                     views[key] = views.get(key, 0) + 1
             tensors.append(TensorInfo(path_s, event.keys, ref, same))
         elif kind == "value":
+            if budget < 0:
+                unlisted["values"] += match is None
+                continue
             path_s = event.path
             if match is not None and not match(path_s):
                 continue
+            budget -= len(event.keys)
             values.append(_value_info(path_s, event.keys, event.value))
         elif kind == "container":
-            if type(event.value) in MAPPINGS:
+            t = type(event.value)
+            if t in MAPPINGS:
                 mappings.append((event.keys, event.value))
-            elif type(event.value) is InertObject and (match is None or match(event.path)):
+            if (t is InertObject or t is Record or t is ListRecord) and (match is None or match(event.path)):
                 values.append(_value_info(event.path, event.keys, event.value))
         elif kind == "ref":
             refs.append({"path": event.path, "same_as": event.target or ""})
@@ -206,13 +252,17 @@ def summarize(
             elided.append(event.path)
 
     structure = _structure(mappings)
-    totals = _totals(tensors, storages, views)
+    for ref in unlisted_refs:  # not listed, still counted
+        if id(ref) not in first_path and ref.storage is not None:
+            first_path[id(ref)] = ""
+            views[ref.storage.key] = views.get(ref.storage.key, 0) + 1
+    totals = _totals(tensors, storages, views, unlisted_refs)
     shared = _shared_storages(tensors, storages, {k for k, n in views.items() if n > 1})
     kind = _root_kind(root, structure)
     return Summary(
         path=path, file_size=file_size, facts=facts, kind=kind, structure=structure,
         tensors=tensors, values=values, storages=shared, totals=totals, findings=list(findings),
-        refs=refs, elided=elided, filter=filter,
+        refs=refs, elided=elided, filter=filter, unlisted=unlisted,
     )
 
 
@@ -244,6 +294,17 @@ def describe_type(value: Any) -> str:
         return "storage"
     if t is OrderedDict:
         return "OrderedDict"
+    if t is Record or t is ListRecord or t is EnumMember:
+        return value.type
+    module = t.__module__
+    if module == "numpy.dtypes":
+        return "numpy.dtype"
+    if module == "numpy":
+        return f"numpy.{t.__name__}"
+    if t is type:
+        return "type"
+    if module in ("datetime", "pathlib", "collections"):
+        return f"{module}.{t.__name__}"
     return t.__name__
 
 
@@ -266,9 +327,36 @@ def _value_info(path: str, keys: tuple[Any, ...], value: Any) -> ValueInfo:
         json_value = value.name
     elif t is GlobalRef:
         json_value = value.qualname
-    elif (t is list or t is tuple) and len(value) <= 1000:
+    elif (t is list or t is tuple or t is ListRecord) and len(value) <= 1000:
         json_value = [json_scalar(v, 3) for v in value]
+    else:
+        json_value = _profiled_json(value)
     return ValueInfo(path=path, keys=keys, type=describe_type(value), value=json_value, repr=brief(value))
+
+
+def _profiled_json(value: Any) -> Any:
+    """The faithful JSON form of a value a profile rebuilt (numpy scalar, dtype, datetime, path,
+    enum member, type), else None."""
+    t = type(value)
+    module = t.__module__
+    if t is EnumMember:
+        return value.value if type(value.value) in (str, int, bool) else None
+    if t is type:
+        return f"{value.__module__}.{value.__qualname__}"
+    if module == "numpy.dtypes":
+        return value.str
+    if module == "numpy":
+        if t.__name__ != "ndarray" and getattr(value, "shape", None) == () and hasattr(value, "item"):  # a scalar
+            item = value.item()
+            if type(item) in (bool, int, str) or (type(item) is float and item == item and abs(item) != float("inf")):
+                return item
+            return None
+        return None
+    if module == "datetime":
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    if module == "pathlib":
+        return str(value)
+    return None
 
 
 def _structure(mappings: list[tuple[tuple[Any, ...], Any]]) -> list[dict[str, Any]]:
@@ -292,16 +380,19 @@ def _structure(mappings: list[tuple[tuple[Any, ...], Any]]) -> list[dict[str, An
     return rows
 
 
-def _totals(tensors: list[TensorInfo], storages: dict[str, StorageRef], views: dict[str, int]) -> dict[str, Any]:
+def _totals(
+    tensors: list[TensorInfo], storages: dict[str, StorageRef], views: dict[str, int],
+    unlisted: list[TensorRef] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
     by_dtype: dict[str, dict[str, int]] = {}
     by_device: dict[str, int] = {}
     numel = nbytes = count = 0
-    for t in tensors:
-        if t.same_as:
-            continue
-        ref = t.ref
+    pairs = [(t.ref, t.numel) for t in tensors if not t.same_as]
+    if unlisted:
+        seen = {id(t.ref) for t in tensors}
+        pairs += [(r, r.numel) for r in unlisted if id(r) not in seen and not seen.add(id(r))]  # type: ignore[func-returns-value]
+    for ref, n in pairs:
         dt = ref.dtype
-        n = t.numel
         b = n * dt.itemsize
         count += 1
         numel += n
@@ -312,7 +403,7 @@ def _totals(tensors: list[TensorInfo], storages: dict[str, StorageRef], views: d
         row["tensors"] += 1
         row["numel"] += n
         row["nbytes"] += b
-        device = ref.device
+        device = ref.storage.location if ref._extra is None and ref.storage is not None else ref.device
         by_device[device] = by_device.get(device, 0) + 1
     return {
         "tensors": count,

@@ -77,7 +77,7 @@ def _zip_entry(storage: StorageRef) -> Any:
     """The zip record behind a storage of a torch zip checkpoint (None for other formats, and for
     archives written without CRCs)."""
     reader = storage.reader
-    if type(reader) is not _torch_zip_reader() or storage.record is None or not reader.archive.has_crcs:
+    if not isinstance(reader, _torch_zip_reader()) or storage.record is None or not reader.archive.has_crcs:
         return None
     return reader.archive.entry(storage.record)
 

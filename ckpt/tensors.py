@@ -98,7 +98,7 @@ class TensorRef:
     ``storage`` is ``None`` for meta tensors (no data). ``is_parameter`` is True for
     ``nn.Parameter``; ``attrs`` holds Python attributes saved with a tensor or parameter;
     ``subclass`` names a tensor subclass the file asked for (kept as a name, never imported);
-    ``metadata`` is torch's conj/neg bits.
+    ``metadata`` is torch's conj/neg bits; ``quantizer`` describes a quantized tensor's scales.
     """
 
     # The rare fields live in one dict so that making the common tensor stays cheap.
@@ -134,6 +134,8 @@ class TensorRef:
     attrs = property(lambda self: self._get("attrs"), lambda self, v: self._set("attrs", v))
     subclass = property(lambda self: self._get("subclass"), lambda self, v: self._set("subclass", v))
     metadata = property(lambda self: self._get("metadata"), lambda self, v: self._set("metadata", v))
+    quantizer = property(lambda self: self._get("quantizer"))
+    """For a quantized tensor: ``qscheme`` and ``scale``/``zero_point`` or ``scales``/``zero_points``/``axis``."""
 
     @property
     def device(self) -> str:
@@ -216,6 +218,9 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     return out
 
 
+_INT64_LIMIT = 1 << 63
+
+
 def make_view(
     storage: StorageRef,
     dtype: DType,
@@ -230,8 +235,10 @@ def make_view(
         size = _int_tuple(size, "size")
     if type(stride) is not tuple:
         stride = _int_tuple(stride, "stride")
-    if type(offset) is not int or offset < 0:
-        raise CorruptCheckpointError(f"tensor storage offset must be a non-negative int, not {offset!r}")
+    if type(offset) is not int:
+        raise CorruptCheckpointError(f"tensor storage offset must be an int, not a {type(offset).__name__}")
+    if offset < 0:
+        raise CorruptCheckpointError(f"tensor storage offset must not be negative ({offset})")
     if len(size) != len(stride):
         raise CorruptCheckpointError(f"tensor has {len(size)} sizes but {len(stride)} strides")
     if type(requires_grad) is not bool:
@@ -255,5 +262,10 @@ def make_view(
             f"tensor view {dtype.name}{list(size)} (stride {list(stride)}, offset {offset}) needs "
             f"{stop:,} bytes of a storage that holds {storage.nbytes:,}: the view is out of bounds",
             record=storage.record,
+        )
+    if numel * item >= _INT64_LIMIT:  # zero strides can make huge views of small storages
+        raise CorruptCheckpointError(
+            f"tensor view {dtype.name}{list(size)} holds {numel:,} elements, more than any tensor can "
+            "(int64 overflow)", record=storage.record,
         )
     return TensorRef(storage, dtype, size, stride, offset, requires_grad)

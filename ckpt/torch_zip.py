@@ -24,6 +24,7 @@ from .errors import NotACheckpointError
 from .reader import Reader, register
 from .tensors import StorageRef, StorageType
 from .zipread import STORED, RangedFile, ZipArchive, ZipEntry
+from .values import brief_repr
 
 FORMAT = "torch-zip"
 MAX_VERSION = 10  # highest file format version torch 2.13 reads (caffe2 kMaxSupportedFileFormatVersion)
@@ -76,12 +77,6 @@ class TorchZipReader(Reader):
                     path=path,
                     record=raw.decode("utf-8", "replace"),
                 )
-        if is_torchscript(archive, self.prefix):
-            raise UnsupportedFormatError(
-                "this is a TorchScript archive (torch.jit.save); reading TorchScript is not supported yet. "
-                "Nothing in it was run",
-                path=path,
-            )
         self.pickle_entry = self._entry("data.pkl")
         if self.pickle_entry is None:
             raise CorruptCheckpointError(
@@ -165,21 +160,40 @@ class TorchZipReader(Reader):
         """Run ``data.pkl`` through the restricted unpickler with ``builder``'s constructors."""
         entry = self.pickle_entry
         assert entry is not None
+        result, protocol = self.run_pickle(entry, builder, policy, findings)
+        self.pickle_protocol = protocol
+        return result
+
+    def run_pickle(
+        self, entry: ZipEntry, builder: Builder, policy: Policy, findings: list[Finding], *,
+        folder: str = "data/", resolve: Any = None,
+    ) -> tuple[Any, int]:
+        """Run one pickle record; its storages are the records ``<folder><key>``.
+
+        ``resolve`` wraps the policy's resolver (``resolve(module, name, offset, default)``) for
+        readers that give some globals their own meaning (TorchScript). Returns the object and
+        the pickle's protocol."""
         data = self.archive.read(entry, max_size=self.limits.max_pickle_bytes)
-        resolver = Resolver(policy, builder, path=self.path, record=entry.name, findings=findings)
+        resolver: Any = Resolver(policy, builder, path=self.path, record=entry.name, findings=findings)
+        if resolve is not None:
+            default = resolver
+            resolver = lambda module, name, offset: resolve(module, name, offset, default)  # noqa: E731
         finish = builder.finish_storage
         storages = self._storages
+        key_prefix = self.key_prefix + (folder if folder != "data/" else "")
         make = self._storage_from_pid
 
         def persistent_load(pid: Any) -> Any:
-            if type(pid) is tuple and len(pid) == 5 and type(pid[2]) is str:
-                ref = storages.get(pid[2])
+            # Fast path for a storage seen before; it must pass every check the slow path makes
+            # (kind 'storage', an int numel: 3.0 and True compare equal to 3 and 1).
+            if type(pid) is tuple and len(pid) == 5 and type(pid[2]) is str and pid[0] == "storage":
+                ref = storages.get(key_prefix + pid[2] if key_prefix else pid[2])
                 if (
                     ref is not None and type(pid[1]) is StorageType and ref.dtype is pid[1].dtype
-                    and ref.numel == pid[4] and ref.location == pid[3]
+                    and type(pid[4]) is int and ref.numel == pid[4] and ref.location == pid[3]
                 ):
                     return finish(ref)
-            return finish(make(pid))
+            return finish(make(pid, folder))
 
         vm = Unpickler(
             data,
@@ -193,10 +207,9 @@ class TorchZipReader(Reader):
             vm.fast_tensor_op = builder.table.get("torch._utils._rebuild_tensor_v2")
         with gc_paused():
             result = vm.load()
-        self.pickle_protocol = vm.protocol
-        return result
+        return result, vm.protocol
 
-    def _storage_from_pid(self, pid: Any) -> StorageRef:
+    def _storage_from_pid(self, pid: Any, folder: str = "data/") -> StorageRef:
         if type(pid) is not tuple or len(pid) != 5:
             raise self._corrupt_pid(
                 f"a persistent id must be a 5-tuple ('storage', type, key, location, numel), got a "
@@ -206,7 +219,7 @@ class TorchZipReader(Reader):
         if type(typename) is not str:
             typename = typename.decode("ascii", "replace") if type(typename) is bytes else typename
         if typename != "storage":
-            raise self._corrupt_pid(f"unknown persistent id kind {typename!r}")
+            raise self._corrupt_pid(f"unknown persistent id kind {brief_repr(typename)}")
         if type(stype) is not StorageType:
             raise self._corrupt_pid("a persistent id's storage type is not a torch storage class")
         if type(key) is bytes:
@@ -216,12 +229,13 @@ class TorchZipReader(Reader):
         if type(key) is not str or type(location) is not str or type(numel) is not int:
             raise self._corrupt_pid("a persistent id has a malformed key, location or size")
         if numel < 0 or len(location) > 128 or not location.isprintable():
-            raise self._corrupt_pid(f"storage {key!r} declares an invalid size or location")
-        record = f"{self.prefix}data/{key}"
+            raise self._corrupt_pid(f"storage {brief_repr(key)} declares an invalid size or location")
+        record = f"{self.prefix}{folder}{key}"
+        name, key = key, self.key_prefix + (folder if folder != "data/" else "") + key
         size = self.archive.size_of(record)
         if size is None:
             raise CorruptCheckpointError(
-                f"the pickle refers to storage {key!r} but the archive has no record for it (truncated "
+                f"the pickle refers to storage {brief_repr(name)} but the archive has no record for it (truncated "
                 "or damaged file)",
                 path=self.path, record=record,
             )
@@ -236,7 +250,7 @@ class TorchZipReader(Reader):
         if known is not None:
             if known.dtype is not ref.dtype or known.numel != numel or known.location != location:
                 raise CorruptCheckpointError(
-                    f"storage {key!r} is declared twice with different types, sizes or devices; the file "
+                    f"storage {brief_repr(name)} is declared twice with different types, sizes or devices; the file "
                     "is ambiguous",
                     path=self.path, record=record,
                 )
@@ -257,6 +271,10 @@ class TorchZipReader(Reader):
         entry = self.archive.entry(storage.record or "")
         self.archive.readinto(entry, buf, verify_crc=verify_crc, readahead=True)
 
+    def read_small(self, storage: StorageRef) -> bytes | None:
+        """A small storage's bytes read ahead in file order, or None (then use :meth:`readinto`)."""
+        return self.archive.read_small(storage.record or "")
+
     def data_offset(self, storage: StorageRef) -> int | None:
         entry = self.archive.entry(storage.record or "")
         if entry.method != STORED:
@@ -276,9 +294,13 @@ class TorchZipReader(Reader):
 
 @register("zip")
 def open_zip(file: RangedFile, path: str, limits: Limits, head: bytes) -> Reader:
-    """A zip file: a torch checkpoint unless it is plainly something else (an .npz)."""
+    """A zip file: a torch checkpoint (or TorchScript archive) unless it is plainly something else."""
     archive = ZipArchive(file, name=path, limits=limits)
     if len(archive) and all(raw.endswith(b".npy") for raw in archive.raw_names()):
         raise NotACheckpointError("this is a numpy .npz archive, not a torch checkpoint", path=path)
+    if len(archive) and is_torchscript(archive, archive_prefix(archive)):
+        from .torchscript import TorchScriptReader
+
+        return TorchScriptReader(archive, path=path, limits=limits)
     return TorchZipReader(archive, path=path, limits=limits)
 

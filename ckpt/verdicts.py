@@ -8,7 +8,7 @@ in) is known to run code, spawn processes, touch files or the network, or resolv
 ('dangerous', 'unknown')
 >>> verdict_for("posix.system")[0], verdict_for("builtins.eval")[0]
 ('dangerous', 'dangerous')
->>> verdict_for("pathlib.os.system")[0]
+>>> verdict_for("pathlib.os.system", "os.system")[0]
 'dangerous'
 
 """
@@ -134,8 +134,33 @@ DANGEROUS_NAMES: dict[str, str] = {
 }
 
 
-def verdict_for(qualname: str) -> tuple[str, str]:
-    """``(verdict, reason)`` for a global that is not on ckpt's allowlist."""
+def verdict_for(qualname: str, name: str | None = None) -> tuple[str, str]:
+    """``(verdict, reason)`` for a global that is not on ckpt's allowlist.
+
+    ``name`` is the part after the module, when the caller knows it: a dotted name
+    (``pathlib`` + ``os.system``) walks attributes the way ``pickle`` resolves it for protocol 4+,
+    so it is judged by where it lands, and walking through special attributes (``__globals__``,
+    ``__subclasses__``, ...) is an introspection chain.
+
+    >>> verdict_for("pathlib.os.system", "os.system")[0]
+    'dangerous'
+    """
+    verdict = _verdict(qualname)
+    if verdict[0] == "dangerous" or not name or "." not in name:
+        return verdict
+    parts = name.split(".")
+    special = [p for p in parts if p.startswith("__") and p.endswith("__")]
+    if special:
+        return "dangerous", f"{qualname} walks through the special attribute {special[0]} (an introspection chain)"
+    for i in range(len(parts) - 1):
+        inner = ".".join(parts[i:])
+        inner_verdict, why = _verdict(inner)
+        if inner_verdict == "dangerous":
+            return "dangerous", f"{qualname} reaches {inner} by attribute access: {why}"
+    return verdict
+
+
+def _verdict(qualname: str) -> tuple[str, str]:
     if qualname in DANGEROUS_NAMES:
         return "dangerous", f"{qualname} {DANGEROUS_NAMES[qualname]}"
     module = qualname
@@ -147,16 +172,4 @@ def verdict_for(qualname: str) -> tuple[str, str]:
             return "dangerous", f"{qualname}: {module} {DANGEROUS_NAMES[module]}"
     if qualname.startswith("copyreg.extension."):
         return "dangerous", f"{qualname}: an extension code resolved through process-wide copyreg state"
-    # Protocol-4 pickles resolve dotted names attribute by attribute, so `pathlib` + `os.system`
-    # reaches os.system through pathlib's own import of os.
-    parts = qualname.split(".")
-    for i in range(1, len(parts)):
-        inner = ".".join(parts[i:])
-        for j in range(len(parts) - i, 0, -1):
-            head = ".".join(parts[i : i + j])
-            if head in DANGEROUS_MODULES or f"builtins.{inner}" in DANGEROUS_NAMES:
-                return "dangerous", (
-                    f"{qualname}: a dotted name reaching {head if head in DANGEROUS_MODULES else inner} "
-                    "through attributes (pickle resolves dotted names at protocol 4+)"
-                )
     return "unknown", f"{qualname} is not on ckpt's allowlist; ckpt did not run it, pickle.load would"

@@ -14,21 +14,19 @@ Dotted paths join keys with ``.``; list and tuple items are named by index:
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import ResourceLimitError
 from .tensors import TensorRef
-from .values import InertObject
+from .values import InertObject, ListRecord, Record
 
-MAPPINGS = (dict, OrderedDict, Counter)
-SEQUENCES = (list, tuple)
+MAPPINGS = (dict, OrderedDict, Counter, defaultdict, Record)
+SEQUENCES = (list, tuple, ListRecord)
 SETS = (set, frozenset)
 
 
-@dataclass(slots=True)
 class Event:
     """One step of a walk.
 
@@ -37,10 +35,13 @@ class Event:
     walk's depth limit).
     """
 
-    kind: str
-    keys: tuple[Any, ...]
-    value: Any
-    target: str | None = None
+    __slots__ = ("kind", "keys", "value", "target")
+
+    def __init__(self, kind: str, keys: tuple[Any, ...], value: Any, target: str | None = None) -> None:
+        self.kind = kind
+        self.keys = keys
+        self.value = value
+        self.target = target
 
     @property
     def path(self) -> str:
@@ -49,6 +50,9 @@ class Event:
     @property
     def depth(self) -> int:
         return len(self.keys)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.path!r}>"
 
 
 def key_str(key: Any) -> str:
@@ -60,7 +64,9 @@ def key_str(key: Any) -> str:
 
 
 def join_path(keys: tuple[Any, ...]) -> str:
-    return ".".join(key_str(k) if type(k) is not str else k for k in keys)
+    if len(keys) == 1 and type(keys[0]) is str:  # a flat state dict: the common case
+        return keys[0]  # type: ignore[no-any-return]
+    return ".".join([k if type(k) is str else key_str(k) for k in keys])
 
 
 def is_container(value: Any) -> bool:

@@ -24,7 +24,6 @@ import os
 import struct
 import threading
 import zlib
-from dataclasses import dataclass
 from typing import IO
 
 from .errors import CheckpointError, CorruptCheckpointError, ResourceLimitError, UnsupportedFormatError
@@ -35,6 +34,7 @@ _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s4H2H3L5H2L")
 _LOCAL = struct.Struct("<4s5H3L2H")
+_LOCAL_FIELDS = struct.Struct("<8xH16xHH").unpack_from  # method, name length, extra length
 
 SIG_LOCAL = b"PK\x03\x04"
 SIG_CENTRAL = b"PK\x01\x02"
@@ -46,6 +46,7 @@ STORED = 0
 DEFLATED = 8
 _CHUNK = 1 << 24
 _WINDOW = 1 << 18
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot inflate more than about 1032:1
 _SMALL_READ = 1 << 15
 
 
@@ -136,20 +137,31 @@ class RangedFile:
             self._fd = None
 
 
-@dataclass(slots=True)
 class ZipEntry:
-    """One record as the central directory describes it."""
+    """One record as the central directory describes it.
 
-    name: str
-    method: int
-    flags: int
-    crc: int
-    compressed_size: int
-    size: int
-    header_offset: int
-    index: int
-    data_offset: int = -1
-    """Offset of the record's first data byte; -1 until the local header has been read."""
+    ``data_offset`` is the offset of the record's first data byte: -1 until its local header has
+    been read and checked.
+    """
+
+    __slots__ = ("name", "method", "flags", "crc", "compressed_size", "size", "header_offset", "index", "data_offset")
+
+    def __init__(
+        self, name: str, method: int, flags: int, crc: int, compressed_size: int, size: int,
+        header_offset: int, index: int, data_offset: int = -1,
+    ) -> None:
+        self.name = name
+        self.method = method
+        self.flags = flags
+        self.crc = crc
+        self.compressed_size = compressed_size
+        self.size = size
+        self.header_offset = header_offset
+        self.index = index
+        self.data_offset = data_offset
+
+    def __repr__(self) -> str:
+        return f"<zip entry {self.name!r} {self.size} bytes at {self.header_offset}>"
 
 
 def _decode_name(raw: bytes, flags: int) -> str:
@@ -280,8 +292,16 @@ class ZipArchive:
                     "record is encrypted; checkpoints are never encrypted", path=self.name,
                     record=_decode_name(raw, flags),
                 )
-            if offset + 30 + nlen > cd_offset:
-                raise self._corrupt("local header offset points past the record area", record=_decode_name(raw, flags))
+            if offset + 30 + nlen + csize > cd_offset:
+                raise self._corrupt(
+                    f"record of {csize:,} bytes at offset {offset:,} would run into the central directory "
+                    "(truncated or damaged file)", record=_decode_name(raw, flags),
+                )
+            if method == DEFLATED and usize > csize * _DEFLATE_MAX_RATIO + 1024:
+                raise self._corrupt(
+                    f"deflated record declares {usize:,} bytes from {csize:,}: more than deflate can produce",
+                    record=_decode_name(raw, flags),
+                )
             if raw in raw_entries:
                 raise self._corrupt(
                     "two records share this name; the archive is ambiguous (readers disagree on "
@@ -440,6 +460,8 @@ class ZipArchive:
                 path=self.name,
                 record=entry.name,
             )
+        self._check_method(entry)
+        self.data_offset(entry)  # the local header is checked before anything is allocated
         buf = bytearray(entry.size)
         self.readinto(entry, memoryview(buf), verify_crc=verify_crc)
         return bytes(buf)
@@ -469,6 +491,29 @@ class ZipArchive:
             self._inflate_into(entry, start, out)
         if verify_crc and self.has_crcs:
             self.check_crc(entry, out)
+
+    def read_small(self, name: str, *, verify_crc: bool = True) -> bytes | None:
+        """The bytes of a small stored record, through the read-ahead window, or None when the
+        record is not small and stored or anything about it needs a closer look: then
+        :meth:`readinto` reads it (and reports any problem). Checks as :meth:`readinto` does."""
+        raw = name.encode("utf-8", "surrogateescape")
+        info = self._raw.get(raw)
+        if info is None:
+            return None
+        method, _flags, crc, _csize, usize, offset, _index = info
+        if method != STORED or usize > _SMALL_READ:
+            return None
+        head = self._read_small(offset, _LOCAL.size + len(raw))
+        if head[:4] != SIG_LOCAL:
+            return None
+        local_method, nlen, xlen = _LOCAL_FIELDS(head)
+        start = offset + _LOCAL.size + nlen + xlen
+        if local_method != STORED or head[_LOCAL.size :] != raw or start + usize > self.file.size:
+            return None
+        data = self._read_small(start, usize)
+        if len(data) != usize or (verify_crc and self.has_crcs and zlib.crc32(data) != crc):
+            return None
+        return data
 
     def _read_small(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` through a read-ahead window: checkpoints with many small

@@ -30,6 +30,7 @@ _STYLE = {"identical": "green", "close": "yellow", "different": "bold red", "not
               help="Absolute tolerance, as in torch.allclose.")
 @click.option("--equal-nan", is_flag=True, help="Count NaN as close to NaN (torch.allclose's equal_nan).")
 @click.option("--ignore-dtype", is_flag=True, help="A dtype change alone does not make the files different (values are still compared, upcast).")
+@click.option("--tensors-only", is_flag=True, help="Compare tensors only: leave out non-tensor values (and the optimizer summary).")
 @click.option("--only", multiple=True, metavar="GLOB", help="Compare only paths matching this glob, e.g. 'model.*' (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out paths matching this glob, e.g. 'optimizer.*' (repeatable).")
 @click.option("--key", metavar="PATH", help="Compare the subtree at this dotted path in both files, e.g. 'state_dict'.")
@@ -42,6 +43,7 @@ _STYLE = {"identical": "green", "close": "yellow", "different": "bold red", "not
               help="Rows per table unless --all.")
 def diff_command(
     a: str, b: str, as_json: bool, stat: bool, rtol: float, atol: float, equal_nan: bool, ignore_dtype: bool,
+    tensors_only: bool,
     only: tuple[str, ...], exclude: tuple[str, ...], key: str | None, key_a: str | None, key_b: str | None,
     allow: tuple[str, ...], verify: bool, show_all: bool, max_rows: int,
 ) -> None:
@@ -59,6 +61,7 @@ def diff_command(
       ckpt diff run1/last.ckpt run2/last.ckpt --stat
       ckpt diff model.pt model-bf16.pt --ignore-dtype --atol 1e-2
       ckpt diff lightning.ckpt exported.pt --key-a state_dict
+      ckpt diff model.pt model.safetensors --tensors-only
       ckpt diff a.pt b.pt --exclude 'optimizer.*' --json | jq '.tensors[] | select(.status != "identical") | .path'
 
     Exit codes: 0 same (within tolerance), 1 different, 2 error.
@@ -67,6 +70,7 @@ def diff_command(
     progress = _progress_bar() if not as_json else None
     try:
         report = ckpt.diff(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan, ignore_dtype=ignore_dtype,
+                           tensors_only=tensors_only,
                            only=only, exclude=exclude,
                            key=keys, allow=allow, verify=verify,
                            progress=progress.update if progress is not None else None)
@@ -233,6 +237,8 @@ def render(report: ckpt.DiffReport, *, show_all: bool, max_rows: int) -> None:
         opts.append("equal_nan")
     if report.ignore_dtype:
         opts.append("dtype changes ignored")
+    if report.tensors_only:
+        opts.append("tensors only")
     if report.only:
         opts.append("only " + ", ".join(report.only))
     if report.exclude:

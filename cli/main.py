@@ -33,6 +33,14 @@ class CkptGroup(click.Group):
             else:
                 click.echo(f"ckpt: error: {e}", err=True)
             ctx.exit(EXIT_ERROR)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a bug in ckpt: still one line (and exit 2) unless --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            else:
+                click.echo(f"ckpt: internal error: {type(e).__name__}: {e} (rerun with --debug for details)", err=True)
+            ctx.exit(EXIT_ERROR)
 
 
 @click.group(cls=CkptGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,7 +6,7 @@
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in a
 Markdown file; everything between the markers is replaced. tests/test_docs.py runs the check.
 
-Sources: the allowlist is ``ckpt.rebuild.Builder().table``; the dtype table is ``ckpt.dtypes.DTYPES``
+Sources: the allowlist is ``ckpt.rebuild.Builder().table``; the profiles are ``ckpt.profiles.PROFILES``; the dtype table is ``ckpt.dtypes.DTYPES``
 (the numpy columns come from calling ``ckpt.numpy_out.view_array`` on each dtype); the limits are the
 fields of ``ckpt.limits.Limits`` with their docstrings; the verdict lists are
 ``ckpt.verdicts.DANGEROUS_MODULES`` / ``DANGEROUS_NAMES``.
@@ -15,7 +15,6 @@ fields of ``ckpt.limits.Limits`` with their docstrings; the verdict lists are
 from __future__ import annotations
 
 import ast
-import dataclasses
 import re
 import sys
 from collections.abc import Callable
@@ -44,6 +43,9 @@ OP_DESCRIPTIONS: dict[str, str] = {
     "torch._tensor._rebuild_from_type_v2": "a tensor re-typed as `torch.Tensor` or `Parameter`, with plain attributes; any other tensor class is kept as a name (`subclass`), never imported",
     "torch.nn.parameter.Parameter": "an `nn.Parameter` through NEWOBJ only (`Parameter.__new__(data, requires_grad)`); calling it is refused",
     "torch.Tensor": "accepted only as the type argument of `_rebuild_from_type_v2`; calling it is refused",
+    "torch._utils._rebuild_sparse_tensor": "a sparse tensor (COO, CSR, CSC, BSR, BSC) from its index and value tensors; shapes checked against the size, and index values (bounds, order) checked where they are read, which torch skips by default",
+    "torch._utils._rebuild_qtensor": "a quantized tensor (qint8, quint8, qint32; per-tensor or per-channel affine) with torch's checks of the per-channel axis and lengths; sub-byte quantized dtypes are refused",
+    "torch._utils._rebuild_nested_tensor": "a nested (strided) tensor from its buffer and its sizes/strides/offsets tensors; every component checked to lie inside the buffer, which torch does not check",
 }
 
 
@@ -215,12 +217,12 @@ def limits_block() -> str:
 
     docs = _field_docs(Limits)
     out = ["| `Limits` field | Default | What it bounds |", "|---|---|---|"]
-    for f in dataclasses.fields(Limits):
-        default = f.default
+    for name in Limits._fields:
+        default = Limits._field_defaults[name]
         shown = f"{default:,}"
-        if "bytes" in f.name:
+        if "bytes" in name:
             shown += f" ({_human(default)})"
-        out.append(f"| `{f.name}` | {shown} | {docs.get(f.name, '')} |")
+        out.append(f"| `{name}` | {shown} | {docs.get(name, '')} |")
     return "\n".join(out)
 
 
@@ -239,8 +241,42 @@ def verdicts_block() -> str:
     return "\n".join(out)
 
 
+def profiles_block() -> str:
+    from ckpt.profiles import DEFAULT_GROUPS, GROUPS, PROFILES
+
+    out = [
+        f"{len(PROFILES)} names in {len(GROUPS)} groups, matched exactly as `module.name` like the allowlist.",
+        "",
+        "| Group | `ckpt.load` reads it | Global | Becomes |",
+        "|---|---|---|---|",
+    ]
+    for group, about in GROUPS.items():
+        default = "by default" if group in DEFAULT_GROUPS else "when asked"
+        rows: dict[str, list[str]] = {}
+        values: list[str] = []
+        for p in PROFILES:
+            if p.group != group:
+                continue
+            if p.kind == "value" and p.name != "numpy.ndarray" and p.name != "builtins.Ellipsis":
+                values.append(p.name)
+            else:
+                rows.setdefault(p.becomes, []).append(p.name)
+        first = True
+        for becomes, names in rows.items():
+            cell = ", ".join(f"`{n}`" for n in names)
+            out.append(f"| {'**' + group + '**' if first else ''} | {default if first else ''} | {cell} | {becomes} |")
+            first = False
+        if values:
+            cell = ", ".join(f"`{n}`" for n in values)
+            out.append(f"| {'**' + group + '**' if first else ''} | {default if first else ''} | {cell} | "
+                       "the type itself, as a value (a pickle that calls it is refused) |")
+    out += ["", "Groups: " + "; ".join(f"`{g}`: {about}" for g, about in GROUPS.items()) + "."]
+    return "\n".join(out)
+
+
 BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("security-model.md", "allowlist"): allowlist_block,
+    ("security-model.md", "profiles"): profiles_block,
     ("security-model.md", "limits"): limits_block,
     ("security-model.md", "verdicts"): verdicts_block,
     ("formats.md", "dtypes"): dtypes_block,

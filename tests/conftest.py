@@ -13,7 +13,7 @@ A test that asks for an ``oracle_name`` argument runs once per recorded fixture.
 
 from __future__ import annotations
 
-collect_ignore = ["fixtures/make_fixtures.py"]  # a script that regenerates fixtures, not tests
+collect_ignore = ["fixtures/make_fixtures.py", "fixtures/make_format_fixtures.py"]  # scripts that regenerate fixtures, not tests
 
 import importlib.util
 import json

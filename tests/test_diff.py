@@ -511,6 +511,65 @@ def test_a_resolver_makes_a_flattened_conversion_compare_the_same(tmp_path: Path
     assert report.b.notes == ["restored from metadata"]
 
 
+# -- across formats (no torch needed: safetensors.numpy writes the other side) ---------------------
+
+
+def _safetensors(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file(arrays, str(path))
+    return path
+
+
+def _sharded(folder: Path, arrays: dict[str, np.ndarray], shards: int = 2) -> Path:
+    import json
+
+    folder.mkdir()
+    names = list(arrays)
+    weight_map = {}
+    for i in range(shards):
+        part = {n: arrays[n] for n in names[i::shards]}
+        shard = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        _safetensors(folder / shard, part)
+        weight_map.update({n: shard for n in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": sum(a.nbytes for a in arrays.values())}, "weight_map": weight_map}))
+    return folder
+
+
+CROSS = {
+    "embed.weight": rng(20).standard_normal((50, 8)).astype(np.float32),
+    "layers.0.weight": rng(21).standard_normal((8, 8)).astype(np.float16),
+    "layers.0.bias": np.arange(8, dtype=np.float64),
+    "head.count": np.array([3, 4], dtype=np.int64),
+}
+
+
+def test_pt_safetensors_and_sharded_compare_as_the_same(tmp_path: Path) -> None:
+    pt = make(tmp_path, "model.pt", OrderedDict((k, T(v)) for k, v in CROSS.items()))
+    st = _safetensors(tmp_path / "model.safetensors", CROSS)
+    folder = _sharded(tmp_path / "sharded", CROSS)
+    for a, b in ((pt, st), (st, pt), (pt, folder), (folder / "model.safetensors.index.json", st)):
+        report = ckpt.diff(a, b)
+        assert report.same, (a.name, b.name, report.only_a, report.only_b, [t.as_json() for t in report.changed_tensors()])
+        assert {t.status for t in report.tensors} == {"identical"} and len(report.tensors) == len(CROSS)
+    assert {ckpt.diff(pt, folder).b.format, ckpt.diff(pt, st).b.format} == {"sharded", "safetensors"}
+
+
+def test_a_changed_tensor_across_formats(tmp_path: Path) -> None:
+    changed = dict(CROSS)
+    changed["layers.0.bias"] = CROSS["layers.0.bias"] + 0.5
+    changed["extra"] = np.zeros(2, np.float32)
+    del changed["head.count"]
+    pt = make(tmp_path, "model.pt", {"model": OrderedDict((k, T(v)) for k, v in CROSS.items()), "epoch": 3})
+    folder = _sharded(tmp_path / "sharded", changed, shards=3)
+    report = ckpt.diff(pt, folder, key=("model", None))
+    t = by_path(report)
+    assert t["layers.0.bias"].status == "different" and t["layers.0.bias"].stats.max_abs == 0.5
+    assert [e["path"] for e in report.only_a] == ["head.count"] and [e["path"] for e in report.only_b] == ["extra"]
+    assert t["embed.weight"].status == "identical"
+
+
 # -- bad input ---------------------------------------------------------------------------------------
 
 

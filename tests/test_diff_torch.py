@@ -173,6 +173,39 @@ def test_lightning_checkpoint_against_the_exported_state_dict(tmp_path: Path) ->
     assert ckpt.diff(tmp_path / "last.ckpt", tmp_path / "exported.pt", key=("state_dict", None)).same
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script / torch.jit.save
+def test_every_format_of_the_same_weights_compares_as_the_same(tmp_path: Path) -> None:
+    """torch zip, legacy, TorchScript, safetensors and a sharded .bin folder of the same weights:
+    the same tensors, bitwise (TorchScript also holds its module tree: compared with --tensors-only)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    model[0].weight.data = model[0].weight.data.to(torch.bfloat16).float()
+    sd = model.state_dict()
+    torch.save(sd, tmp_path / "model.pt")
+    torch.save(sd, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
+    torch.jit.save(torch.jit.script(model), tmp_path / "scripted.pt")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    names = list(sd)
+    weight_map = {}
+    for i, part in enumerate((names[:3], names[3:])):
+        shard = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        torch.save({n: sd[n] for n in part}, folder / shard)
+        weight_map.update({n: shard for n in part})
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    for other, kw in (("legacy.pt", {}), ("model.safetensors", {}), ("bin", {}), ("scripted.pt", {"tensors_only": True})):
+        report = ckpt.diff(tmp_path / "model.pt", tmp_path / other, **kw)
+        assert report.same, (other, report.only_a, report.only_b, [t.as_json() for t in report.changed_tensors()])
+        assert len(report.tensors) == len(sd) and all(t.status == "identical" for t in report.tensors), other
+    scripted = ckpt.diff(tmp_path / "model.pt", tmp_path / "scripted.pt")
+    assert not scripted.same and not scripted.only_a and all(e["kind"] == "value" for e in scripted.only_b)
+
+
 def test_other_formats_diff_once_readable(tmp_path: Path) -> None:
     """A .pt against its safetensors and legacy twins: the same, once ckpt reads those formats;
     until then, the same clear error as ``ckpt inspect`` (never a traceback, never a false answer)."""

@@ -293,6 +293,71 @@ def root_tensor_checkpoint(path: Path) -> None:
         z.writestr("t/version", "3\n")
 
 
+def legacy_checkpoint(path: Path) -> None:
+    """A legacy (non-zip) torch file: preamble pickles, the object's pickle with 6-tuple storage ids
+    (one a pre-0.4 storage view), the key list, the storages, and a few trailing bytes."""
+    def pid(key: str, numel: int, view: tuple[str, int, int] | None = None) -> Raw:
+        v = pk(view) if view else b"N"
+        return Raw(b"(" + _str("storage") + bytes(g("torch", "FloatStorage")) + _str(key) + _str("cpu") + pk(numel) + v + b"tQ")
+
+    def t(p: Raw, offset: int, shape: tuple[int, ...], stride: tuple[int, ...]) -> Raw:
+        return call(g("torch._utils", "_rebuild_tensor_v2"), p, offset, shape, stride, False,
+                    call(g("collections", "OrderedDict")))
+
+    root = {"w": t(pid("140001", 6), 0, (2, 3), (3, 1)), "v": t(pid("140001", 6, ("140002", 2, 4)), 0, (4,), (1,)),
+            "n": 1}
+    stream = (
+        b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19."  # the magic number
+        + b"\x80\x02M\xe9\x03."  # 1001
+        + b"\x80\x02" + pk({"protocol_version": 1001, "little_endian": True,
+                             "type_sizes": {"short": 2, "int": 4, "long": 4}}) + b"."
+        + b"\x80\x02" + pk(root) + b"."
+        + b"\x80\x02" + pk(["140001"]) + b"."
+        + struct.pack("<q", 6) + bytes(24) + b"tail"
+    )
+    path.write_bytes(stream)
+
+
+def torchscript_checkpoint(path: Path) -> None:
+    """A TorchScript archive as torch.jit.save lays it out (module records, code, constants)."""
+    module = Raw(bytes(g("__torch__", "M")) + b")\x81" + pk({
+        "training": True, "w": tensor("0", 2, (2,), (1,)), "buf": tensor("1", 3, (3,), (1,)),
+    }) + b"b")
+    consts = b"\x80\x02" + pk((tensor("0", 1, (), ()),)) + b"."
+    code = 'class M(Module):\n  __parameters__ = ["w", ]\n  __buffers__ = ["buf", ]\n  w : Tensor\n'
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("ts/extra/meta.json", "{}")
+        z.writestr("ts/data/0", bytes(8))
+        z.writestr("ts/data/1", bytes(12))
+        z.writestr("ts/data.pkl", b"\x80\x02" + pk(module) + b".")
+        z.writestr("ts/code/__torch__.py", code)
+        z.writestr("ts/code/__torch__.py.debug_pkl", b"\x80\x02)." )
+        z.writestr("ts/constants/0", bytes(4))
+        z.writestr("ts/constants.pkl", consts)
+        z.writestr("ts/traced_inputs.pkl", b"\x80\x02).")
+        z.writestr("ts/version", "3\n")
+
+
+def safetensors_file(path: Path, tensors: dict[str, tuple[str, list[int], bytes]], metadata: Any = None) -> None:
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata is not None else {}
+    data = b""
+    for name, (code, shape, raw) in tensors.items():
+        header[name] = {"dtype": code, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def sharded_checkpoint(folder: Path) -> None:
+    folder.mkdir()
+    safetensors_file(folder / "model-00001-of-00002.safetensors", {"a.weight": ("F32", [2], bytes(8))})
+    safetensors_file(folder / "model-00002-of-00002.safetensors", {"b.weight": ("BF16", [3], bytes(6))})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({
+        "metadata": {"total_size": 14},
+        "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"},
+    }))
+
+
 def hand_made_documents(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     rich = tmp_path / "rich.ckpt"
     rich_checkpoint(rich, with_version=False)
@@ -304,6 +369,17 @@ def hand_made_documents(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     yield "rich --filter", strict_json(ckpt.inspect(versioned, filter="state_dict.*"))
     yield "rich, shallow walk", strict_json(ckpt.inspect(versioned, limits=ckpt.Limits(max_walk_depth=2)))
     yield "root tensor", strict_json(ckpt.inspect(root_tensor))
+    legacy = tmp_path / "legacy.pt"
+    legacy_checkpoint(legacy)
+    yield "legacy", strict_json(ckpt.inspect(legacy))
+    script = tmp_path / "script.pt"
+    torchscript_checkpoint(script)
+    yield "torchscript", strict_json(ckpt.inspect(script))
+    st = tmp_path / "model.safetensors"
+    safetensors_file(st, {"w": ("F32", [2, 2], bytes(16)), "e": ("U8", [0], b"")}, {"format": "pt"})
+    yield "safetensors", strict_json(ckpt.inspect(st))
+    sharded_checkpoint(tmp_path / "sharded")
+    yield "sharded", strict_json(ckpt.inspect(tmp_path / "sharded"))
 
 
 # -- the tests ------------------------------------------------------------------------------------
@@ -332,6 +408,12 @@ def test_hand_made_checkpoints_validate_and_cover_the_schema(tmp_path: Path) -> 
     assert {f["verdict"] for f in rich["findings"]} == {"unknown", "dangerous"}
     assert docs["rich, shallow walk"]["elided"]
     assert docs["root tensor"]["kind"] == "tensor"
+    assert docs["legacy"]["format"]["format"] == "torch-legacy" and docs["legacy"]["format"]["trailing_bytes"] == 4
+    assert docs["torchscript"]["format"]["modules"][0]["parameters"] == ["w"]
+    assert docs["torchscript"]["format"]["constants"] == {"values": 1, "tensors": 1, "nbytes": 4}
+    assert docs["safetensors"]["format"]["metadata"] == {"format": "pt"}
+    assert [s["file"] for s in docs["sharded"]["format"]["shards"]] == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     # Every property the schema declares is emitted somewhere (the converse of additionalProperties: false).
     missing = checker.declared_properties() - checker.seen
     assert not missing, "schema properties no checkpoint emitted: " + ", ".join(sorted(missing))

@@ -107,3 +107,22 @@ def test_fast_path_is_taken(tmp_path: Any, monkeypatch: Any) -> None:
     torch.save({f"w{i}": torch.ones(2) for i in range(300)}, path)
     read(path, True)
     assert sum(calls) > 250
+
+
+def test_bare_storages_load_as_torch_returns_them(tmp_path: Any) -> None:
+    """torch returns a storage saved on its own as a TypedStorage; ckpt makes those only when a
+    file has one (a second pass), and must still give the same objects and sharing."""
+    import ckpt
+
+    t = torch.arange(6, dtype=torch.float32)
+    u = torch.arange(4, dtype=torch.int16)
+    obj = {"t": t, "s": t.storage(), "typed": u.storage(), "n": [t.storage()]}
+    path = tmp_path / "bare.pt"
+    torch.save(obj, path)
+    ours, theirs = ckpt.load(path), torch.load(path, weights_only=True)
+    for key in ("s", "typed"):
+        assert type(ours[key]) is type(theirs[key])
+        assert ours[key].dtype == theirs[key].dtype and ours[key].tolist() == theirs[key].tolist()
+    assert type(ours["n"][0]) is type(theirs["n"][0])
+    assert ours["s"]._data_ptr() == ours["t"].untyped_storage().data_ptr()
+    assert theirs["s"]._data_ptr() == theirs["t"].untyped_storage().data_ptr()

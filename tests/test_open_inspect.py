@@ -24,11 +24,10 @@ UNREADABLE = {"protocol_0": (ckpt.CorruptCheckpointError, "persistent id")}
 # ckpt.open's strict policy refuses these; the inspect policy reads them
 STRICT_REFUSES = {
     "unknown_global": "argparse.Namespace",
-    "empty_bytes": "builtins.bytes",
     "tensor_subclass": "__main__.TaggedTensor",
 }
 # tensors ckpt shows as inert records (rebuilt by torch, not by ckpt yet)
-INERT_TENSORS = {"quantized": {"q": "torch._utils._rebuild_qtensor"}}
+INERT_TENSORS: dict[str, dict[str, str]] = {}
 
 
 def _rows(exp: dict[str, Any], name: str) -> list[dict[str, Any]]:
