@@ -226,3 +226,74 @@ BENCHMARKS: list[Bench] = [
         ),
     ),
 ]
+
+# ---- issue 3: the writer, `ckpt.save`, `ckpt relocate` -------------------------------------------
+# ckpt fsyncs what it writes before renaming it into place (atomic and durable); cp and torch.save
+# do not. Each comparison is therefore made twice, like with like, in separate benchmarks (so that
+# the runs interleaved in one benchmark all leave the disk in the same state): without fsync
+# (--no-fsync / fsync=False: still atomic, not durable across a power cut) against cp / torch.save,
+# and with fsync against cp + sync / torch.save + fsync.
+
+TORCH_SAVE_BIG = ("torch.save", (*TIMED, "torch-save", "{big}", "--out", "{tmp}/out.pt"))
+TORCH_SAVE_MANY = ("torch.save", (*TIMED, "torch-save", "{many}", "--out", "{tmp}/out.pt"))
+
+BENCHMARKS += [
+    Bench(
+        "relocate-big", 3, ("big",),
+        about="`ckpt relocate --no-fsync` of the ~1.6 GB checkpoint, every storage re-tagged "
+              "(cpu -> cuda:0), as a whole process, vs cp of the same file",
+        cases=(
+            Case("ckpt relocate --no-fsync",
+                 ("{ckpt}", "relocate", "{big}", "{tmp}/out.pt", "--map", "cpu=cuda:0", "--no-fsync")),
+            Case("cp", "cp {big} {tmp}/out.pt", role="baseline"),
+        ),
+        floors=(ratio_at_most("ckpt relocate --no-fsync", "cp", 1.5, "at most 1.5x cp (neither fsyncs)"),
+                under_rss_mb("ckpt relocate --no-fsync", 100)),
+    ),
+    Bench(
+        "relocate-big-durable", 3, ("big",),
+        about="`ckpt relocate` (fsync before the rename, the default) of the ~1.6 GB checkpoint vs cp "
+              "followed by a sync of the copy",
+        cases=(
+            Case("ckpt relocate", ("{ckpt}", "relocate", "{big}", "{tmp}/out.pt", "--map", "cpu=cuda:0")),
+            Case("cp + sync", "cp {big} {tmp}/out.pt && sync {tmp}/out.pt", role="baseline"),
+        ),
+        floors=(ratio_at_most("ckpt relocate", "cp + sync", 1.5, "at most 1.5x cp + sync (both durable)"),
+                under_rss_mb("ckpt relocate", 100)),
+    ),
+    Bench(
+        "save-big", 3, ("big",),
+        about="ckpt.save(fsync=False) vs torch.save of the ~1.6 GB state dict held in memory (the call "
+              "alone; the state dict is loaded with torch.load first, untimed)",
+        cases=(
+            Case("ckpt.save (fsync=False)", (*TIMED, "ckpt-save", "{big}", "--out", "{tmp}/out.pt", "--no-fsync"),
+                 timing="call"),
+            Case(TORCH_SAVE_BIG[0], TORCH_SAVE_BIG[1], role="baseline", timing="call"),
+        ),
+        floors=(ratio_at_most("ckpt.save (fsync=False)", "torch.save", 1.0, "no slower than torch.save"),),
+    ),
+    Bench(
+        "save-big-durable", 3, ("big",),
+        about="ckpt.save (fsync, the default) vs torch.save followed by an fsync of the file, ~1.6 GB state "
+              "dict in memory (the call alone)",
+        cases=(
+            Case("ckpt.save", (*TIMED, "ckpt-save", "{big}", "--out", "{tmp}/out.pt"), timing="call"),
+            Case("torch.save + fsync", (*TIMED, "torch-save", "{big}", "--out", "{tmp}/out.pt", "--fsync"),
+                 role="baseline", timing="call"),
+        ),
+        floors=(ratio_at_most("ckpt.save", "torch.save + fsync", 1.0, "no slower than torch.save + fsync"),),
+    ),
+    Bench(
+        "save-many", 3, ("many",),
+        about="ckpt.save(fsync=False) vs torch.save of 100,000 small tensors held in memory (the pickler's "
+              "share); ckpt.save with its fsync for information",
+        cases=(
+            Case("ckpt.save (fsync=False)", (*TIMED, "ckpt-save", "{many}", "--out", "{tmp}/out.pt", "--no-fsync"),
+                 timing="call"),
+            Case(TORCH_SAVE_MANY[0], TORCH_SAVE_MANY[1], role="baseline", timing="call"),
+            Case("ckpt.save", (*TIMED, "ckpt-save", "{many}", "--out", "{tmp}/out.pt"), role="info",
+                 timing="call", vs="torch.save"),
+        ),
+        floors=(ratio_at_most("ckpt.save (fsync=False)", "torch.save", 1.0, "no slower than torch.save"),),
+    ),
+]

@@ -7,6 +7,8 @@
     python bench/timed.py st-load PATH [--as numpy]       # safetensors' load_file
     python bench/timed.py st-sharded-load FOLDER          # index + load_file of each shard
     python bench/timed.py torch-load-numpy-allowed PATH     # numpy globals allowlisted
+    python bench/timed.py ckpt-save  PATH --out OUT [--no-fsync]   # PATH loaded by torch.load first
+    python bench/timed.py torch-save PATH --out OUT [--fsync]       # --fsync: then fsync OUT
 
 Imports happen before the clock starts (torch first, then ckpt), so what is timed is the call
 alone; the harness still measures the whole process's wall time and peak RSS around it. The last
@@ -127,6 +129,41 @@ def torch_load_numpy_allowed(a: argparse.Namespace) -> Callable[[], Any]:
     return call
 
 
+def _in_memory(a: argparse.Namespace) -> Any:
+    """The checkpoint at ``a.path`` as torch tensors in memory (set-up, not timed)."""
+    import torch
+
+    if not a.out:
+        raise SystemExit("timed.py: --out is required for the save calls")
+    return torch.load(a.path, weights_only=True)
+
+
+def ckpt_save(a: argparse.Namespace) -> Callable[[], Any]:
+    obj = _in_memory(a)
+    import ckpt
+
+    return lambda: ckpt.save(obj, a.out, fsync=not a.no_fsync)
+
+
+def torch_save(a: argparse.Namespace) -> Callable[[], Any]:
+    import os
+
+    import torch
+
+    obj = _in_memory(a)
+
+    def call() -> None:
+        torch.save(obj, a.out)
+        if a.fsync:  # what ckpt.save does by default, for a like-for-like comparison
+            fd = os.open(a.out, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    return call
+
+
 CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "ckpt-load": ckpt_load,
     "ckpt-inspect": ckpt_inspect,
@@ -135,6 +172,8 @@ CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "st-load": st_load,
     "st-sharded-load": st_sharded_load,
     "torch-load-numpy-allowed": torch_load_numpy_allowed,
+    "ckpt-save": ckpt_save,
+    "torch-save": torch_save,
 }
 
 
@@ -147,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mmap", action="store_true")
     p.add_argument("--as", dest="as_", default="torch", choices=("torch", "numpy"))
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--out", help="where the save calls write")
+    p.add_argument("--no-fsync", action="store_true", help="ckpt-save: fsync=False")
+    p.add_argument("--fsync", action="store_true", help="torch-save: fsync the file after torch.save")
     a = p.parse_args(argv)
     if a.no_torch:
         sys.meta_path.insert(0, _BlockTorch())

@@ -6,6 +6,7 @@ every global a file names resolves only to constructors ckpt owns.
 >>> import ckpt                                  # doctest: +SKIP
 >>> ckpt.inspect("model.pt").totals["tensors"]   # doctest: +SKIP
 >>> sd = ckpt.load("model.pt", map_location="cpu")  # doctest: +SKIP
+>>> ckpt.save(sd, "copy.pt")                        # doctest: +SKIP
 """
 
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from .errors import (
     NotACheckpointError,
     ResourceLimitError,
     UnsafeGlobalError,
+    UnsavableObjectError,
     UnsupportedFeatureError,
     UnsupportedFormatError,
 )
@@ -30,6 +32,27 @@ if TYPE_CHECKING:
     from .differ import DiffReport, diff
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``ckpt.save`` and ``ckpt.relocate`` are imported on first use, so that reading (``ckpt
+    inspect``, ``ckpt.load``) never pays for the writer. (Their modules are ``ckpt.saving`` and
+    ``ckpt.relocation``: a submodule named ``save`` would replace the function on import.)
+    ``ckpt.diff`` and ``ckpt.DiffReport`` likewise import ``ckpt.differ`` on first use."""
+    if name == "save":
+        from .saving import save as value
+    elif name == "relocate":
+        from .relocation import relocate as value
+    elif name in ("diff", "DiffReport"):
+        # ckpt.diff and ckpt.DiffReport: commands that do not compare checkpoints (inspect) do
+        # not pay for the differ at start-up
+        from . import differ
+
+        value = getattr(differ, name)
+    else:
+        raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 __all__ = [
     "Checkpoint",
@@ -44,22 +67,14 @@ __all__ = [
     "Summary",
     "TensorRef",
     "UnsafeGlobalError",
+    "UnsavableObjectError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
     "diff",
     "load",
     "inspect",
     "open",
+    "relocate",
+    "save",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # ckpt.diff and ckpt.DiffReport import their module on first use: commands that do not
-    # compare checkpoints (inspect) do not pay for it at start-up
-    if name in ("diff", "DiffReport"):
-        from . import differ
-
-        value = getattr(differ, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ckpt' has no attribute {name!r}")

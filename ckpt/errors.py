@@ -100,3 +100,43 @@ class UnsafeGlobalError(CheckpointError):
             record=record,
             hint=hint,
         )
+
+
+class UnsavableObjectError(CheckpointError, TypeError):
+    """``ckpt.save`` was given an object it cannot write so that ``torch.load(weights_only=True)``
+    reads it back (a custom class, a numpy scalar, a tensor subclass, ...).
+
+    ``where`` is the object's place in what was saved: ``root['model']['step']``.
+    """
+
+    def __init__(self, message: str, *, where: list[object] | None = None, hint: str | None = None) -> None:
+        self.detail = message
+        self.where: list[object] = list(where or [])
+        super().__init__(message, hint=hint)
+
+    def _render(self) -> str:
+        text = f"{_place(getattr(self, 'where', []))}: {getattr(self, 'detail', self.message)}"
+        if self.path:
+            text = f"{self.path}: {text}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def inside(self, key: object) -> UnsavableObjectError:
+        """Prefix the place of the object with ``key`` (called while the error unwinds)."""
+        self.where.insert(0, key)
+        self.args = (self._render(),)
+        return self
+
+
+def _place(where: list[object]) -> str:
+    """``root['a'][0].__dict__`` for a list of keys (``.attr`` and ``<key ...>`` parts as they are)."""
+    parts = ["root"]
+    for k in where:
+        if isinstance(k, str) and k.startswith("."):
+            parts.append(k)
+        elif isinstance(k, str) and k.startswith("<"):
+            parts.append(" " + k)
+        else:
+            parts.append(f"[{k!r}]")
+    return "".join(parts)

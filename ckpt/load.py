@@ -66,6 +66,7 @@ def load(
 
             builder = NumpyBuilder(reader, mmap=mmap, unsupported_dtype=unsupported_dtype, limits=limits)
         findings: list[Finding] = []
+        reader.defer_crc_checks()
         result = reader.load(builder, policy, findings)
         if as_ == "torch":
             from .torch_out import holds_storage_handle
@@ -77,6 +78,7 @@ def load(
                     reader, map_location=map_location, mmap=mmap, limits=limits, typed_storages=True
                 )
                 result = reader.load(builder, policy, findings)
+        reader.finish_crc_checks()
         return result
     finally:
         reader.close()

@@ -52,6 +52,12 @@ class Reader(StorageReader):
         """A fast path for small storages: their bytes, or None to use ``readinto``."""
         return None
 
+    def defer_crc_checks(self) -> None:
+        """Let integrity checks of big storages run while later ones are read (see finish_checks)."""
+
+    def finish_crc_checks(self) -> None:
+        """Wait for deferred checks; raises :class:`~ckpt.CorruptCheckpointError` on a mismatch."""
+
     def fileno(self) -> int | None:
         """A file descriptor to memory-map the file with, or None if it cannot be mapped."""
         return None

@@ -288,6 +288,12 @@ class TorchZipReader(Reader):
     def fileno(self) -> int | None:
         return self.archive.file.fileno()
 
+    def defer_crc_checks(self) -> None:
+        self.archive.defer_crc_checks()
+
+    def finish_crc_checks(self) -> None:
+        self.archive.finish_crc_checks()
+
     def close(self) -> None:
         self.archive.close()
 

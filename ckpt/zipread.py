@@ -24,7 +24,7 @@ import os
 import struct
 import threading
 import zlib
-from typing import IO
+from typing import IO, Any
 
 from .errors import CheckpointError, CorruptCheckpointError, ResourceLimitError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
@@ -48,6 +48,9 @@ _CHUNK = 1 << 24
 _WINDOW = 1 << 18
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot inflate more than about 1032:1
 _SMALL_READ = 1 << 15
+_PIPELINE = 1 << 24  # records this big are read and checksummed in parallel
+_PIPELINE_PIECE = 1 << 22
+_ASYNC_CRC = 1 << 20
 
 
 class RangedFile:
@@ -180,6 +183,7 @@ class ZipArchive:
         self._entries: dict[bytes, ZipEntry] = {}
         self._all: list[ZipEntry] | None = None
         self._window: tuple[int, bytes] = (0, b"")
+        self._checks: Any = None  # a thread pool checking CRCs while the next records are read
         self.zip64 = False
         self.comment = b""
         self.end_of_central_directory = 0
@@ -483,6 +487,17 @@ class ZipArchive:
             out[: len(chunk)] = chunk
             if len(chunk) != entry.size:
                 raise self._corrupt("record is truncated", record=entry.name)
+        elif entry.method == STORED and verify_crc and self.has_crcs and entry.size >= _PIPELINE:
+            self._read_checked(entry, start, out)
+            return
+        elif entry.method == STORED and verify_crc and self.has_crcs and self._checks is not None and (
+            entry.size >= _ASYNC_CRC
+        ):
+            got = self.file.readinto(start, out)
+            if got != entry.size:
+                raise self._corrupt("record is truncated", record=entry.name)
+            self._checks[1].append(self._checks[0].submit(self.check_crc, entry, out))
+            return
         elif entry.method == STORED:
             got = self.file.readinto(start, out)
             if got != entry.size:
@@ -491,6 +506,53 @@ class ZipArchive:
             self._inflate_into(entry, start, out)
         if verify_crc and self.has_crcs:
             self.check_crc(entry, out)
+
+    def defer_crc_checks(self) -> None:
+        """From now on, check the CRC-32 of records over 1 MiB on a second thread while the next
+        records are read; :meth:`finish_crc_checks` waits for them and raises the first mismatch."""
+        if self._checks is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._checks = (ThreadPoolExecutor(max_workers=1), [])
+
+    def finish_crc_checks(self) -> None:
+        """Wait for the deferred CRC checks; raise :class:`CorruptCheckpointError` on a mismatch."""
+        if self._checks is None:
+            return
+        pool, pending = self._checks
+        self._checks = None
+        try:
+            for job in pending:
+                job.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read_checked(self, entry: ZipEntry, start: int, out: memoryview) -> None:
+        """Read a big stored record and check its CRC-32 at once: a second thread checksums each
+        piece while the next is read (both release the GIL), so the check costs little time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        crc = [0]
+
+        def checksum(piece: memoryview) -> None:
+            crc[0] = zlib.crc32(piece, crc[0])  # one worker: pieces are checksummed in order
+
+        view = out.cast("B") if out.format != "B" else out
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = []
+            for done in range(0, entry.size, _PIPELINE_PIECE):
+                piece = view[done : done + _PIPELINE_PIECE]
+                if self.file.readinto(start + done, piece) != len(piece):
+                    raise self._corrupt("record is truncated", record=entry.name)
+                pending.append(pool.submit(checksum, piece))
+            for job in pending:
+                job.result()
+        if crc[0] != entry.crc:
+            raise self._corrupt(
+                f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc[0]:08x}): the record is damaged; "
+                "torch would load it silently, ckpt does not",
+                record=entry.name,
+            )
 
     def read_small(self, name: str, *, verify_crc: bool = True) -> bytes | None:
         """The bytes of a small stored record, through the read-ahead window, or None when the
@@ -572,4 +634,7 @@ class ZipArchive:
             )
 
     def close(self) -> None:
+        if self._checks is not None:
+            self._checks[0].shutdown(wait=True, cancel_futures=True)
+            self._checks = None
         self.file.close()

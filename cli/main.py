@@ -57,6 +57,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       ckpt inspect model.pt
       ckpt inspect model.pt --json | jq .totals
       ckpt diff before.pt after.pt
+      ckpt relocate model.pt model-cpu.pt --to cpu
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -64,8 +65,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     from .inspect_cmd import inspect_command
+    from .relocate_cmd import relocate_command
 
     cli.add_command(inspect_command)
+    cli.add_command(relocate_command)
 
     from .diff_cmd import diff_command
 

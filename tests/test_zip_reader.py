@@ -647,3 +647,19 @@ def test_bad_small_records(tmp_path: Path, record: str, content: bytes, words: s
     ms.append(kit.Member(f"archive/{record}", content))
     path = kit.write(tmp_path / "m.pt", kit.build_zip(ms))
     assert_all_raise(path, ckpt.CorruptCheckpointError, words)
+
+
+@pytest.mark.parametrize("mib", [2, 20])  # checked on a second thread; and read + checked in parallel pieces
+def test_crc_of_big_records_is_checked_when_loading(tmp_path: Path, mib: int) -> None:
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "big.pt"
+    torch.save({"w": torch.ones(mib << 18)}, path)  # float32: mib MiB
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("big/data/0")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + (mib << 19)] ^= 0xFF  # a byte in the middle of the tensor
+    path.write_bytes(bytes(raw))
+    for flavour in ("torch", "numpy"):
+        with pytest.raises(ckpt.CorruptCheckpointError, match="CRC-32 mismatch"):
+            ckpt.load(path, as_=flavour)

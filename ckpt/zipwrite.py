@@ -1,0 +1,690 @@
+"""A zip writer that writes, byte for byte, what torch's own writer writes.
+
+torch.save hands its records to ``caffe2::serialize::PyTorchStreamWriter``, which drives miniz
+(``mz_zip_writer_add_mem_ex_v2`` with ``MZ_ZIP_FLAG_WRITE_ZIP64``). :class:`TorchZipWriter`
+reproduces that writer's output exactly:
+
+* every record is stored (method 0) under ``<archive name>/``; its local header has zero time,
+  date, CRC and sizes, the UTF-8 flag, and (for a non-empty record) the data-descriptor flag;
+* the local header's extra field ends with torch's ``FB`` padding field (``getPadding``), so that
+  every record's data starts at a multiple of the alignment (64); a zip64 extra field comes first
+  when the record's size or its header offset reaches 4 GiB;
+* a data descriptor (16 bytes, or 24 with zip64) follows each non-empty record;
+* the central directory carries no padding, a zip64 extra field only where needed, and is
+  followed by a zip64 end record, a zip64 locator and the classic end record (torch always
+  writes the zip64 pair);
+* :meth:`TorchZipWriter.finish` adds ``version`` and ``byteorder`` when missing and the
+  ``.data/serialization_id`` record, computed as torch computes it: a 20-digit combined hash of
+  the record names, iterated in the order of the C++ ``std::unordered_set`` torch keeps them in
+  (see :func:`serialization_id`), and a 20-digit combination of the CRC-32s of the data
+  descriptors written.
+
+Record data can be written from memory, streamed in chunks, or copied from another file by
+offset (``copy_file_range``, so copying a tensor never passes through Python), with a CRC-32
+given by the caller when it is already known.
+
+>>> import io, zipfile
+>>> buf = io.BytesIO()
+>>> w = TorchZipWriter(ZipSink.for_file(buf), "m")
+>>> w.write_record("data.pkl", b"\\x80\\x02N.")
+>>> size = w.finish()
+>>> [i.filename for i in zipfile.ZipFile(buf).infolist()]
+['m/data.pkl', 'm/version', 'm/byteorder', 'm/.data/serialization_id']
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Callable
+from typing import IO, Any
+
+ALIGNMENT = 64
+"""torch's default storage alignment (``torch.utils.serialization.config.save.storage_alignment``)."""
+
+VERSION_RECORD = b"3\n"
+"""What torch.save writes as ``version`` (caffe2 ``kMinProducedFileFormatVersion`` = 3)."""
+
+_U32 = 0xFFFFFFFF
+_U64 = (1 << 64) - 1
+_FLAG_DESCRIPTOR = 0x0008
+_FLAG_UTF8 = 0x0800
+_LOCAL = struct.Struct("<4s5H3L2H")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_DESCRIPTOR32 = struct.Struct("<4s3L")
+_DESCRIPTOR64 = struct.Struct("<4sL2Q")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD = struct.Struct("<4s4H2LH")
+SIG_DESCRIPTOR = b"PK\x07\x08"
+
+_SMALL_WRITE = 1 << 16
+_COPY_CHUNK = 1 << 30
+_READ_CHUNK = 8 << 20
+
+
+# -- the serialization id ---------------------------------------------------------------------------
+
+_MASK64 = _U64
+_MUL = (0xC6A4A793 << 32) + 0x5BD1E995
+_STRING_HASH_SEED = 0xC70F6907
+
+# Bucket counts a libstdc++ unordered_set goes through as elements are inserted one by one
+# (``_Prime_rehash_policy`` with max load factor 1: 13 buckets at the first insert, then the next
+# prime of its table >= twice the count when the element count would exceed the bucket count).
+_BUCKETS = (
+    13, 29, 59, 127, 257, 541, 1109, 2357, 5087, 10273, 20753, 42043, 85229, 172933, 351061,
+    712697, 1447153, 2938679, 5967347, 12117689, 24607243, 49969847, 101473717, 206062531,
+    418451333, 849749479, 1725587117, 3504151727, 8589934583,
+)
+
+
+def _shift_mix(v: int) -> int:
+    return v ^ (v >> 47)
+
+
+def string_hash(data: bytes) -> int:
+    """``std::hash<std::string>`` of libstdc++ on a 64-bit little-endian host (``std::_Hash_bytes``
+    with seed 0xc70f6907, a MurmurHash64A variant).
+
+    >>> string_hash(b"data.pkl") == string_hash(b"data.pkl") != string_hash(b"version")
+    True
+    """
+    n = len(data)
+    h = (_STRING_HASH_SEED ^ (n * _MUL)) & _MASK64
+    aligned = n & ~7
+    for i in range(0, aligned, 8):
+        word = int.from_bytes(data[i : i + 8], "little")
+        h ^= (_shift_mix((word * _MUL) & _MASK64) * _MUL) & _MASK64
+        h = (h * _MUL) & _MASK64
+    if n & 7:
+        h ^= int.from_bytes(data[aligned:], "little")
+        h = (h * _MUL) & _MASK64
+    h = (_shift_mix(h) * _MUL) & _MASK64
+    return _shift_mix(h)
+
+
+def hash_combine(seed: int, value: int) -> int:
+    """``c10::hash_combine`` (Boost's formula) on 64-bit ``size_t``."""
+    return (seed ^ ((value + 0x9E3779B9 + (seed << 6) + (seed >> 2)) & _MASK64)) & _MASK64
+
+
+def unordered_set_order(hashes: list[int]) -> list[int]:
+    """Indices of ``hashes`` in the order a libstdc++ ``std::unordered_set`` iterates elements
+    inserted in list order (unique keys, cached hash codes).
+
+    The set keeps one singly linked list; a key whose bucket is empty goes to the front of the
+    list, one whose bucket is occupied goes right after the node before that bucket's first node;
+    a rehash relinks the nodes, in list order, by the same rules.
+    """
+    before_begin = -1
+    nxt: dict[int, int | None] = {before_begin: None}
+    buckets: dict[int, int] = {}
+    count = 0
+    level = -1
+    nbuckets = 1
+    for node, code in enumerate(hashes):
+        if level < 0 or count + 1 > _BUCKETS[level]:
+            level += 1
+            if level >= len(_BUCKETS):  # pragma: no cover - billions of records
+                raise OverflowError("too many records for the serialization id")
+            nbuckets = _BUCKETS[level]
+            p = nxt[before_begin]
+            nxt[before_begin] = None
+            buckets = {}
+            begin_bucket = 0
+            while p is not None:
+                following = nxt[p]
+                b = hashes[p] % nbuckets
+                if b not in buckets:
+                    nxt[p] = nxt[before_begin]
+                    nxt[before_begin] = p
+                    buckets[b] = before_begin
+                    if nxt[p] is not None:
+                        buckets[begin_bucket] = p
+                    begin_bucket = b
+                else:
+                    prev = buckets[b]
+                    nxt[p] = nxt[prev]
+                    nxt[prev] = p
+                p = following
+        b = code % nbuckets
+        if b in buckets:
+            prev = buckets[b]
+            nxt[node] = nxt[prev]
+            nxt[prev] = node
+        else:
+            first = nxt[before_begin]
+            nxt[node] = first
+            nxt[before_begin] = node
+            if first is not None:
+                buckets[hashes[first] % nbuckets] = node
+            buckets[b] = before_begin
+        count += 1
+    order = []
+    p = nxt[before_begin]
+    while p is not None:
+        order.append(p)
+        p = nxt[p]
+    return order
+
+
+def serialization_id(names: list[str], combined_crc: int) -> str:
+    """The 40 digits torch writes as ``.data/serialization_id``.
+
+    ``names`` are the records written so far (without the archive folder), in write order;
+    ``combined_crc`` is :func:`hash_combine` folded over the CRC-32 of every data descriptor
+    written (see :class:`TorchZipWriter`).
+    """
+    hashes = [string_hash(n.encode("utf-8")) for n in names]
+    combined = 0
+    for i in unordered_set_order(hashes):
+        combined = hash_combine(combined, hashes[i])
+    return f"{combined:020d}{combined_crc:020d}"
+
+
+def archive_name_for(path: str) -> str:
+    """The top folder torch.save gives the archive it writes to ``path`` (a ``str`` path).
+
+    torch passes ASCII paths to its C++ writer, which takes the text after the last ``/`` or
+    ``\\`` minus its last extension; for any other path Python opens the file and the writer
+    names the archive ``archive``. An empty name is an error in torch too.
+
+    >>> archive_name_for("runs/my.model.pt"), archive_name_for("noext"), archive_name_for("ünï.pt")
+    ('my.model', 'noext', 'archive')
+    """
+    try:
+        path.encode("ascii")
+    except UnicodeEncodeError:
+        return "archive"
+    start = 0
+    for i, ch in enumerate(path):
+        if ch in "/\\":
+            start = i + 1
+    name = path[start:]
+    dot = name.rfind(".")
+    if dot >= 0:
+        name = name[:dot]
+    if not name:
+        raise ValueError(f"invalid file name: {path} (torch.save needs a name before the extension)")
+    return name
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+class ZipSink:
+    """Where archive bytes go: a file descriptor (fast paths: direct writes, in-kernel copies) or
+    any object with a ``write`` method. Small writes are buffered."""
+
+    def __init__(self, *, fd: int | None = None, fileobj: IO[bytes] | None = None) -> None:
+        if (fd is None) == (fileobj is None):
+            raise ValueError("a sink needs exactly one of fd and fileobj")
+        self.fd = fd
+        self.fileobj = fileobj
+        self._buf = bytearray()
+        self.position = 0
+        self.pending: list[tuple[int, int, int, int]] = []
+        """Ranges reserved by :meth:`copy_later`: (source fd, source offset, offset, size)."""
+        self.on_written: Callable[[int], None] | None = None
+        """Called with the number of bytes each large write or copy passed on (see save's
+        background writeback)."""
+
+    @classmethod
+    def for_fd(cls, fd: int) -> ZipSink:
+        return cls(fd=fd)
+
+    @classmethod
+    def for_file(cls, fileobj: IO[bytes]) -> ZipSink:
+        return cls(fileobj=fileobj)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if n < _SMALL_WRITE:
+            self._buf += data
+            if len(self._buf) >= _SMALL_WRITE:
+                self.flush()
+        else:
+            self.flush()
+            self._write_all(memoryview(data).cast("B"))
+            if self.on_written is not None:
+                self.on_written(n)
+        self.position += n
+
+    def _write_all(self, view: memoryview) -> None:
+        done = 0
+        n = len(view)
+        while done < n:
+            if self.fd is not None:
+                got = os.write(self.fd, view[done : done + _COPY_CHUNK])
+            else:
+                assert self.fileobj is not None
+                got = self.fileobj.write(view[done:])
+                if got is None:  # a file object that does not report what it wrote wrote it all
+                    got = n - done
+            if got <= 0:
+                raise OSError("the output accepted no bytes")
+            done += got
+
+    def flush(self) -> None:
+        if self._buf:
+            buf = self._buf
+            self._buf = bytearray()
+            self._write_all(memoryview(buf))
+
+    def skip(self, size: int) -> None:
+        """Move ``size`` bytes ahead without writing them (a hole in a file)."""
+        self.flush()
+        if self.fd is not None:
+            os.lseek(self.fd, size, os.SEEK_CUR)
+        else:
+            assert self.fileobj is not None
+            self.fileobj.seek(size, os.SEEK_CUR)
+        self.position += size
+
+    def copy_later(self, src_fd: int, offset: int, size: int) -> None:
+        """Reserve the next ``size`` bytes for bytes of ``src_fd`` at ``offset``, copied by
+        :meth:`run_copies` (several at once, in the kernel). Only for a file descriptor; other
+        sinks copy at once."""
+        if self.fd is None or not hasattr(os, "copy_file_range"):
+            self.copy_from(src_fd, offset, size)
+            return
+        self.flush()
+        if size:
+            self.pending.append((src_fd, offset, self.position, size))
+            os.lseek(self.fd, size, os.SEEK_CUR)
+        self.position += size
+
+    def run_copies(self, progress: Callable[[int], None] | None = None) -> None:
+        """Fill every range :meth:`copy_later` reserved. The copies run on a few threads
+        (``copy_file_range`` releases the GIL): a storage whose offset in the new file is not its
+        offset in the old one modulo the page size copies at about half the speed of an aligned
+        copy, and copying several at once wins that back where there are cores to spare."""
+        jobs = []
+        for src_fd, src_off, dst_off, size in self.pending:
+            for start in range(0, size, _PARALLEL_COPY):
+                n = min(_PARALLEL_COPY, size - start)
+                jobs.append((src_fd, src_off + start, dst_off + start, n))
+        self.pending = []
+        if not jobs:
+            return
+        fd = self.fd
+        assert fd is not None
+        workers = min(4, os.cpu_count() or 1, len(jobs))
+        if workers <= 1:
+            for job in jobs:
+                _copy_range(fd, *job)
+                self._copied(job[3], progress)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckpt-copy") as pool:
+            futures = [pool.submit(_copy_range, fd, *job) for job in jobs]
+            try:
+                for f, job in zip(futures, jobs):
+                    f.result()
+                    self._copied(job[3], progress)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def _copied(self, n: int, progress: Callable[[int], None] | None) -> None:
+        if self.on_written is not None:
+            self.on_written(n)
+        if progress is not None:
+            progress(n)
+
+    def copy_from(self, src_fd: int, offset: int, size: int) -> None:
+        """Append ``size`` bytes of ``src_fd`` from ``offset``, in the kernel where possible."""
+        self.flush()
+        done = 0
+        if self.fd is not None and hasattr(os, "copy_file_range"):
+            try:
+                while done < size:
+                    got = os.copy_file_range(src_fd, self.fd, min(size - done, _COPY_CHUNK), offset + done)
+                    if got <= 0:
+                        break
+                    done += got
+            except OSError as e:
+                if done or e.errno not in _NO_KERNEL_COPY:
+                    raise
+        while done < size:
+            chunk = os.pread(src_fd, min(size - done, _READ_CHUNK), offset + done)
+            if not chunk:
+                raise OSError(f"the source ended {size - done:,} bytes early")
+            self._write_all(memoryview(chunk))
+            done += len(chunk)
+        self.position += size
+        if self.on_written is not None:
+            self.on_written(size)
+
+
+_PARALLEL_COPY = 64 << 20
+
+
+def _copy_range(dst_fd: int, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
+    """Copy ``size`` bytes between two files at the given offsets (in the kernel if it can)."""
+    done = 0
+    try:
+        while done < size:
+            got = os.copy_file_range(src_fd, dst_fd, size - done, src_off + done, dst_off + done)
+            if got <= 0:
+                break
+            done += got
+    except OSError as e:
+        if done or e.errno not in _NO_KERNEL_COPY:
+            raise
+    while done < size:
+        chunk = os.pread(src_fd, min(size - done, _READ_CHUNK), src_off + done)
+        if not chunk:
+            raise OSError(f"the source ended {size - done:,} bytes early")
+        view = memoryview(chunk)
+        while view:
+            wrote = os.pwrite(dst_fd, view, dst_off + done)
+            view = view[wrote:]
+            done += wrote
+
+
+# copy_file_range refuses some pairs of files (other file systems on old kernels, special files):
+# then the bytes go through user space instead.
+_NO_KERNEL_COPY = {getattr(errno, n) for n in ("EXDEV", "EINVAL", "ENOSYS", "EOPNOTSUPP", "EBADF", "ETXTBSY")
+                   if hasattr(errno, n)}
+
+
+# -- the archive ------------------------------------------------------------------------------------
+
+
+class TorchZipWriter:
+    """Writes a torch zip archive record by record (see the module docs for the layout).
+
+    Either :meth:`write_record` (bytes in memory), or :meth:`begin` / :meth:`write` or
+    :meth:`copy` ... / :meth:`end` (streamed). Then :meth:`finish`, which returns the file size.
+    """
+
+    def __init__(self, sink: ZipSink, archive_name: str, *, alignment: int = ALIGNMENT) -> None:
+        if not archive_name:
+            raise ValueError("the archive needs a name")
+        if alignment < 1 or alignment & (alignment - 1) or alignment > 4096:
+            raise ValueError("alignment must be a power of two up to 4096")
+        self.sink = sink
+        self.alignment = alignment
+        self.prefix = archive_name.encode("utf-8") + b"/"
+        self.written: list[str] = []
+        self._names: set[str] = set()
+        self._central: list[bytes] = []
+        self._crcs = 0
+        self._current: _Record | None = None
+        self.finished = False
+
+    # -- records --------------------------------------------------------------------------------
+
+    def write_record(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """One whole record from memory."""
+        view = memoryview(data).cast("B")
+        self.begin(name, len(view))
+        self.write(view)
+        self.end()
+
+    def begin(self, name: str, size: int) -> None:
+        """Start record ``name`` of exactly ``size`` bytes: writes its local header."""
+        if self._current is not None:
+            raise RuntimeError(f"record {self._current.name!r} is not finished")
+        if self.finished:
+            raise RuntimeError("the archive is finished")
+        if name in self._names:
+            raise ValueError(f"record {name!r} written twice")
+        if size < 0:
+            raise ValueError("negative record size")
+        full = self.prefix + name.encode("utf-8")
+        if len(full) > 0xFFFF:
+            raise ValueError(f"record name {name!r} is too long for a zip archive")
+        offset = self.sink.position
+        zip64 = size >= _U32 or offset >= _U32
+        zip64_extra = b""
+        if zip64:
+            fields = []
+            if size >= _U32:
+                fields += [size, 0]  # miniz writes the compressed size before it knows it: 0
+            if offset >= _U32:
+                fields.append(offset)
+            zip64_extra = struct.pack(f"<2H{len(fields)}Q", 1, 8 * len(fields), *fields)
+        start = offset + _LOCAL.size + len(full) + 4 + len(zip64_extra)
+        pad = -start % self.alignment
+        extra = zip64_extra + b"FB" + struct.pack("<H", pad) + b"Z" * pad
+        flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
+        self.sink.write(_LOCAL.pack(b"PK\x03\x04", 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra)))
+        self.sink.write(full)
+        self.sink.write(extra)
+        self._current = _Record(name, full, size, offset, flags, zip64)
+        # torch folds into the serialization id the CRC field of every write that starts like a
+        # data descriptor, which includes a record name or a record's data that happen to.
+        self._note_write(full)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes to the current record (its CRC-32 is computed as they pass)."""
+        rec = self._need_record()
+        view = memoryview(data).cast("B")
+        if rec.done + len(view) > rec.size:
+            raise ValueError(f"record {rec.name!r} is {rec.size:,} bytes; more were written")
+        if rec.done == 0:
+            rec.head = bytes(view[:8])
+        elif len(rec.head) < 8:
+            rec.head += bytes(view[: 8 - len(rec.head)])
+        if rec.crc is None:
+            self.sink.write(view)
+        elif len(view) >= _PARALLEL_CRC:
+            rec.crc = _write_with_crc(self.sink, view, rec.crc)
+        else:
+            rec.crc = zlib.crc32(view, rec.crc)
+            self.sink.write(view)
+        rec.done += len(view)
+
+    def copy(self, src_fd: int, offset: int, size: int, *, crc: int | None = None) -> None:
+        """Append ``size`` bytes of another file to the current record without reading them into
+        Python, when ``crc`` (their CRC-32) is known (the copy itself may happen later, in the
+        kernel, before :meth:`finish` returns: see :meth:`ZipSink.run_copies`); otherwise they
+        are read to compute it."""
+        rec = self._need_record()
+        if rec.done + size > rec.size:
+            raise ValueError(f"record {rec.name!r} is {rec.size:,} bytes; more were written")
+        if crc is None or rec.done:
+            pos = offset
+            end = offset + size
+            while pos < end:
+                chunk = os.pread(src_fd, min(end - pos, _READ_CHUNK), pos)
+                if not chunk:
+                    raise OSError(f"the source ended {end - pos:,} bytes early")
+                self.write(chunk)
+                pos += len(chunk)
+            return
+        if size:
+            rec.head = os.pread(src_fd, min(size, 8), offset)
+        self.sink.copy_later(src_fd, offset, size)
+        rec.done = size
+        rec.crc = None
+        rec.given_crc = crc
+
+    def skip(self, size: int) -> None:
+        """Leave ``size`` bytes of the current record unwritten (a hole, CRC-32 0): torch's
+        ``write_record_metadata``, which its ``skip_data()`` mode uses to lay out a file first."""
+        rec = self._need_record()
+        if rec.done or size != rec.size:
+            raise ValueError("skip() stands for a whole record's data")
+        self.sink.skip(size)
+        rec.done = size
+        rec.crc = None
+        rec.given_crc = 0
+        rec.head = b""
+
+    def end(self) -> None:
+        """Finish the current record: data descriptor and central directory entry."""
+        rec = self._need_record()
+        if rec.done != rec.size:
+            raise ValueError(f"record {rec.name!r} is {rec.size:,} bytes but {rec.done:,} were written")
+        crc = rec.given_crc if rec.crc is None else rec.crc
+        assert crc is not None
+        if rec.size >= 8 and rec.head[:4] == SIG_DESCRIPTOR:
+            self._crcs = hash_combine(self._crcs, int.from_bytes(rec.head[4:8], "little"))
+        if rec.size:
+            if rec.zip64:
+                desc = _DESCRIPTOR64.pack(SIG_DESCRIPTOR, crc, rec.size, rec.size)
+            else:
+                desc = _DESCRIPTOR32.pack(SIG_DESCRIPTOR, crc, rec.size, rec.size)
+            self.sink.write(desc)
+            self._crcs = hash_combine(self._crcs, crc)
+        fields = []
+        if rec.size >= _U32:
+            fields += [rec.size, rec.size]
+        if rec.offset >= _U32:
+            fields.append(rec.offset)
+        extra = struct.pack(f"<2H{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+        self._central.append(
+            _CENTRAL.pack(
+                b"PK\x01\x02", 0, 0, rec.flags, 0, 0, 0, crc, min(rec.size, _U32), min(rec.size, _U32),
+                len(rec.full), len(extra), 0, 0, 0, 0, min(rec.offset, _U32),
+            )
+            + rec.full
+            + extra
+        )
+        self.written.append(rec.name)
+        self._names.add(rec.name)
+        self._current = None
+
+    def _need_record(self) -> _Record:
+        if self._current is None:
+            raise RuntimeError("no record is open; call begin() first")
+        return self._current
+
+    def _note_write(self, data: bytes) -> None:
+        if len(data) >= 8 and data[:4] == SIG_DESCRIPTOR:
+            self._crcs = hash_combine(self._crcs, int.from_bytes(data[4:8], "little"))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    def finish(self) -> int:
+        """Write what ``writeEndOfFile`` writes: ``version`` and ``byteorder`` if missing, the
+        serialization id, the central directory and the end records. Returns the archive size."""
+        if self._current is not None:
+            raise RuntimeError(f"record {self._current.name!r} is not finished")
+        self.sink.run_copies()
+        if "version" not in self._names and ".data/version" not in self._names:
+            self.write_record("version", VERSION_RECORD)
+        if "byteorder" not in self._names:
+            self.write_record("byteorder", sys.byteorder.encode("ascii"))
+        if ".data/serialization_id" not in self._names:
+            self.write_record(".data/serialization_id", serialization_id(self.written, self._crcs).encode("ascii"))
+        sink = self.sink
+        cd_offset = sink.position
+        central = b"".join(self._central)
+        sink.write(central)
+        count = len(self._central)
+        z64_at = sink.position
+        sink.write(_ZIP64_EOCD.pack(b"PK\x06\x06", _ZIP64_EOCD.size - 12, 0x031E, 0x002D, 0, 0,
+                                    count, count, len(central), cd_offset))
+        sink.write(_ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, z64_at, 1))
+        sink.write(_EOCD.pack(b"PK\x05\x06", 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
+                              min(len(central), _U32), min(cd_offset, _U32), 0))
+        sink.flush()
+        self.finished = True
+        return sink.position
+
+
+_PARALLEL_CRC = 4 << 20
+_CRC_PIECE = 1 << 20
+_crc_shift: list[int] | None = None
+_crc_pool: Any = None  # a thread pool, made on the first big record
+
+
+def _shift_operator() -> list[int]:
+    """The GF(2)-linear map ``c -> crc32(A + B)`` needs from ``c = crc32(A)`` when ``B`` is one
+    piece long: column ``i`` is ``crc32(zeros, 1 << i) ^ crc32(zeros, 0)`` (zlib's crc32_combine,
+    which Python's zlib does not expose)."""
+    global _crc_shift
+    if _crc_shift is None:
+        zeros = bytes(_CRC_PIECE)
+        base = zlib.crc32(zeros, 0)
+        _crc_shift = [zlib.crc32(zeros, 1 << i) ^ base for i in range(32)]
+    return _crc_shift
+
+
+def crc32_combine(crc_a: int, crc_b: int) -> int:
+    """CRC-32 of ``A + B`` from those of ``A`` and of ``B``, for ``B`` exactly 1 MiB long.
+
+    >>> a, b = b"x" * 5, bytes(range(256)) * 4096
+    >>> crc32_combine(zlib.crc32(a), zlib.crc32(b)) == zlib.crc32(a + b)
+    True
+    """
+    op = _shift_operator()
+    out = 0
+    i = 0
+    while crc_a:
+        if crc_a & 1:
+            out ^= op[i]
+        crc_a >>= 1
+        i += 1
+    return out ^ crc_b
+
+
+def _pool() -> Any:
+    global _crc_pool
+    if _crc_pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _crc_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="ckpt-crc32")
+    return _crc_pool
+
+
+def _crc_pieces(view: memoryview) -> list[Any]:
+    """Start computing the CRC-32 of each whole 1 MiB piece of ``view`` on the thread pool."""
+    pieces = len(view) // _CRC_PIECE
+    submit = _pool().submit
+    return [submit(zlib.crc32, view[i * _CRC_PIECE : (i + 1) * _CRC_PIECE]) for i in range(pieces)]
+
+
+def _crc_finish(view: memoryview, crc: int, futures: list[Any]) -> int:
+    for f in futures:
+        crc = crc32_combine(crc, f.result())
+    return zlib.crc32(view[len(futures) * _CRC_PIECE :], crc)
+
+
+def parallel_crc32(view: memoryview, crc: int = 0) -> int:
+    """``zlib.crc32(view, crc)``, computed 1 MiB at a time on all cores (zlib releases the GIL)."""
+    if len(view) < 2 * _CRC_PIECE or (os.cpu_count() or 1) < 2:
+        return zlib.crc32(view, crc)
+    return _crc_finish(view, crc, _crc_pieces(view))
+
+
+def _write_with_crc(sink: ZipSink, view: memoryview, crc: int) -> int:
+    """Write ``view`` while the thread pool computes its CRC-32 piece by piece (zlib and the
+    write both release the GIL, so a big record costs about the slower of the two, not their sum)."""
+    futures = _crc_pieces(view)
+    try:
+        sink.write(view)
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return _crc_finish(view, crc, futures)
+
+
+class _Record:
+    __slots__ = ("name", "full", "size", "offset", "flags", "zip64", "done", "crc", "given_crc", "head")
+
+    def __init__(self, name: str, full: bytes, size: int, offset: int, flags: int, zip64: bool) -> None:
+        self.name = name
+        self.full = full
+        self.size = size
+        self.offset = offset
+        self.flags = flags
+        self.zip64 = zip64
+        self.done = 0
+        self.crc: int | None = 0
+        self.given_crc: int | None = None
+        self.head = b""

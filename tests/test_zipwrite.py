@@ -1,0 +1,294 @@
+"""The zip layer of ``ckpt.save``: byte for byte what torch's C++ writer (PyTorchStreamWriter over
+miniz) writes, checked against ``torch._C.PyTorchFileWriter`` itself; plus what needs no torch
+(the archive reads back with Python's zipfile and with ckpt's reader, CRCs included)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import io
+import os
+import random
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ckpt.zipread import RangedFile, ZipArchive
+from ckpt.zipwrite import (
+    TorchZipWriter,
+    ZipSink,
+    archive_name_for,
+    hash_combine,
+    serialization_id,
+    string_hash,
+    unordered_set_order,
+)
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                           HealthCheck.function_scoped_fixture])
+
+Records = list[tuple[str, bytes]]
+
+
+def ckpt_archive(path: Path, records: Records, *, archive: str | None = None) -> bytes:
+    """The records written by ckpt's writer to ``path`` (archive named as torch names it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        w = TorchZipWriter(ZipSink.for_fd(fd), archive or archive_name_for(str(path)))
+        for name, data in records:
+            w.write_record(name, data)
+        w.finish()
+    finally:
+        os.close(fd)
+    return path.read_bytes()
+
+
+def torch_archive(path: Path, records: Records) -> bytes:
+    """The same records written by torch's own C++ writer."""
+    torch = pytest.importorskip("torch")
+    w = torch._C.PyTorchFileWriter(str(path), True, 64)
+    for name, data in records:
+        w.write_record(name, data, len(data))
+    w.write_end_of_file()
+    del w
+    return path.read_bytes()
+
+
+# -- no torch needed ------------------------------------------------------------------------------
+
+
+def test_archive_reads_back_with_zipfile_and_ckpt(tmp_path: Path) -> None:
+    records = [("data.pkl", b"\x80\x02N."), ("data/0", bytes(range(200))), ("data/1", b""), ("x/y", b"z" * 70)]
+    raw = ckpt_archive(tmp_path / "m.pt", records)
+    z = zipfile.ZipFile(io.BytesIO(raw))
+    assert z.testzip() is None  # every CRC-32 right
+    names = [i.filename for i in z.infolist()]
+    assert names == ["m/data.pkl", "m/data/0", "m/data/1", "m/x/y", "m/version", "m/byteorder",
+                     "m/.data/serialization_id"]
+    assert z.read("m/version") == b"3\n" and z.read("m/byteorder") in (b"little", b"big")
+    assert z.read("m/.data/serialization_id").isdigit() and len(z.read("m/.data/serialization_id")) == 40
+    arc = ZipArchive(RangedFile.from_bytes(raw), name="m.pt")
+    assert arc.zip64  # torch's writer always ends with the zip64 records
+    for name, data in records:
+        entry = arc.entry("m/" + name)
+        assert arc.read(entry) == data
+        assert arc.data_offset(entry) % 64 == 0  # torch's alignment, for mmap
+
+
+def test_local_headers_have_torchs_fields(tmp_path: Path) -> None:
+    raw = ckpt_archive(tmp_path / "t.pt", [("data.pkl", b"abc"), ("data/0", b"")])
+    sig, need, flags, method, time_, date, crc, csize, usize, nlen, xlen = struct.unpack_from("<4s5H3L2H", raw, 0)
+    assert (sig, need, flags, method, time_, date, crc, csize, usize) == (b"PK\x03\x04", 0, 0x808, 0, 0, 0, 0, 0, 0)
+    name = raw[30 : 30 + nlen]
+    extra = raw[30 + nlen : 30 + nlen + xlen]
+    assert name == b"t/data.pkl" and extra[:2] == b"FB" and set(extra[4:]) == {ord("Z")}
+    assert (30 + nlen + xlen) % 64 == 0
+    assert raw[64:67] == b"abc" and raw[67:71] == b"PK\x07\x08"
+    assert struct.unpack_from("<3L", raw, 71) == (zlib.crc32(b"abc"), 3, 3)
+    # an empty record: no descriptor, no descriptor flag
+    z = zipfile.ZipFile(io.BytesIO(raw))
+    assert z.getinfo("t/data/0").flag_bits == 0x800
+
+
+@pytest.mark.parametrize("path,name", [
+    ("t.pt", "t"), ("runs/my.model.pt", "my.model"), ("a b-c.tar.gz", "a b-c.tar"), ("noext", "noext"),
+    ("dir.d/x", "x"), ("C:\\w\\m.pth", "m"), ("ünï.pt", "archive"), ("dïr/m.pt", "archive"),
+])
+def test_archive_names(path: str, name: str) -> None:
+    assert archive_name_for(path) == name
+
+
+def test_empty_archive_name_is_refused_like_torch() -> None:
+    with pytest.raises(ValueError, match="invalid file name"):
+        archive_name_for("runs/.pt")
+
+
+def test_string_hash_is_libstdcxx_hash_bytes() -> None:
+    """``std::hash<std::string>`` is ``std::_Hash_bytes(p, n, 0xc70f6907)``: compare with the library."""
+    name = ctypes.util.find_library("stdc++")
+    if name is None:
+        pytest.skip("no libstdc++ to compare with")
+    lib = ctypes.CDLL(name)
+    fn = getattr(lib, "_ZSt11_Hash_bytesPKvmm", None)
+    if fn is None or ctypes.sizeof(ctypes.c_size_t) != 8:
+        pytest.skip("libstdc++ without a 64-bit _Hash_bytes")
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t]
+    rng = random.Random(0)
+    for n in list(range(40)) + [63, 64, 65, 1000]:
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert string_hash(data) == fn(data, n, 0xC70F6907), n
+
+
+def test_unordered_set_order_is_a_permutation_and_rehashes() -> None:
+    rng = random.Random(1)
+    for n in (0, 1, 12, 13, 14, 29, 30, 100, 3000):
+        hashes = [rng.getrandbits(64) for _ in range(n)]
+        order = unordered_set_order(hashes)
+        assert sorted(order) == list(range(n))
+
+
+def test_hash_combine_wraps_at_64_bits() -> None:
+    assert hash_combine(0, 0) == 0x9E3779B9
+    assert hash_combine((1 << 64) - 1, (1 << 64) - 1) < 1 << 64
+
+
+def test_serialization_id_of_a_known_file() -> None:
+    """torch.save(torch.tensor([1., 2., 3.]), "t.pt") writes this id (docs: torch-formats.md §1.8)."""
+    names = ["data.pkl", ".format_version", ".storage_alignment", "byteorder", "data/0", "version"]
+    pkl_crc, data_crc = 0x9464EB0B, 0xB20E96B1
+    crcs = [pkl_crc, zlib.crc32(b"1"), zlib.crc32(b"64"), zlib.crc32(b"little"), data_crc, zlib.crc32(b"3\n")]
+    combined = 0
+    for c in crcs:
+        combined = hash_combine(combined, c)
+    assert serialization_id(names, combined) == "1572819951185464302605823121648058084398"
+
+
+@pytest.mark.parametrize("n", [0, 1, (1 << 20) - 1, 1 << 20, (2 << 20) + 7, (9 << 20) + 12345])
+def test_parallel_crc32_is_zlibs(n: int) -> None:
+    """Big records get their CRC-32 1 MiB at a time on a thread pool, combined as zlib's
+    crc32_combine does; the result is zlib.crc32's, from any starting value."""
+    from ckpt.zipwrite import _write_with_crc, parallel_crc32
+
+    data = random.Random(n).randbytes(n)
+    for start in (0, 0xDEADBEEF):
+        assert parallel_crc32(memoryview(data), start) == zlib.crc32(data, start)
+        buf = io.BytesIO()
+        sink = ZipSink.for_file(buf)
+        assert _write_with_crc(sink, memoryview(data), start) == zlib.crc32(data, start)
+        sink.flush()
+        assert buf.getvalue() == data
+
+
+def test_writer_refuses_misuse(tmp_path: Path) -> None:
+    w = TorchZipWriter(ZipSink.for_file(io.BytesIO()), "a")
+    w.begin("x", 3)
+    with pytest.raises(RuntimeError):
+        w.begin("y", 1)
+    with pytest.raises(ValueError):
+        w.write(b"toolong")
+    w.write(b"abc")
+    w.end()
+    with pytest.raises(ValueError):
+        w.write_record("x", b"again")
+    w.begin("short", 5)
+    w.write(b"ab")
+    with pytest.raises(ValueError):
+        w.end()
+
+
+# -- against torch's writer -------------------------------------------------------------------------
+
+
+@pytest.mark.torch
+def test_a_torch_save_file_rebuilt_record_by_record_is_identical(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    obj = {"w": torch.arange(6.0).reshape(2, 3), "e": torch.empty(0), "p": torch.tensor([0x08074B50, 1], dtype=torch.int32)}
+    path = tmp_path / "src.pt"
+    torch.save(obj, path)
+    z = zipfile.ZipFile(path)
+    records = [(i.filename.split("/", 1)[1], z.read(i)) for i in z.infolist()
+               if i.filename.split("/", 1)[1] not in ("version", ".data/serialization_id")]
+    out = tmp_path / "out"
+    out.mkdir()
+    assert ckpt_archive(out / "src.pt", records) == path.read_bytes()
+
+
+names = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters="/\\"), min_size=1, max_size=12)
+payloads = st.one_of(
+    st.binary(max_size=300),
+    st.binary(min_size=8, max_size=40).map(lambda b: b"PK\x07\x08" + b),  # starts like a data descriptor
+    st.just(b""),
+)
+
+
+@pytest.mark.torch
+@SETTINGS
+@given(st.lists(st.tuples(names, payloads), max_size=30, unique_by=lambda r: r[0]))
+def test_any_records_match_torchs_writer(tmp_path_factory: Any, records: Records) -> None:
+    pytest.importorskip("torch")
+    d = tmp_path_factory.mktemp("w")
+    (d / "a").mkdir()
+    (d / "b").mkdir()
+    records = [(n, b) for n, b in records if n not in ("version", "byteorder")]
+    assert ckpt_archive(d / "a" / "m.pt", records) == torch_archive(d / "b" / "m.pt", records)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("archive", ["PK\x07\x08name", "x"])
+def test_record_names_that_look_like_descriptors(tmp_path: Path, archive: str) -> None:
+    """torch folds the CRC field of any write that starts like a data descriptor into the
+    serialization id, record names included: so does ckpt."""
+    records = [("data.pkl", b"\x80\x02N."), ("PK\x07\x08abcd", b"xyz" * 10)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = ckpt_archive(tmp_path / "a" / f"{archive}.pt", records)
+    b = torch_archive(tmp_path / "b" / f"{archive}.pt", records)
+    assert a == b
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_more_than_65535_records_match_torch(tmp_path: Path) -> None:
+    """Past 65,535 records only the zip64 end records hold the count."""
+    records = [("data.pkl", b"\x80\x02N.")] + [(f"data/{i}", b"" if i % 3 else bytes([i % 251])) for i in range(66_000)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = ckpt_archive(tmp_path / "a" / "m.pt", records)
+    b = torch_archive(tmp_path / "b" / "m.pt", records)
+    assert a == b
+    arc = ZipArchive(RangedFile.from_bytes(a), name="m.pt")
+    assert len(arc) == 66_004
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_zip64_record_and_offsets_match_torch(tmp_path: Path) -> None:
+    """A record of 4 GiB + 10 bytes and records after the 4 GiB mark: zip64 extra fields and
+    24-byte descriptors, as torch writes them (holes instead of data, via write_record_metadata,
+    so the test writes no 4 GiB of bytes)."""
+    torch = pytest.importorskip("torch")
+    big = (1 << 32) + 10
+    layout = [("data.pkl", b"\x80\x02N."), ("data/0", big), ("data/1", b"after"), ("data/2", b"")]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a_path = tmp_path / "a" / "z.pt"
+    b_path = tmp_path / "b" / "z.pt"
+    fd = os.open(a_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        w = TorchZipWriter(ZipSink.for_fd(fd), "z")
+        for name, data in layout:
+            if isinstance(data, int):
+                w.begin(name, data)
+                w.skip(data)
+                w.end()
+            else:
+                w.write_record(name, data)
+        w.finish()
+    finally:
+        os.close(fd)
+    tw = torch._C.PyTorchFileWriter(str(b_path), True, 64)
+    for name, data in layout:
+        if isinstance(data, int):
+            tw.write_record_metadata(name, data)
+        else:
+            tw.write_record(name, data, len(data))
+    tw.write_end_of_file()
+    del tw
+    assert a_path.stat().st_size == b_path.stat().st_size > big
+    with open(a_path, "rb") as fa, open(b_path, "rb") as fb:
+        fa.seek(big)
+        fb.seek(big)
+        assert fa.read() == fb.read()  # everything after the hole: headers, descriptors, directory
+        fa.seek(0)
+        fb.seek(0)
+        assert fa.read(4096) == fb.read(4096)  # the headers before the hole (the hole is a hole in both)
+    arc = ZipArchive(RangedFile.open(a_path), name="z.pt")
+    assert arc.entry("z/data/0").size == big and arc.read(arc.entry("z/data/1")) == b"after"
+    arc.close()
