@@ -68,12 +68,22 @@ class Resolution:
       (tied weights a converter wrote once).
     * ``values``: ``{path: value}``: non-tensor values the format kept as metadata (epoch, step,
       optimizer ``param_groups``), as dotted paths like any other value.
+    * ``root``: the whole object tree the file stands for (``ckpt convert``'s recorded tree, its
+      tensors being the file's own lazy tensors); when given, the flattened view is rebuilt from
+      it, tensors it does not reach are kept at their stored paths, and ``aliases`` and
+      ``values`` add to it as usual.
     * ``notes``: anything the user should know about how the file was read.
     """
 
     aliases: dict[str, str] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    root: Any = field(default=None)
+    has_root: bool = False
+
+    def __post_init__(self) -> None:
+        if self.root is not None:
+            self.has_root = True
 
 
 Resolver = Callable[["Checkpoint"], "Resolution | None"]
@@ -214,7 +224,10 @@ def resolve(flat: Flat, checkpoint: Checkpoint) -> Flat:
 
 
 def apply_resolution(flat: Flat, res: Resolution) -> None:
-    """Add a resolver's aliases and values to ``flat``; paths already present win."""
+    """Add a resolver's aliases and values to ``flat``; paths already present win. A resolution
+    with a ``root`` first replaces ``flat``'s contents with the flattened root."""
+    if res.has_root:
+        _rebuild(flat, res.root)
     for alias, target in res.aliases.items():
         t = flat.tensors.get(target)
         if t is None:
@@ -227,6 +240,31 @@ def apply_resolution(flat: Flat, res: Resolution) -> None:
         if path not in flat.tensors and path not in flat.values:
             flat.values[path] = value
     flat.notes.extend(res.notes)
+
+
+def _rebuild(flat: Flat, root: Any) -> None:
+    stored = flat.tensors
+    tree = flatten(root)
+    reached = {id(t.storage) for t in tree.tensors.values() if t.storage is not None}
+    reached_ids = {id(t) for t in tree.tensors.values()}
+    left = [p for p, t in stored.items() if id(t) not in reached_ids
+            and (t.storage is None or id(t.storage) not in reached)]
+    for path in left:
+        if path not in tree.tensors and path not in tree.values:
+            tree.tensors[path] = stored[path]
+    if left:
+        shown = ", ".join(repr(p) for p in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        tree.notes.append(f"{len(left)} stored tensors are not in the recorded tree ({shown}); compared at their stored names")
+    first: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], Any], str] = {}
+    for path, t in tree.tensors.items():
+        k = (id(t.storage) if t.storage is not None else id(t), t.offset, t.shape, t.stride, t.dtype)
+        if k in first:
+            tree.aliases[path] = first[k]
+        else:
+            first[k] = path
+    flat.tensors, flat.values, flat.containers = tree.tensors, tree.values, tree.containers
+    flat.aliases = tree.aliases
+    flat.notes.extend(tree.notes)
 
 
 def select(flat: Flat, *, key: str | None = None) -> Flat:

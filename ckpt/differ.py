@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .checkpoint import Checkpoint, PathLike, open
 from .diff_optim import compare_optimizer, find_optimizers, name_renames
 from .diff_paths import Flat, filter_paths, flatten, renamed, resolve, select
+from . import diff_convert  # noqa: F401  (registers the ckpt.convert/1 metadata resolvers)
 from .dtypes import DType
 from .jsonable import brief, json_scalar
 from .limits import DEFAULT_LIMITS, Limits

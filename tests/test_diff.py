@@ -8,6 +8,7 @@ Where torch is installed, real ``torch.save`` files are diffed and torch itself 
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 import tracemalloc
@@ -568,6 +569,173 @@ def test_a_changed_tensor_across_formats(tmp_path: Path) -> None:
     assert t["layers.0.bias"].status == "different" and t["layers.0.bias"].stats.max_abs == 0.5
     assert [e["path"] for e in report.only_a] == ["head.count"] and [e["path"] for e in report.only_b] == ["extra"]
     assert t["embed.weight"].status == "identical"
+
+
+# -- what `ckpt convert` records in safetensors metadata (ckpt.convert/1) ---------------------------
+#
+# The convert branch (issue 5) writes __metadata__["ckpt.convert/1"] = JSON {"schema", "tree",
+# "aliases", "notes", "source"}; these tests write that document by hand (the shape documented in
+# ckpt/diff_convert.py), so a checkpoint and its conversion are shown to compare as the same.
+
+
+def _convert_like(root: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """What `ckpt convert` writes for ``root`` (a ckpt_writer tree): tensors by dotted name, each
+    storage once (tied weights become aliases), and the ckpt.convert/1 document."""
+    arrays: dict[str, np.ndarray] = {}
+    aliases: dict[str, str] = {}
+    by_storage: dict[str, str] = {}
+
+    def node(value: Any, path: str) -> Any:
+        if isinstance(value, T):
+            if value.storage is not None and value.storage in by_storage:
+                aliases[path] = by_storage[value.storage]
+            else:
+                arrays[path] = value.array
+                if value.storage is not None:
+                    by_storage[value.storage] = path
+            out: dict[str, Any] = {"$": "tensor", "name": path}
+            if value.parameter:
+                out["param"] = True
+            return out
+        join = (lambda k: f"{path}.{k}") if path else str
+        if isinstance(value, dict):
+            if all(type(k) is str and not k.startswith("$") for k in value):
+                return {k: node(v, join(k)) for k, v in value.items()}
+            return {"$": "odict" if isinstance(value, OrderedDict) else "dict",
+                    "items": [[k, node(v, join(k))] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            items = [node(v, join(i)) for i, v in enumerate(value)]
+            return items if isinstance(value, list) else {"$": "tuple", "items": items}
+        if isinstance(value, float) and not math.isfinite(value):
+            return {"$": "float", "v": repr(value)}
+        return value
+
+    doc = {"schema": "ckpt.convert/1", "tree": node(root, ""), "source": {"format": "torch-zip"}}
+    if aliases:
+        doc["aliases"] = aliases
+    return arrays, doc
+
+
+def _with_metadata(path: Path, arrays: dict[str, np.ndarray], doc: Any) -> Path:
+    from safetensors.numpy import save_file
+
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    save_file(arrays, str(path), metadata={"ckpt.convert/1": text})
+    return path
+
+
+def _training(scale: float = 1.0, epoch: int = 7) -> dict[str, Any]:
+    w = rng(30).standard_normal((6, 4)).astype(np.float32)
+    return {
+        "model": OrderedDict([("embed.weight", T(w, storage="tied")), ("fc.bias", T(np.arange(4, dtype=np.float32) * scale)),
+                              ("lm_head.weight", T(w, storage="tied"))]),
+        "optimizer": adam_state(10, 1e-3, scale),
+        "epoch": epoch, "best": float("nan"), "lr_schedule": [1e-3, 5e-4], "name": "run-1",
+    }
+
+
+def test_a_checkpoint_and_its_safetensors_conversion_compare_as_the_same(tmp_path: Path) -> None:
+    root = _training()
+    pt = make(tmp_path, "train.pt", root)
+    arrays, doc = _convert_like(root)
+    assert doc["aliases"] == {"model.lm_head.weight": "model.embed.weight"}  # tied weights stored once
+    assert "model.lm_head.weight" not in arrays and "optimizer.state.0.exp_avg" in arrays
+    st = _with_metadata(tmp_path / "train.safetensors", arrays, doc)
+    for a, b in ((pt, st), (st, pt)):
+        report = ckpt.diff(a, b)
+        assert report.same, (report.only_a, report.only_b, [v.as_json() for v in report.values])
+        assert {t.status for t in report.tensors} == {"identical"}
+    report = ckpt.diff(pt, st)
+    with ckpt.open(pt) as ck:
+        assert report.counts["tensors"]["common"] == len(flatten(ck.root).tensors) == 3 + 9
+    assert report.counts["values"]["common"] > 5  # epoch, best, lr_schedule, name, param_groups...
+    [opt] = report.optimizers
+    assert opt["parameters"] == 3 and opt["parameters_changed"] == 0
+    # without the metadata the same file is a flat bag of tensors: everything differs
+    plain = _safetensors(tmp_path / "plain.safetensors", arrays)
+    bare = ckpt.diff(pt, plain)
+    assert not bare.same and {e["path"] for e in bare.only_a} >= {"epoch", "model.lm_head.weight"}
+
+
+def test_a_changed_value_and_tensor_show_through_the_metadata(tmp_path: Path) -> None:
+    pt = make(tmp_path, "train.pt", _training())
+    arrays, doc = _convert_like(_training(scale=2.0, epoch=8))
+    st = _with_metadata(tmp_path / "train.safetensors", arrays, doc)
+    report = ckpt.diff(pt, st)
+    assert not report.same
+    assert [(v.path, v.a, v.b) for v in report.values] == [("epoch", 7, 8)]
+    changed = {t.path for t in report.tensors if t.status != "identical"}
+    assert changed == {"model.fc.bias", "optimizer.state.0.exp_avg", "optimizer.state.1.exp_avg", "optimizer.state.2.exp_avg"}
+    [opt] = report.optimizers
+    assert opt["parameters_changed"] == 3
+
+
+def test_aliases_only_metadata_and_a_sharded_conversion(tmp_path: Path) -> None:
+    """A flat state dict with tied weights: convert writes aliases but no tree. A sharded
+    conversion carries the document in its index's metadata or in a shard's __metadata__."""
+    w = rng(31).standard_normal((5, 3)).astype(np.float32)
+    b = np.ones(3, np.float32)
+    pt = make(tmp_path, "model.pt", OrderedDict([("embed.weight", T(w, storage="e")), ("bias", T(b)),
+                                                ("head.weight", T(w, storage="e"))]))
+    doc = {"schema": "ckpt.convert/1", "aliases": {"head.weight": "embed.weight"}}
+    st = _with_metadata(tmp_path / "model.safetensors", {"embed.weight": w, "bias": b}, doc)
+    report = ckpt.diff(pt, st)
+    assert report.same and len(report.tensors) == 3
+    # sharded: the index's metadata holds the document (as an object or as a JSON string)
+    folder = _sharded(tmp_path / "sharded", {"embed.weight": w, "bias": b})
+    index = folder / "model.safetensors.index.json"
+    for stored in (doc, json.dumps(doc)):
+        idx = json.loads(index.read_text())
+        idx["metadata"]["ckpt.convert/1"] = stored
+        index.write_text(json.dumps(idx))
+        assert ckpt.diff(pt, folder).same
+    # or one shard's __metadata__
+    folder2 = tmp_path / "sharded2"
+    folder2.mkdir()
+    _with_metadata(folder2 / "model-00001-of-00002.safetensors", {"embed.weight": w}, doc)
+    _safetensors(folder2 / "model-00002-of-00002.safetensors", {"bias": b})
+    (folder2 / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        "embed.weight": "model-00001-of-00002.safetensors", "bias": "model-00002-of-00002.safetensors"}}))
+    assert ckpt.diff(pt, folder2).same
+
+
+@pytest.mark.parametrize("doc, why", [
+    ("{not json", "not valid JSON"),
+    ('["a list"]', "not a JSON object"),
+    ({"schema": "ckpt.convert/2", "tree": {}}, "not 'ckpt.convert/1'"),
+    ({"schema": "ckpt.convert/1", "tree": {"w": {"$": "tensor", "name": "missing"}}}, "does not hold"),
+    ({"schema": "ckpt.convert/1", "tree": {"x": {"$": "pickle", "v": "cos\nsystem"}}}, "unknown node"),
+    ({"schema": "ckpt.convert/1", "tree": {"x": {"$": "dtype", "v": "float99"}}}, "unknown dtype"),
+    ({"schema": "ckpt.convert/1", "aliases": ["w"]}, "aliases must map"),
+    ({"schema": "ckpt.convert/1", "tree": {"$": "dict", "items": [[[1], 2]]}}, "key is a list"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+])
+def test_bad_convert_metadata_is_noted_and_the_file_compared_as_stored(tmp_path: Path, doc: Any, why: str) -> None:
+    w = np.ones(3, np.float32)
+    st = _with_metadata(tmp_path / "m.safetensors", {"w": w}, doc)
+    report = ckpt.diff(st, st)
+    assert report.same and [t.path for t in report.tensors] == ["w"]
+    assert any("ckpt.convert/1) ignored" in n and why in n for n in report.a.notes), report.a.notes
+
+
+def test_deeply_nested_convert_tree_is_refused_without_recursion_error(tmp_path: Path) -> None:
+    tree: Any = 1
+    for _ in range(300):
+        tree = [tree]
+    st = _with_metadata(tmp_path / "m.safetensors", {"w": np.ones(2, np.float32)},
+                        {"schema": "ckpt.convert/1", "tree": {"deep": tree, "w": {"$": "tensor", "name": "w"}}})
+    report = ckpt.diff(st, st)
+    assert any("nests deeper than" in n for n in report.a.notes)
+
+
+def test_tensors_the_tree_does_not_name_are_kept(tmp_path: Path) -> None:
+    w = np.ones(3, np.float32)
+    doc = {"schema": "ckpt.convert/1", "tree": {"model": {"w": {"$": "tensor", "name": "model.w"}}, "epoch": 1}}
+    st = _with_metadata(tmp_path / "m.safetensors", {"model.w": w, "stray": w * 2}, doc)
+    pt = make(tmp_path, "m.pt", {"model": {"w": T(w)}, "epoch": 1, "stray": T(w * 2)})
+    report = ckpt.diff(pt, st)
+    assert report.same
+    assert any("not in the recorded tree ('stray')" in n for n in report.b.notes)
 
 
 # -- bad input ---------------------------------------------------------------------------------------

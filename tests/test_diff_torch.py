@@ -4,6 +4,8 @@ torch itself). Skipped where torch is not installed."""
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +228,79 @@ def test_other_formats_diff_once_readable(tmp_path: Path) -> None:
         else:
             report = ckpt.diff(tmp_path / "model.pt", tmp_path / other)
             assert report.same, (other, report.only_a, report.only_b, [t.as_json() for t in report.changed_tensors()])
+
+
+def _torch_convert_like(root: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A real torch training checkpoint as `ckpt convert` writes it to safetensors: tensors by
+    dotted name, each storage once (tied weights become aliases), and the ckpt.convert/1 document
+    of ckpt/diff_convert.py's docstring (written by hand here; the convert branch owns the writer)."""
+    tensors: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+
+    def node(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            k = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            if k in seen:
+                aliases[path] = seen[k]
+            else:
+                seen[k] = path
+                tensors[path] = value.detach().contiguous()
+            out: dict[str, Any] = {"$": "tensor", "name": path}
+            if isinstance(value, torch.nn.Parameter):
+                out["param"] = True
+            return out
+        join = (lambda k: f"{path}.{k}") if path else str
+        if isinstance(value, dict):
+            if all(type(k) is str and not k.startswith("$") for k in value):
+                return {k: node(v, join(k)) for k, v in value.items()}
+            return {"$": "odict" if isinstance(value, OrderedDict) else "dict",
+                    "items": [[k, node(v, join(str(k)))] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            items = [node(v, join(str(i))) for i, v in enumerate(value)]
+            return items if type(value) is list else {"$": "tuple", "items": items}
+        if isinstance(value, torch.dtype):
+            return {"$": "dtype", "v": str(value).removeprefix("torch.")}
+        if isinstance(value, float) and not math.isfinite(value):
+            return {"$": "float", "v": repr(value)}
+        return value
+
+    doc: dict[str, Any] = {"schema": "ckpt.convert/1", "tree": node(root, "")}
+    if aliases:
+        doc["aliases"] = aliases
+    return tensors, doc
+
+
+def test_a_torch_training_checkpoint_and_its_safetensors_conversion_are_the_same(tmp_path: Path) -> None:
+    """model (tied embedding and head) + Adam after two steps + epoch + a dtype value, saved by
+    torch.save, against safetensors holding the same tensors and the ckpt.convert/1 metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
+    model[1].weight = model[0].weight  # tied
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        model(torch.arange(3)).sum().backward()
+        opt.step()
+    root = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 2,
+            "best_loss": float("inf"), "dtype": torch.float32, "betas": (0.9, 0.999)}
+    torch.save(root, tmp_path / "train.pt")
+    tensors, doc = _torch_convert_like(root)
+    assert doc["aliases"] == {"model.1.weight": "model.0.weight"}
+    save_file(tensors, str(tmp_path / "train.safetensors"), metadata={"ckpt.convert/1": json.dumps(doc)})
+    report = ckpt.diff(tmp_path / "train.pt", tmp_path / "train.safetensors")
+    assert report.same, (report.only_a, report.only_b, [v.as_json() for v in report.values])
+    assert {t.status for t in report.tensors} == {"identical"}
+    [o] = report.optimizers
+    assert o["optimizer"]["a"] == o["optimizer"]["b"] == "Adam" and o["parameters"] == 2
+    # one more step on the torch side: the conversion of the old state now differs, per parameter
+    model(torch.arange(3)).sum().backward()
+    opt.step()
+    torch.save({**root, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "later.pt")
+    later = ckpt.diff(tmp_path / "train.safetensors", tmp_path / "later.pt")
+    assert not later.same
+    [o] = later.optimizers
+    assert o["parameters_changed"] == 2 and o["step"] == {"a": 2.0, "b": 3.0}
