@@ -444,7 +444,8 @@ def render_stat(report: ckpt.DiffReport) -> None:
         for name, members in groups.items():
             rows = [entries[i] for i in members]
             changed = sum(1 for _, kind, t in rows if kind != "common" or t.is_difference or t.status == "close")
-            top = max((t.magnitude for _, kind, t in rows if kind == "common"), default=0.0)
+            common_changed = [t for _, kind, t in rows if kind == "common" and (t.is_difference or t.status == "close")]
+            top = max((t.magnitude for t in common_changed), default=None)
             numel = sum(t.stats.numel if t.stats else t.a.numel for _, kind, t in rows if kind == "common")
             differing = sum(t.stats.differing for _, kind, t in rows if kind == "common" and t.stats)
             extra = [f"{sum(1 for _, k, _t in rows if k == side)} only in {side[-1].upper()}"
@@ -456,7 +457,7 @@ def render_stat(report: ckpt.DiffReport) -> None:
             bar = "█" * max(1 if differing else 0, round(share * 20))
             table.add_row(
                 name or "(root)", f"{changed}/{count}" + (" " + ", ".join(extra) if extra else ""),
-                fmt_num(top) if changed else "", f"{100 * share:.3g}%" if differing else "",
+                fmt_num(top) if top is not None else "", f"{100 * share:.3g}%" if differing else "",
                 Text(bar, style="red"),
             )
         if len(scored) > len(shown):
