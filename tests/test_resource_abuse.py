@@ -77,7 +77,7 @@ def test_huge_declared_length_is_refused_without_allocating(tmp_path: Path, case
     payload, words = HUGE_LENGTHS[case]
     path = write_with(tmp_path, payload)
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         with pytest.raises(ckpt.CorruptCheckpointError) as info:
             APIS[api](path)
@@ -85,7 +85,7 @@ def test_huge_declared_length_is_refused_without_allocating(tmp_path: Path, case
     finally:
         tracemalloc.stop()
     assert words in str(info.value)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < kit.CPU_SECONDS_BOUND
     assert peak < 16 << 20, f"peak {peak >> 20} MiB"
 
 
@@ -147,11 +147,11 @@ DEEP_CHILD = r'''
 import sys, time
 import ckpt
 path = sys.argv[1]
-t0 = time.perf_counter()
+t0 = time.process_time()
 summary = ckpt.inspect(path)
 assert summary.tensors[0].path == "w", summary.tensors
 assert summary.elided, "a million levels must be elided from the summary"
-print("inspect", round(time.perf_counter() - t0, 2), len(summary.elided))
+print("inspect", round(time.process_time() - t0, 2), len(summary.elided))
 with ckpt.open(path) as ck:
     x = ck.root["x"]
 flavors = sys.argv[2:]
@@ -246,9 +246,9 @@ import json, sys, time
 import ckpt
 from ckpt.walk import walk
 path = sys.argv[1]
-t0 = time.perf_counter()
+t0 = time.process_time()
 summary = ckpt.inspect(path, allow=["evil.Thing"] if "allow" in sys.argv else ())
-took = time.perf_counter() - t0
+took = time.process_time() - t0
 json.dumps(summary.as_json())
 with ckpt.open(path, policy="inspect") as ck:
     events = sum(1 for _ in walk(ck.root))
@@ -292,7 +292,7 @@ def test_billion_laughs_inspects_in_linear_time(tmp_path: Path, case: str) -> No
     proc = kit.run_child(LAUGHS_CHILD, str(path), timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["seconds"] < 1.0, out
+    assert out["seconds"] < kit.CPU_SECONDS_BOUND, out
     assert out["events"] < 1000, out  # linear in the number of objects, not paths
     assert out["tensors"][0] == "w"
 
@@ -330,7 +330,7 @@ def test_billion_laughs_tuple_as_key_is_refused(tmp_path: Path, container: str) 
     }[container]
     path = write_with(tmp_path, payload)
     out = kit.run_limited("ckpt.inspect(path)", path=path, timeout=5)  # today: exponential, times out
-    assert out["checkpoint_error"] and out["seconds"] < 1.0, out
+    assert out["checkpoint_error"] and out["seconds"] < kit.CPU_SECONDS_BOUND, out
 
 
 # -- cycles ------------------------------------------------------------------------------------------
@@ -472,12 +472,12 @@ path = sys.argv[1]
 out = {}
 for name, call in {"open": lambda: ckpt.open(path), "inspect": lambda: ckpt.inspect(path),
                    "load-numpy": lambda: ckpt.load(path, as_="numpy")}.items():
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         call()
         out[name] = ["ok", 0.0, ""]
     except ckpt.CorruptCheckpointError as e:
-        out[name] = ["corrupt", time.perf_counter() - t0, str(e)]
+        out[name] = ["corrupt", time.process_time() - t0, str(e)]
 print(json.dumps(out))
 '''
 
@@ -505,5 +505,5 @@ def test_billion_laughs_in_an_error_message(tmp_path: Path, case: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for api, (outcome, seconds, message) in out.items():
-        assert outcome == "corrupt" and seconds < 1.0, (api, outcome, seconds)
+        assert outcome == "corrupt" and seconds < kit.CPU_SECONDS_BOUND, (api, outcome, seconds)
         assert len(message) < 1000

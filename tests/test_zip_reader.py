@@ -127,14 +127,14 @@ def sweep_truncations(tmp_path: Path, data: bytes) -> None:
                 assert isinstance(err, ckpt.CheckpointError), (cut, api, err)
             else:
                 assert isinstance(err, ckpt.CorruptCheckpointError), f"cut at {cut}: {api} gave {err!r}"
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         with pytest.raises(ckpt.CheckpointError):
             ckpt.inspect(path)
-        worst = max(worst, time.perf_counter() - t0)
+        worst = max(worst, time.process_time() - t0)
         for name, span in regions.items():
             seen[name] += cut in span
     assert all(seen.values()), seen  # the sweep cut inside every region
-    assert worst < 1.0, f"a truncated file took {worst:.2f}s to refuse"
+    assert worst < kit.CPU_SECONDS_BOUND, f"a truncated file took {worst:.2f} CPU s to refuse"
 
 
 def test_truncated_handmade_checkpoint_at_every_offset(tmp_path: Path) -> None:
@@ -491,14 +491,14 @@ def test_record_inflating_past_its_declared_size(tmp_path: Path, which: str) -> 
     m = kit.Member(name, content, method=8, raw=bomb)
     path = kit.write(tmp_path / "m.pt", kit.build_zip(members(**{which: m})))
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         with pytest.raises(ckpt.CorruptCheckpointError, match="zip bomb"):
             ckpt.load(path, as_="numpy")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < kit.CPU_SECONDS_BOUND
     assert peak < 32 << 20, f"peak {peak >> 20} MiB"
 
 
