@@ -215,6 +215,32 @@ def test_stat_fits_one_screen(tmp_path: Path) -> None:
     assert "3 different" in result.output
 
 
+
+def test_stat_shows_no_max_abs_for_a_group_changed_only_by_missing_paths(tmp_path: Path) -> None:
+    w = np.ones(4, np.float32)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    write(a, OrderedDict([("l.0.weight", T(w)), ("l.1.weight", T(w)), ("l.2.weight", T(w * 2))]))
+    write(b, OrderedDict([("l.0.weight", T(w)), ("l.2.weight", T(w * 3))]))
+    out = run_cli("diff", a, b, "--stat").output
+    [row] = [ln for ln in out.splitlines() if ln.startswith("l.*.weight")]
+    assert "2/3 1 only in A" in row and "│            1 │" in row, out  # l.2 changed by 1
+    write(b, OrderedDict([("l.0.weight", T(w)), ("l.2.weight", T(w * 2))]))
+    out = run_cli("diff", a, b, "--stat").output
+    [row] = [ln for ln in out.splitlines() if ln.startswith("l.*.weight")]
+    cells = [c.strip() for c in row.split("│")]
+    assert cells[1] == "1/3 1 only in A" and cells[2] == "", out  # no "0" for an unchanged group
+
+
+def test_json_is_written_with_one_dumps_call(files: dict[str, Path], monkeypatch: Any) -> None:
+    """json.dump streams through the pure-Python encoder (slow on big reports): the CLI must not use it."""
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise AssertionError("json.dump used")
+
+    monkeypatch.setattr(json, "dump", refuse)
+    result = run_cli("diff", files["a"], files["b"], "--json")
+    assert result.exit_code == EXIT_DIFFERENT and json.loads(stdout_of(result))["schema"] == "ckpt.diff/1"
+
+
 # -- options ---------------------------------------------------------------------------------------------
 
 
