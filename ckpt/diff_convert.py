@@ -194,7 +194,8 @@ def resolution(doc_text: Any, tensors: dict[str, TensorRef], where: str) -> Reso
     try:
         doc = parse(doc_text)
         aliases = dict(doc.get("aliases") or {})
-        notes = [f"{where}: {n}" for n in doc.get("notes") or () if type(n) is str][:20]
+        recorded = doc.get("notes")
+        notes = [f"{where}: {n[:500]}" for n in recorded if type(n) is str][:20] if type(recorded) is list else []
         if "tree" not in doc:
             resolved = {a: _target(a, tensors, aliases) for a in aliases}
             return Resolution(aliases=resolved, notes=notes)

@@ -728,6 +728,15 @@ def test_deeply_nested_convert_tree_is_refused_without_recursion_error(tmp_path:
     assert any("nests deeper than" in n for n in report.a.notes)
 
 
+def test_recorded_notes_are_shown_and_odd_ones_ignored(tmp_path: Path) -> None:
+    w = np.ones(2, np.float32)
+    for notes, shown in ((["a view was written as its own tensor"], ["__metadata__: a view was written as its own tensor"]),
+                         ("not a list", []), ([1, None, "ok"], ["__metadata__: ok"])):
+        doc = {"schema": "ckpt.convert/1", "tree": {"w": {"$": "tensor", "name": "w"}}, "notes": notes}
+        st = _with_metadata(tmp_path / "m.safetensors", {"w": w}, doc)
+        assert ckpt.diff(st, st).a.notes == shown
+
+
 def test_tensors_the_tree_does_not_name_are_kept(tmp_path: Path) -> None:
     w = np.ones(3, np.float32)
     doc = {"schema": "ckpt.convert/1", "tree": {"model": {"w": {"$": "tensor", "name": "model.w"}}, "epoch": 1}}
