@@ -92,10 +92,24 @@ def make_numpy_values(recipe: dict[str, Any], out: str) -> None:
     torch.save({"model": model, "history": history, "stats": stats, "best": np.float64(0.5)}, out)
 
 
+def make_folder(recipe: dict[str, Any], out: str) -> None:
+    """``count`` small checkpoints in one folder, each a state dict of ``tensors`` tensors of
+    ``shape`` (the ``state_dict`` recipe), named ``ckpt_00000.pt`` ... (issue 7's folder scan)."""
+    import os
+
+    os.makedirs(out)
+    for n in range(int(recipe["count"])):
+        one = {"kind": "state_dict", "count": recipe["tensors"], "keys": recipe.get("keys", "layer{n}.weight"),
+               "shape": recipe["shape"], "dtype": recipe.get("dtype", "float32"), "seed": n,
+               "format": recipe.get("format", "torch-zip")}
+        make_state_dict(one, os.path.join(out, f"ckpt_{n:05d}.pt"))
+
+
 GENERATORS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "state_dict": make_state_dict,
     "sharded": make_sharded,
     "numpy_values": make_numpy_values,
+    "folder": make_folder,
 }
 
 

@@ -95,6 +95,13 @@ INPUTS: dict[str, Input] = {
             "big.pt's names and shapes with other random values (for diff: every tensor differs)",
         ),
         Input(
+            "folder",
+            "folder",
+            {"kind": "folder", "count": 1000, "tensors": 8, "shape": [32, 32], "dtype": "float32",
+             "format": "torch-zip"},
+            "1,000 small checkpoints (8 float32 tensors of [32, 32] each, ~40 KB) in one folder",
+        ),
+        Input(
             "many",
             "many.pt",
             {"kind": "state_dict", "count": 100_000, "keys": "layers.{i}.sub{j}.weight", "group": 10,

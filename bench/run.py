@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                             budget=a.budget, repo=repo)
     runner.plan(benches)
     # Untimed: put the interpreter, torch's and ckpt's modules in the page cache, and compile ckpt's
-    # .pyc files as `pip install .` does (an editable install under PYTHONDONTWRITEBYTECODE=1, as
-    # on some CI machines, would otherwise recompile every module in every timed process).
+    # .pyc files as `pip install .` does (also of the modules ckpt imports lazily, such as its scanner;
+    # an editable install under PYTHONDONTWRITEBYTECODE=1, as on some CI machines, would otherwise
+    # recompile every module in every timed process).
     subprocess_run([a.python, "-m", "compileall", "-q", str(repo / "ckpt"), str(repo / "cli")])
     for warm in ([a.python, "-c", "import torch, numpy"], [a.python, "-c", "import ckpt, ckpt_cli.main"]):
         subprocess_run(warm)
@@ -119,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def subprocess_run(argv: list[str]) -> None:
+    """Run an untimed preparation step. PYTHONDONTWRITEBYTECODE is dropped for it: with it set (as
+    some CI shells do) no .pyc is ever written and every timed process would recompile ckpt."""
+    import os
     import subprocess
 
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ ST_SHARDED_HEADERS = (
      "(safe_open(os.path.join(d, s), 'numpy') for s in dict.fromkeys(m.values()))]", "{sharded}"),
 )
 
+PICKLESCAN = ("{python}", "-m", "picklescan", "-p")  # installed for the comparison only, not a dependency
+
 BENCHMARKS: list[Bench] = [
     # ---- issue 2: the reader, `ckpt inspect`, `ckpt.load` ------------------------------------
     Bench(
@@ -225,6 +227,44 @@ BENCHMARKS: list[Bench] = [
                          "peak RSS at most twice the largest tensor + 100 MB"),
         ),
     ),
+    # ---- issue 7: `ckpt scan` ---------------------------------------------------------------
+    Bench(
+        "scan-big", 7, ("big",),
+        about="`ckpt scan --json` of a ~1.6 GB checkpoint as a whole process: it reads the zip directory, "
+              "the local headers and the pickle, never the 1.6 GB of storages; picklescan for information",
+        cases=(
+            Case("ckpt scan --json", ("{ckpt}", "scan", "{big}", "--json")),
+            Case("python startup", ("{python}", "-c", "pass"), role="baseline"),
+            Case("picklescan", (*PICKLESCAN, "{big}"), role="info", vs="python startup",
+                 requires=("module:picklescan",)),
+        ),
+        floors=(under_seconds("ckpt scan --json", 0.3),),
+    ),
+    Bench(
+        "scan-many", 7, ("many",),
+        about="`ckpt scan` of 100,000 small tensors (a ~10 MB pickle: 3 million opcodes) as a whole process, "
+              "against picklescan (installed for the comparison only) in the same run",
+        cases=(
+            Case("ckpt scan --json", ("{ckpt}", "scan", "{many}", "--json")),
+            Case("picklescan", (*PICKLESCAN, "{many}"), role="baseline", requires=("module:picklescan",)),
+            Case("ckpt scan (opcode loop only)", ("{python}", "-c",
+                 "import sys, ckpt.scanner as s; r = s.scan_file(sys.argv[1], fast=False); sys.exit(r.status != 'clean')",
+                 "{many}"), role="info", vs="picklescan"),
+        ),
+        floors=(times_faster("ckpt scan --json", "picklescan", 10),),
+    ),
+    Bench(
+        "scan-folder", 7, ("folder",),
+        about="`ckpt scan` of a folder of 1,000 small checkpoints (worker processes, one per CPU); one "
+              "process and picklescan for information",
+        cases=(
+            Case("ckpt scan --json", ("{ckpt}", "scan", "{folder}", "--json")),
+            Case("ckpt scan --jobs 1", ("{ckpt}", "scan", "{folder}", "--json", "--jobs", "1"), role="baseline"),
+            Case("picklescan", (*PICKLESCAN, "{folder}"), role="info", vs="ckpt scan --jobs 1",
+                 requires=("module:picklescan",)),
+        ),
+        floors=(under_seconds("ckpt scan --json", 10),),
+    ),
 ]
 
 # ---- issue 3: the writer, `ckpt.save`, `ckpt relocate` -------------------------------------------
@@ -295,5 +335,43 @@ BENCHMARKS += [
                  timing="call", vs="torch.save"),
         ),
         floors=(ratio_at_most("ckpt.save (fsync=False)", "torch.save", 1.0, "no slower than torch.save"),),
+    ),
+]
+
+# ---- issue 5: `ckpt convert` ---------------------------------------------------------------------
+# Floors: at most 1.5x cp of the source file, peak RSS at most the largest tensor (8 MB here) +
+# 100 MB. The usual way (torch.load + safetensors.torch.save_file, or load_file + torch.save) runs
+# in the same invocation for comparison. --no-fsync, like cp.
+
+USUAL_TO_ST = ("{python} -c 'import sys, torch; from safetensors.torch import save_file; "
+               "save_file(torch.load(sys.argv[1], weights_only=True), sys.argv[2])' {big} {tmp}/usual.safetensors")
+USUAL_TO_PT = ("{python} -c 'import sys, torch; from safetensors.torch import load_file; "
+               "torch.save(load_file(sys.argv[1]), sys.argv[2])' {st} {tmp}/usual.pt")
+
+BENCHMARKS += [
+    Bench(
+        "convert-big-to-st", 5, ("big",),
+        about="`ckpt convert --no-fsync` of the ~1.6 GB fp32 checkpoint to safetensors vs cp of the file, "
+              "and the usual way (torch.load + safetensors.torch.save_file)",
+        cases=(
+            Case("ckpt convert --no-fsync", ("{ckpt}", "convert", "{big}", "{tmp}/out.safetensors", "--no-fsync")),
+            Case("cp", "cp {big} {tmp}/out.pt", role="baseline"),
+            Case("torch.load + save_file", USUAL_TO_ST, role="info", vs="cp"),
+        ),
+        floors=(ratio_at_most("ckpt convert --no-fsync", "cp", 1.5, "at most 1.5x cp"),
+                under_rss_mb("ckpt convert --no-fsync", 108, "peak RSS under the largest tensor (8 MB) + 100 MB")),
+    ),
+    Bench(
+        "convert-st-to-pt", 5, ("st",),
+        about="`ckpt convert --no-fsync` of a 1 GB fp32 safetensors file (128 tensors of [2000, 1000], the "
+              "big checkpoint's tensor shape) to torch's zip format vs cp of the file, and the usual way "
+              "(safetensors.torch.load_file + torch.save)",
+        cases=(
+            Case("ckpt convert --no-fsync", ("{ckpt}", "convert", "{st}", "{tmp}/out.pt", "--no-fsync")),
+            Case("cp", "cp {st} {tmp}/out.safetensors", role="baseline"),
+            Case("load_file + torch.save", USUAL_TO_PT, role="info", vs="cp"),
+        ),
+        floors=(ratio_at_most("ckpt convert --no-fsync", "cp", 1.5, "at most 1.5x cp"),
+                under_rss_mb("ckpt convert --no-fsync", 108, "peak RSS under the largest tensor (8 MB) + 100 MB")),
     ),
 ]

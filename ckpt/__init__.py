@@ -34,21 +34,28 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
+# The scanner and the converter are imported on first use, so that ``import ckpt`` stays light.
+_LAZY = {
+    "scan": "scanner", "ScanReport": "scanner", "FileReport": "scanner",
+    "convert": "conversion", "verify": "verification",
+    "diff": "differ", "DiffReport": "differ",
+}
+
+
 def __getattr__(name: str) -> Any:
-    """``ckpt.save`` and ``ckpt.relocate`` are imported on first use, so that reading (``ckpt
-    inspect``, ``ckpt.load``) never pays for the writer. (Their modules are ``ckpt.saving`` and
-    ``ckpt.relocation``: a submodule named ``save`` would replace the function on import.)
-    ``ckpt.diff`` and ``ckpt.DiffReport`` likewise import ``ckpt.differ`` on first use."""
+    """``ckpt.save``, ``ckpt.relocate``, ``ckpt.scan``, ``ckpt.convert``, ``ckpt.verify`` and ``ckpt.diff`` are
+    imported on first use, so that reading (``ckpt inspect``, ``ckpt.load``) never pays for the
+    writer, the scanner or the converter. (Their modules are ``ckpt.saving``, ``ckpt.relocation``,
+    ``ckpt.scanner``, ``ckpt.conversion``, ``ckpt.verification`` and ``ckpt.differ``: a submodule named ``save``
+    would replace the function on import.)"""
     if name == "save":
         from .saving import save as value
     elif name == "relocate":
         from .relocation import relocate as value
-    elif name in ("diff", "DiffReport"):
-        # ckpt.diff and ckpt.DiffReport: commands that do not compare checkpoints (inspect) do
-        # not pay for the differ at start-up
-        from . import differ
+    elif name in _LAZY:
+        import importlib
 
-        value = getattr(differ, name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     else:
         raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
     globals()[name] = value
@@ -59,8 +66,10 @@ __all__ = [
     "CheckpointError",
     "CorruptCheckpointError",
     "DiffReport",
+    "FileReport",
     "Finding",
     "Limits",
+    "ScanReport",
     "NotACheckpointError",
     "ResourceLimitError",
     "StorageRef",
@@ -71,10 +80,13 @@ __all__ = [
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
     "diff",
+    "convert",
     "load",
     "inspect",
     "open",
     "relocate",
     "save",
+    "scan",
+    "verify",
 ]
 

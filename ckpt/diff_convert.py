@@ -8,13 +8,10 @@ in ``__metadata__["ckpt.convert/1"]``, a JSON document::
      "aliases": {"lm_head.weight": "embed.weight"},    # name -> name it is stored under (optional)
      "notes": ["..."], "source": {...}}                # optional, shown as notes / ignored
 
-A ``<node>`` is plain JSON (null, bool, str, int, finite float, list, dict with string keys not
-starting with ``$``) or a tagged object: ``{"$": "tensor", "name": N}`` (with optional
-``"param"``/``"requires_grad"``), ``{"$": "dict" | "odict", "items": [[k, v], ...]}``,
-``{"$": "tuple" | "set", "items": [...]}``, ``{"$": "float", "v": "nan" | "inf" | "-inf"}``,
-``{"$": "complex", "re": x, "im": y}``, ``{"$": "bytes", "hex": "..."}``, ``{"$": "size" |
-"dtype" | "device", "v": ...}``. That is the shape the convert branch defines; if it changes,
-this decoder changes with it (the diff tests use a hand-made document of this shape).
+The document's schema (its tagged ``<node>`` objects for tensors, dicts with non-string keys,
+tuples, non-finite floats, dtypes, devices, ...) is defined and decoded by :mod:`ckpt.flatten`,
+the converter's own module; this module only finds the document and turns what it holds into a
+:class:`~ckpt.diff_paths.Resolution`.
 
 The resolvers registered here (formats ``safetensors`` and ``sharded``: the index's ``metadata``
 or any shard's ``__metadata__``) rebuild the tree with the file's own lazy tensors in it, so diff
@@ -25,7 +22,6 @@ The document is untrusted input: it is decoded as data (nothing is imported or c
 nesting is bounded, and one that does not parse is *not* fatal: the file is compared as stored,
 with a note saying why the metadata was ignored.
 
->>> import json
 >>> doc = {"schema": "ckpt.convert/1", "tree": {"epoch": 3, "betas": {"$": "tuple", "items": [0.9, 0.999]}}}
 >>> decode_tree(doc, {})
 {'epoch': 3, 'betas': (0.9, 0.999)}
@@ -34,20 +30,14 @@ with a note saying why the metadata was ignored.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from . import dtypes as _dt
 from .diff_paths import Resolution, register_resolver
+from .flatten import METADATA_KEY, SCHEMA
 from .tensors import TensorRef
-from .values import Device, Size
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
-
-SCHEMA = "ckpt.convert/1"
-METADATA_KEY = SCHEMA
-"""The ``__metadata__`` key (safetensors) or index ``metadata`` key (sharded) of the document."""
 
 MAX_DEPTH = 200
 """Deepest nesting of a tree node accepted (real checkpoints nest a handful of levels)."""
@@ -88,102 +78,37 @@ def _target(name: Any, tensors: dict[str, TensorRef], aliases: dict[str, str]) -
     return target
 
 
+def _nesting_ok(node: Any, limit: int) -> bool:
+    """True when ``node`` (parsed JSON) nests at most ``limit`` levels (checked without recursion)."""
+    stack = [(node, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return False
+        if type(value) is dict:
+            stack.extend((v, depth + 1) for v in value.values())
+        elif type(value) is list:
+            stack.extend((v, depth + 1) for v in value)
+    return True
+
+
 def decode_tree(doc: dict[str, Any], tensors: dict[str, TensorRef]) -> Any:
     """The object tree of ``doc`` with tensor nodes replaced by ``tensors[name]`` (aliases
-    followed). A parameter node gets a copy of the tensor flagged as a parameter, shared by every
-    node naming the same tensor with the same flags. Raises :class:`MetadataError`."""
-    aliases: dict[str, str] = doc.get("aliases") or {}
-    flagged: dict[tuple[str, bool, bool], TensorRef] = {}
-
-    def tensor(node: dict[str, Any]) -> TensorRef:
-        name = _target(node.get("name"), tensors, aliases)
-        param, grad = node.get("param") is True, node.get("requires_grad") is True
-        t = tensors[name]
-        if not param and not grad:
-            return t
-        k = (name, param, grad)
-        if k not in flagged:
-            ref = TensorRef(t.storage, t.dtype, t.shape, t.stride, t.offset, grad)
-            if param:
-                ref.is_parameter = True
-            flagged[k] = ref
-        return flagged[k]
-
-    def items(node: dict[str, Any], tag: str) -> list[Any]:
-        got = node.get("items")
-        if type(got) is not list:
-            raise MetadataError(f"a {tag} node's items must be a list")
-        return got
-
-    def decode(node: Any, depth: int) -> Any:
-        if depth > MAX_DEPTH:
-            raise MetadataError(f"the tree nests deeper than {MAX_DEPTH} levels")
-        t = type(node)
-        if node is None or t in (bool, str, int, float):
-            return node
-        if t is list:
-            out = []
-            for v in node:
-                out.append(decode(v, depth + 1))
-            return out
-        if t is not dict:
-            raise MetadataError(f"the tree holds a {t.__name__}")
-        tag = node.get("$")
-        if tag is None:
-            d = {}
-            for k, v in node.items():
-                d[k] = decode(v, depth + 1)
-            return d
-        if tag == "tensor":
-            return tensor(node)
-        if tag in ("dict", "odict"):
-            pairs = []
-            for pair in items(node, tag):
-                if type(pair) is not list or len(pair) != 2:
-                    raise MetadataError(f"{tag} items must be [key, value] pairs")
-                k = decode(pair[0], depth + 1)
-                try:
-                    hash(k)
-                except TypeError:
-                    raise MetadataError(f"a {tag} key is a {type(k).__name__}") from None
-                pairs.append((k, decode(pair[1], depth + 1)))
-            return OrderedDict(pairs) if tag == "odict" else dict(pairs)
-        if tag in ("tuple", "set"):
-            vals = [decode(v, depth + 1) for v in items(node, tag)]
-            if tag == "tuple":
-                return tuple(vals)
-            try:
-                return set(vals)
-            except TypeError:
-                raise MetadataError("a set holds an unhashable value") from None
-        v = node.get("v")
-        if tag == "float" and v in ("nan", "inf", "-inf"):
-            return float(v)
-        if tag == "complex" and type(node.get("re")) in (int, float) and type(node.get("im")) in (int, float):
-            return complex(node["re"], node["im"])
-        if tag == "bytes" and type(node.get("hex")) is str:
-            try:
-                return bytes.fromhex(node["hex"])
-            except ValueError:
-                raise MetadataError("a bytes node holds no hex string") from None
-        if tag == "size" and type(v) is list and all(type(x) is int for x in v):
-            return Size(v)
-        if tag == "dtype" and type(v) is str:
-            try:
-                return _dt.dtype(v)
-            except KeyError:
-                raise MetadataError(f"names an unknown dtype {v[:40]!r}") from None
-        if tag == "device" and type(v) is str:
-            typ, _, index = v.partition(":")
-            return Device(typ, int(index) if index.isdigit() else None)
-        raise MetadataError(f"holds an unknown node {json.dumps(node)[:80]}")
+    followed), decoded by ``ckpt convert``'s own :func:`ckpt.flatten.unflatten`, so that diff reads
+    the document exactly as the converter reads it back. Raises :class:`MetadataError`."""
+    from .errors import CheckpointError
+    from .flatten import unflatten
 
     if "tree" not in doc:
         raise MetadataError("has no tree")
+    if not _nesting_ok(doc["tree"], MAX_DEPTH):
+        raise MetadataError(f"the tree nests deeper than {MAX_DEPTH} levels")
     try:
-        return decode(doc["tree"], 0)
-    except RecursionError:
-        raise MetadataError("the tree nests too deeply") from None
+        return unflatten(doc, tensors)
+    except CheckpointError as e:
+        raise MetadataError(str(e).removeprefix(f"{SCHEMA} metadata").strip(" :")) from None
+    except (RecursionError, TypeError, ValueError, AttributeError, KeyError) as e:
+        raise MetadataError(f"cannot be decoded ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def resolution(doc_text: Any, tensors: dict[str, TensorRef], where: str) -> Resolution:
@@ -207,7 +132,7 @@ def resolution(doc_text: Any, tensors: dict[str, TensorRef], where: str) -> Reso
 
 def _stored(ck: Checkpoint) -> dict[str, TensorRef]:
     root = ck.root
-    if type(root) is not dict and type(root) is not OrderedDict:
+    if not isinstance(root, dict):
         return {}
     return {k: v for k, v in root.items() if type(k) is str and type(v) is TensorRef}
 

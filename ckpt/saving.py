@@ -39,12 +39,12 @@ import stat
 import sys
 import threading
 import types
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from .crc import crc32
 from . import dtypes as _dt
 from .errors import CheckpointError, CorruptCheckpointError, UnsavableObjectError
 from .pickle_write import Global, PersistentId, Pickler, Reduction, TensorRecord
@@ -141,6 +141,21 @@ class _RefSource(_Source):
         self.ref = ref
         self.nbytes = ref.nbytes
         self.byteorder = byteorder
+        self.crc_future: Any = None  # the CRC-32 of a record without one, computed ahead (write_archive)
+
+    def crc_to_compute(self) -> tuple[int, int] | None:
+        """``(fd, offset)`` when the storage lies as it is in a file without CRC-32s (safetensors):
+        its CRC can be computed ahead, in parallel, and the bytes then copied in the kernel."""
+        ref = self.ref
+        reader = ref.reader
+        if reader is None or ref.nbytes == 0:
+            return None
+        if getattr(reader, "byteorder", self.byteorder) != self.byteorder and ref.dtype.itemsize > 1:
+            return None
+        raw = _raw_record(ref)
+        if raw is None or raw[2] is not None:
+            return None
+        return raw[0], raw[1]
 
     def write_to(self, writer: TorchZipWriter, progress: Callable[[int], None]) -> None:
         ref = self.ref
@@ -152,12 +167,22 @@ class _RefSource(_Source):
         raw = _raw_record(ref)
         if raw is not None:
             fd, offset, crc = raw
+            if crc is None and swap == 1:
+                # no CRC to check: compute the zip's (ahead of time if write_archive could), then
+                # copy in the kernel like a torch zip record
+                future = self.crc_future
+                crc = future.result() if future is not None else _crc_of_range(fd, offset, ref.nbytes, ref)
+                pending = writer.sink.queued
+                writer.copy(fd, offset, ref.nbytes, crc=crc)
+                if writer.sink.queued == pending:
+                    progress(ref.nbytes)
+                return
             if swap == 1 and crc is not None:
                 # In the kernel, later (ZipSink.run_copies reports the progress as copies land);
                 # a zip that is not a file descriptor copies at once.
-                pending = len(writer.sink.pending)
+                pending = writer.sink.queued
                 writer.copy(fd, offset, ref.nbytes, crc=crc)
-                if len(writer.sink.pending) == pending:
+                if writer.sink.queued == pending:
                     progress(ref.nbytes)
                 return
             # Read it through: compute the CRC for the copy, check the source's on the way.
@@ -168,7 +193,7 @@ class _RefSource(_Source):
                 chunk = os.pread(fd, min(step, ref.nbytes - done), offset + done)
                 if not chunk:
                     raise CorruptCheckpointError("record is truncated", path=_path_of(reader), record=ref.record)
-                check = zlib.crc32(chunk, check)
+                check = crc32(chunk, check)
                 writer.write(_byteswapped(chunk, swap) if swap > 1 else chunk)
                 done += len(chunk)
                 progress(len(chunk))
@@ -178,10 +203,68 @@ class _RefSource(_Source):
                     path=_path_of(reader), record=ref.record,
                 )
             return
+        chunks = getattr(reader, "iter_chunks", None)
+        if chunks is not None:  # a reader that streams (ckpt.convert's casts and packed views)
+            done = 0
+            for chunk in chunks(ref):
+                writer.write(chunk)
+                done += len(chunk)
+                progress(len(chunk))
+            if done != ref.nbytes:
+                raise CheckpointError(f"a storage gave {done:,} bytes, not {ref.nbytes:,}", record=ref.record)
+            return
         buf = bytearray(ref.nbytes)
         reader.readinto(ref, memoryview(buf))  # compressed or foreign: one storage in memory
         writer.write(_byteswapped(bytes(buf), swap) if swap > 1 else buf)
         progress(ref.nbytes)
+
+
+def _crc_of_range(fd: int, offset: int, size: int, ref: StorageRef) -> int:
+    """The CRC-32 of ``size`` bytes of a file, read in chunks (zlib and pread release the GIL).
+
+    The range is memory-mapped where it can be (no copy into Python), a chunk at a time, each
+    chunk dropped from the mapping once summed so that resident memory stays at one chunk."""
+    crc = _crc_of_range_mapped(fd, offset, size)
+    if crc is not None:
+        return crc
+    crc = 0
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, min(_READ_CHUNK, size - done), offset + done)
+        if not chunk:
+            raise CorruptCheckpointError("the file ends inside this tensor's data (truncated?)",
+                                         path=_path_of(ref.reader), record=ref.record)
+        crc = crc32(chunk, crc)
+        done += len(chunk)
+    return crc
+
+
+def _crc_of_range_mapped(fd: int, offset: int, size: int) -> int | None:
+    import mmap
+
+    if size < (1 << 20) or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        if os.fstat(fd).st_size < offset + size:
+            return None  # truncated: the chunked reader says so
+        m = mmap.mmap(fd, offset + size - start, prot=mmap.PROT_READ, offset=start)
+    except (OSError, ValueError):
+        return None
+    crc = 0
+    try:
+        with memoryview(m) as view:
+            pos = offset - start
+            end = pos + size
+            while pos < end:
+                n = min(_READ_CHUNK, end - pos)
+                crc = crc32(view[pos : pos + n], crc)
+                base = pos - pos % mmap.PAGESIZE
+                m.madvise(mmap.MADV_DONTNEED, base, pos + n - base)
+                pos += n
+    finally:
+        m.close()
+    return crc
 
 
 def _path_of(reader: Any) -> str | None:
@@ -191,10 +274,14 @@ def _path_of(reader: Any) -> str | None:
 def _raw_record(ref: StorageRef) -> tuple[int, int, int | None] | None:
     """``(fd, data offset, CRC-32 or None)`` when the storage lies uncompressed in a torch zip
     file that can be read by offset; None otherwise."""
+    from .safetensors_reader import SafetensorsReader
     from .torch_zip import TorchZipReader
     from .zipread import STORED
 
     reader = ref.reader
+    if isinstance(reader, SafetensorsReader) and reader.byteorder == "little":
+        fd = reader.fileno()  # uncompressed, no CRC: read through in chunks, the zip's CRC computed
+        return None if fd is None else (fd, reader.data_offset(ref) or 0, None)
     if not isinstance(reader, TorchZipReader) or ref.record is None:
         return None
     fd = reader.fileno()
@@ -526,12 +613,48 @@ def write_archive(
 
     if progress is not None:
         progress(0, total)
-    for key, source in saver.sources.items():
-        writer.begin(f"data/{key}", source.nbytes)
-        source.write_to(writer, step)
-        writer.end()
+    pool = _start_crcs(saver, writer)
+    if pool is not None:
+        writer.sink.eager_copies = True  # copy each record while the CRCs of later ones are computed
+    try:
+        for key, source in saver.sources.items():
+            writer.begin(f"data/{key}", source.nbytes)
+            source.write_to(writer, step)
+            writer.end()
+    except BaseException:
+        if writer.sink.eager_copies:
+            try:
+                writer.sink.run_copies(None)  # let started copies end before the file is removed
+            except Exception:
+                pass
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     writer.sink.run_copies(step)  # the storages copied file to file (progress is reported as they land)
     return writer.finish()
+
+
+def _start_crcs(saver: _Saver, writer: TorchZipWriter) -> Any:
+    """Start computing, on a few threads, the CRC-32s of storages that come from files without
+    them (safetensors), so the archive is laid out at the speed of several cores and the bytes
+    are then copied in the kernel. Each job holds one read chunk at a time."""
+    if writer.sink.fd is None or (os.cpu_count() or 1) < 2:
+        return None
+    jobs = []
+    for source in saver.sources.values():
+        if type(source) is _RefSource:
+            where = source.crc_to_compute()
+            if where is not None:
+                jobs.append((source, where))
+    if len(jobs) < 2:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ckpt-crc32")
+    for source, (fd, offset) in jobs:
+        source.crc_future = pool.submit(_crc_of_range, fd, offset, source.nbytes, source.ref)
+    return pool
 
 
 def save(obj: Any, f: PathLike | IO[bytes], *, fsync: bool = True, progress: Progress | None = None) -> None:

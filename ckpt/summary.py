@@ -146,6 +146,9 @@ class Summary:
         self.elided = elided or []
         self.filter = filter
         self.unlisted = unlisted or {"tensors": 0, "values": 0}
+        self.anomalies: list[Finding] = []
+        """What :func:`ckpt.scan` found about the file besides globals (container and pickle
+        anomalies: bytes outside any record, CRC mismatches, stacked or nested pickles, ...)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -164,6 +167,7 @@ class Summary:
             "elided": self.elided,
             "unlisted": self.unlisted,
             "findings": [f.as_json() for f in self.findings],
+            "anomalies": [_anomaly_json(f) for f in self.anomalies],
         }
 
 
@@ -173,17 +177,64 @@ def inspect(
     allow: Iterable[str] = (),
     filter: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    scan: bool = True,
 ) -> Summary:
     """Summarise a checkpoint without executing anything or reading tensor bytes.
 
     Globals outside the allowlist do not stop the summary: they become inert stand-ins and are
     listed in ``findings`` (unless named in ``allow``). ``filter`` is a glob on dotted paths
     (``model.layers.*.weight``) that limits the tensors and values listed and totalled.
+
+    ``scan`` (the default) also runs :func:`ckpt.scan`'s static analysis of the file, so inspect
+    shows the same findings ``ckpt scan`` does: globals in every pickle of the file (not only
+    ``data.pkl``) with the same verdicts, and the container and pickle ``anomalies``.
     """
     with open(path, policy="inspect", allow=allow, limits=limits) as ck:
-        return summarize(ck.root, path=os.fspath(path), facts=ck.facts, findings=ck.findings,
-                         storages=ck.storages, filter=filter, limits=limits,
-                         file_size=ck.reader.file_size)
+        summary = summarize(ck.root, path=os.fspath(path), facts=ck.facts, findings=ck.findings,
+                            storages=ck.storages, filter=filter, limits=limits,
+                            file_size=ck.reader.file_size)
+        folder = getattr(ck.reader, "folder", None)
+    if scan:
+        from .scanner import scan_file
+
+        if summary.facts.get("format") == "sharded" and folder:
+            targets = [(os.path.join(folder, *row["file"].split("/")), row["file"]) for row in summary.facts["shards"]]
+        else:
+            targets = [(os.fspath(path), None)]
+        for target, label in targets:
+            merge_scan(summary, scan_file(target, allow=allow, limits=limits, storage_headers=False), label)
+    return summary
+
+
+def merge_scan(summary: Summary, report: Any, label: str | None = None) -> None:
+    """Add what :func:`ckpt.scan` found to ``summary``: the globals the interpreter did not already
+    report (the worse verdict wins where both name one), and its other findings and errors as
+    ``anomalies``. ``label`` (a shard's file name) prefixes the records of a sharded checkpoint."""
+    if label is not None:
+        from dataclasses import replace
+
+        report.findings = [replace(f, record=f"{label} > {f.record}" if f.record else label) for f in report.findings]
+        for e in report.errors:
+            e["record"] = f"{label} > {e['record']}" if e.get("record") else label
+    # One finding per global: readers name their pickles their own way (a legacy file's streams,
+    # a TorchScript record), so a global the interpreter already reported is not listed again;
+    # the worse verdict wins.
+    where = {f.name: i for i, f in enumerate(summary.findings)}
+    order = ("unknown", "dangerous")
+    for f in report.findings:
+        if f.kind != "global":
+            if f.name != "torchscript.code":  # inspect's header lists an archive's code files itself
+                summary.anomalies.append(f)
+            continue
+        i = where.get(f.name)
+        if i is None:
+            where[f.name] = len(summary.findings)
+            summary.findings.append(f)
+        elif order.index(f.verdict) > order.index(summary.findings[i].verdict):
+            summary.findings[i] = f
+    for e in report.errors:
+        summary.anomalies.append(Finding("unknown", "scan.error", e.get("record"), e.get("offset"),
+                                         f"the scan could not analyse the file whole: {e['message']}", "scan"))
 
 
 def summarize(
@@ -449,6 +500,11 @@ def _root_kind(root: Any, structure: list[dict[str, Any]]) -> str:
         if row["path"] == "":
             return str(row["kind"])
     return "other"
+
+
+def _anomaly_json(f: Finding) -> dict[str, Any]:
+    return {"kind": f.kind, "rule": f.name, "verdict": f.verdict, "record": f.record, "offset": f.offset,
+            "message": f.message}
 
 
 def _json_key(key: Any) -> Any:

@@ -20,12 +20,15 @@ b'hello'
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 import threading
 import zlib
 from typing import IO, Any
 
+from .crc import crc32
 from .errors import CheckpointError, CorruptCheckpointError, ResourceLimitError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -69,6 +72,11 @@ class RangedFile:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> RangedFile:
+        """Open ``path`` for positioned reads. A FIFO, character device or socket is refused with an
+        ``OSError`` before it is opened (opening a FIFO blocks until a writer comes; reading never ends)."""
+        mode = os.stat(path).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", os.fspath(path))
         f = open(path, "rb")
         try:
             size = os.fstat(f.fileno()).st_size
@@ -535,7 +543,7 @@ class ZipArchive:
         crc = [0]
 
         def checksum(piece: memoryview) -> None:
-            crc[0] = zlib.crc32(piece, crc[0])  # one worker: pieces are checksummed in order
+            crc[0] = crc32(piece, crc[0])  # one worker: pieces are checksummed in order
 
         view = out.cast("B") if out.format != "B" else out
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -573,7 +581,7 @@ class ZipArchive:
         if local_method != STORED or head[_LOCAL.size :] != raw or start + usize > self.file.size:
             return None
         data = self._read_small(start, usize)
-        if len(data) != usize or (verify_crc and self.has_crcs and zlib.crc32(data) != crc):
+        if len(data) != usize or (verify_crc and self.has_crcs and crc32(data) != crc):
             return None
         return data
 
@@ -591,7 +599,7 @@ class ZipArchive:
         crc = 0
         view = memoryview(data).cast("B")
         for i in range(0, len(view), _CHUNK):
-            crc = zlib.crc32(view[i : i + _CHUNK], crc)
+            crc = crc32(view[i : i + _CHUNK], crc)
         if crc != entry.crc:
             raise self._corrupt(
                 f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): the record is damaged; "

@@ -42,6 +42,8 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
+from .crc import RELEASES_GIL, crc32
+
 ALIGNMENT = 64
 """torch's default storage alignment (``torch.utils.serialization.config.save.storage_alignment``)."""
 
@@ -232,6 +234,11 @@ class ZipSink:
         self.on_written: Callable[[int], None] | None = None
         """Called with the number of bytes each large write or copy passed on (see save's
         background writeback)."""
+        self.eager_copies = False
+        """When True, ranges reserved by :meth:`copy_later` start copying at once on a thread
+        pool (overlapping whatever the caller computes next); :meth:`run_copies` waits for them."""
+        self._copy_pool: Any = None
+        self._started: list[tuple[Any, int]] = []
 
     @classmethod
     def for_fd(cls, fd: int) -> ZipSink:
@@ -294,15 +301,51 @@ class ZipSink:
             return
         self.flush()
         if size:
-            self.pending.append((src_fd, offset, self.position, size))
             os.lseek(self.fd, size, os.SEEK_CUR)
+            if self.eager_copies:
+                self._start_copy(src_fd, offset, self.position, size)
+            else:
+                self.pending.append((src_fd, offset, self.position, size))
         self.position += size
+
+    @property
+    def queued(self) -> int:
+        """Copies reserved or started that :meth:`run_copies` will report the progress of."""
+        return len(self.pending) + len(self._started)
+
+    def _start_copy(self, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
+        if self._copy_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._copy_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                                 thread_name_prefix="ckpt-copy")
+        for start in range(0, size, _PARALLEL_COPY):
+            n = min(_PARALLEL_COPY, size - start)
+            future = self._copy_pool.submit(_copy_range, self.fd, src_fd, src_off + start, dst_off + start, n)
+            self._started.append((future, n))
+
+    def _finish_started(self, progress: Callable[[int], None] | None) -> None:
+        started, self._started = self._started, []
+        pool, self._copy_pool = self._copy_pool, None
+        try:
+            for future, n in started:
+                future.result()
+                self._copied(n, progress)
+        except BaseException:
+            for future, _ in started:
+                future.cancel()
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def run_copies(self, progress: Callable[[int], None] | None = None) -> None:
         """Fill every range :meth:`copy_later` reserved. The copies run on a few threads
         (``copy_file_range`` releases the GIL): a storage whose offset in the new file is not its
         offset in the old one modulo the page size copies at about half the speed of an aligned
         copy, and copying several at once wins that back where there are cores to spare."""
+        if self._started or self._copy_pool is not None:
+            self._finish_started(progress)
         jobs = []
         for src_fd, src_off, dst_off, size in self.pending:
             for start in range(0, size, _PARALLEL_COPY):
@@ -479,7 +522,7 @@ class TorchZipWriter:
         elif len(view) >= _PARALLEL_CRC:
             rec.crc = _write_with_crc(self.sink, view, rec.crc)
         else:
-            rec.crc = zlib.crc32(view, rec.crc)
+            rec.crc = crc32(view, rec.crc)
             self.sink.write(view)
         rec.done += len(view)
 
@@ -645,19 +688,20 @@ def _crc_pieces(view: memoryview) -> list[Any]:
     """Start computing the CRC-32 of each whole 1 MiB piece of ``view`` on the thread pool."""
     pieces = len(view) // _CRC_PIECE
     submit = _pool().submit
-    return [submit(zlib.crc32, view[i * _CRC_PIECE : (i + 1) * _CRC_PIECE]) for i in range(pieces)]
+    return [submit(crc32, view[i * _CRC_PIECE : (i + 1) * _CRC_PIECE]) for i in range(pieces)]
 
 
 def _crc_finish(view: memoryview, crc: int, futures: list[Any]) -> int:
     for f in futures:
         crc = crc32_combine(crc, f.result())
-    return zlib.crc32(view[len(futures) * _CRC_PIECE :], crc)
+    return crc32(view[len(futures) * _CRC_PIECE :], crc)
 
 
 def parallel_crc32(view: memoryview, crc: int = 0) -> int:
-    """``zlib.crc32(view, crc)``, computed 1 MiB at a time on all cores (zlib releases the GIL)."""
-    if len(view) < 2 * _CRC_PIECE or (os.cpu_count() or 1) < 2:
-        return zlib.crc32(view, crc)
+    """``crc32(view, crc)``, computed 1 MiB at a time on all cores where the checksum releases the
+    GIL (zlib's does); ISA-L's single thread outruns several of zlib's, and runs alone."""
+    if len(view) < 2 * _CRC_PIECE or (os.cpu_count() or 1) < 2 or not RELEASES_GIL:
+        return crc32(view, crc)
     return _crc_finish(view, crc, _crc_pieces(view))
 
 

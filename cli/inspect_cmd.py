@@ -34,7 +34,8 @@ def inspect_command(
     TorchScript archive's module tree, a safetensors header, a sharded index and its shards'
     headers): no tensor bytes, no torch import, nothing in the file executed. PATH may be a file of
     any of these formats, whatever its name, or a folder holding a sharded checkpoint's index.
-    Globals outside ckpt's allowlist are shown as findings (exit code 1).
+    Globals outside ckpt's allowlist, and what `ckpt scan` finds about the file itself
+    (anomalies), are shown as findings (exit code 1).
 
     \b
     Examples:
@@ -54,7 +55,7 @@ def inspect_command(
         sys.stdout.write("\n")
     else:
         render(summary, depth=depth, show_all=show_all, max_rows=max_rows)
-    sys.exit(EXIT_FINDINGS if summary.findings else EXIT_OK)
+    sys.exit(EXIT_FINDINGS if summary.findings or summary.anomalies else EXIT_OK)
 
 
 def render(summary: ckpt.Summary, *, depth: int | None, show_all: bool, max_rows: int) -> None:
@@ -125,16 +126,17 @@ def render(summary: ckpt.Summary, *, depth: int | None, show_all: bool, max_rows
         line.append(f"\n  {len(summary.elided)} subtrees nest too deeply to show", style="yellow")
     console.print(line)
 
-    if summary.findings:
+    if summary.findings or summary.anomalies:
         body = Text()
-        for f in summary.findings:
+        for f in [*summary.findings, *summary.anomalies]:
             style = "bold red" if f.verdict == "dangerous" else "yellow"
             body.append(f"{f.verdict.upper():9} {f.name}", style=style)
-            where = f" in {f.record}" + (f" at offset {f.offset}" if f.offset is not None else "")
+            where = (f" in {f.record}" if f.record else "") + (f" at offset {f.offset}" if f.offset is not None else "")
             body.append(where + "\n")
             body.append(f"          {f.message}\n")
         body.append("Nothing was executed. ckpt.load refuses these unless allowed (--allow / allow=[...]).")
-        console.print(Panel(body, title=f"Findings ({len(summary.findings)})", border_style="red", title_align="left"))
+        count = len(summary.findings) + len(summary.anomalies)
+        console.print(Panel(body, title=f"Findings ({count})", border_style="red", title_align="left"))
 
 
 def _format_lines(facts: dict[str, Any]) -> list[str]:

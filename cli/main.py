@@ -57,7 +57,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
       ckpt inspect model.pt
       ckpt inspect model.pt --json | jq .totals
       ckpt diff before.pt after.pt
+      ckpt scan downloads/
       ckpt relocate model.pt model-cpu.pt --to cpu
+      ckpt convert model.pt model.safetensors
+      ckpt verify model.safetensors
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -66,9 +69,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def _register() -> None:
     from .inspect_cmd import inspect_command
     from .relocate_cmd import relocate_command
+    from .scan_cmd import scan_command
+    from .convert_cmd import convert_command, verify_command
 
     cli.add_command(inspect_command)
     cli.add_command(relocate_command)
+    cli.add_command(scan_command)
+    cli.add_command(convert_command)
+    cli.add_command(verify_command)
 
     from .diff_cmd import diff_command
 

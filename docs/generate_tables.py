@@ -9,7 +9,8 @@ Markdown file; everything between the markers is replaced. tests/test_docs.py ru
 Sources: the allowlist is ``ckpt.rebuild.Builder().table``; the profiles are ``ckpt.profiles.PROFILES``; the dtype table is ``ckpt.dtypes.DTYPES``
 (the numpy columns come from calling ``ckpt.numpy_out.view_array`` on each dtype); the limits are the
 fields of ``ckpt.limits.Limits`` with their docstrings; the verdict lists are
-``ckpt.verdicts.DANGEROUS_MODULES`` / ``DANGEROUS_NAMES``.
+``ckpt.verdicts.DANGEROUS_MODULES`` / ``DANGEROUS_NAMES`` / ``DANGEROUS_ATTRIBUTES`` / ``NOT_DANGEROUS``;
+the scanner's rules are ``ckpt.scanner.RULES``.
 """
 
 from __future__ import annotations
@@ -227,17 +228,30 @@ def limits_block() -> str:
 
 
 def verdicts_block() -> str:
-    from ckpt.verdicts import DANGEROUS_MODULES, DANGEROUS_NAMES
+    from ckpt.verdicts import DANGEROUS_ATTRIBUTES, DANGEROUS_MODULES, DANGEROUS_NAMES, NOT_DANGEROUS
 
-    out = [
-        f"**Modules ({len(DANGEROUS_MODULES)}), and every name inside them or their submodules:**",
-        "",
-        ", ".join(f"`{m}`" for m in DANGEROUS_MODULES),
-        "",
-        f"**Single names ({len(DANGEROUS_NAMES)}):**",
-        "",
-        ", ".join(f"`{n}`" for n in DANGEROUS_NAMES),
-    ]
+    def table(title: str, head: str, rows: dict[str, str]) -> list[str]:
+        return [title, "", f"| {head} | Why |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in rows.items()), ""]
+
+    out: list[str] = []
+    out += table(f"**Modules ({len(DANGEROUS_MODULES)}): every name inside them or their submodules is dangerous.**",
+                 "Module", DANGEROUS_MODULES)
+    out += table(f"**Single names ({len(DANGEROUS_NAMES)}), outside those modules, and everything inside them:**",
+                 "Name", DANGEROUS_NAMES)
+    out += table(f"**Attributes ({len(DANGEROUS_ATTRIBUTES)}): a name whose last part is one of these is dangerous, "
+                 "whatever it is reached through** (`mypkg.Model.from_pretrained`, `pathlib.PosixPath.write_text`):",
+                 "Attribute", DANGEROUS_ATTRIBUTES)
+    out += table(f"**Only unknown ({len(NOT_DANGEROUS)}): names inside the modules above that build plain values** "
+                 "(so do `builtins` exception classes such as `builtins.ValueError`):", "Name", NOT_DANGEROUS)
+    return "\n".join(out).rstrip("\n")
+
+
+def scan_rules_block() -> str:
+    from ckpt.scanner import RULES
+
+    out = ["| Rule | Verdict | What it means |", "|---|---|---|"]
+    for code, rule in RULES.items():
+        out.append(f"| `{code}` | {rule.verdict} | **{rule.title}.** {rule.help} |")
     return "\n".join(out)
 
 
@@ -279,6 +293,7 @@ BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("security-model.md", "profiles"): profiles_block,
     ("security-model.md", "limits"): limits_block,
     ("security-model.md", "verdicts"): verdicts_block,
+    ("json-schema.md", "scan-rules"): scan_rules_block,
     ("formats.md", "dtypes"): dtypes_block,
 }
 

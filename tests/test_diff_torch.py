@@ -304,3 +304,22 @@ def test_a_torch_training_checkpoint_and_its_safetensors_conversion_are_the_same
     assert not later.same
     [o] = later.optimizers
     assert o["parameters_changed"] == 2 and o["step"] == {"a": 2.0, "b": 3.0}
+
+
+def test_a_torch_training_checkpoint_and_its_ckpt_convert_output_are_the_same(tmp_path: Path) -> None:
+    """torch.save's training checkpoint (tied weights, Adam, epoch, a dtype value) against what
+    ckpt.convert writes from it: safetensors, and safetensors shards."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
+    model[1].weight = model[0].weight
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.arange(3)).sum().backward()
+    opt.step()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "dtype": torch.bfloat16},
+               tmp_path / "train.pt")
+    ckpt.convert(tmp_path / "train.pt", tmp_path / "train.safetensors", fsync=False)
+    ckpt.convert(tmp_path / "train.pt", tmp_path / "shards", to="safetensors", shard_size=100, fsync=False)
+    for out in ("train.safetensors", "shards"):
+        report = ckpt.diff(tmp_path / "train.pt", tmp_path / out)
+        assert report.same, (out, report.only_a, report.only_b, [v.as_json() for v in report.values])
+        assert {t.status for t in report.tensors} == {"identical"}

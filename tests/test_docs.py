@@ -284,6 +284,7 @@ def rich_checkpoint(path: Path, *, with_version: bool) -> None:
             z.writestr(f"archive/data/{key}", bytes(range(n)))
         if with_version:
             z.writestr("archive/version", "3\n")
+        z.writestr("archive/notes", b"a record no part of the torch format refers to")  # an anomaly
 
 
 def root_tensor_checkpoint(path: Path) -> None:
@@ -549,3 +550,72 @@ def test_doc_links_resolve() -> None:
                 assert anchor in _anchors(path.read_text(encoding="utf-8")), (
                     f"{page.relative_to(ROOT)} links to #{anchor} in {path.name}, which has no such heading"
                 )
+
+
+# -- the ckpt.scan/1 schema -------------------------------------------------------------------------
+
+SCAN_SCHEMA_PATH = DOCS / "schemas" / "scan-v1.json"
+SCAN_EXAMPLE_PATH = DOCS / "schemas" / "scan-v1.example.json"
+
+
+def scan_documents(tmp_path: Path) -> list[Any]:
+    """ckpt.scan/1 documents that between them emit every field the schema declares: clean,
+    unknown, dangerous and error files, every finding kind, every pickle role, notes."""
+    import gzip
+    import pickle as pickle_module
+    import zipfile as zf
+
+    from ckpt.scanner import scan
+
+    d = tmp_path / "scan"
+    d.mkdir()
+    rich_checkpoint(d / "rich.ckpt", with_version=True)
+    payload = b"\x80\x02cposix\nsystem\nq\x00X\x11\x00\x00\x00touch /nonexistent\x85R."
+    (d / "stacked.pkl").write_bytes(pickle_module.dumps([1, 2]) + payload)
+    inner = pickle_module.dumps({"blob": payload}, protocol=4)
+    (d / "nested.pkl").write_bytes(inner)
+    (d / "truncated.pkl").write_bytes(payload[:-4])
+    (d / "deep.gz").write_bytes(gzip.compress(gzip.compress(gzip.compress(gzip.compress(payload)))))
+    (d / "ext.pkl").write_bytes(b"\x80\x02\x82\x01N\x81.")
+    (d / "notes.txt").write_text("plain text\n")
+    import argparse
+
+    (d / "namespace.pkl").write_bytes(pickle_module.dumps(argparse.Namespace(lr=0.1), protocol=2))
+    with zf.ZipFile(d / "hidden.pt", "w") as z:
+        z.writestr("m/data.pkl", pickle_module.dumps({"a": 1}, protocol=2))
+        z.writestr("m/version", "3\n")
+        z.writestr("m/data/7", payload)
+        z.writestr("m/code.pkl", pickle_module.dumps([1]) + b"junk")
+    (d / "after.pt").write_bytes((d / "hidden.pt").read_bytes() + payload)
+    docs = [scan(d, jobs=1).as_json(fail_on=f) for f in ("dangerous", "unknown")]
+    docs.append(scan(d / "notes.txt").as_json())
+    docs.append(scan(d / "rich.ckpt", allow=["argparse.Namespace"]).as_json())
+    return [json.loads(json.dumps(doc, allow_nan=False)) for doc in docs]
+
+
+def test_scan_documents_validate_and_cover_the_scan_schema(tmp_path: Path) -> None:
+    checker = SchemaChecker(json.loads(SCAN_SCHEMA_PATH.read_text(encoding="utf-8")))
+    docs = scan_documents(tmp_path)
+    for doc in docs:
+        errors = checker.validate(doc)
+        assert not errors, "\n".join(errors[:20])
+    statuses = {f["status"] for doc in docs for f in doc["files"]}
+    assert statuses == {"clean", "unknown", "dangerous", "error"}
+    missing = checker.declared_properties() - checker.seen
+    assert not missing, "scan schema properties no document emitted: " + ", ".join(sorted(missing))
+
+
+def test_scan_schema_lists_every_rule_and_version() -> None:
+    from ckpt.scanner import RULES, SCHEMA as SCAN_SCHEMA
+
+    schema = json.loads(SCAN_SCHEMA_PATH.read_text(encoding="utf-8"))
+    assert schema["properties"]["schema"]["const"] == SCAN_SCHEMA == schema["title"]
+    assert schema["$defs"]["finding"]["properties"]["rule"]["enum"] == sorted(RULES)
+    text = (DOCS / "json-schema.md").read_text(encoding="utf-8")
+    for code in RULES:
+        assert f"`{code}`" in text, f"docs/json-schema.md does not describe rule {code}"
+
+
+def test_committed_scan_example_validates() -> None:
+    checker = SchemaChecker(json.loads(SCAN_SCHEMA_PATH.read_text(encoding="utf-8")))
+    assert checker.validate(json.loads(SCAN_EXAMPLE_PATH.read_text(encoding="utf-8"))) == []

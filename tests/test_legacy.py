@@ -316,7 +316,10 @@ def test_trailing_bytes_are_noted_and_never_run(tmp_path):
     summary = ckpt.inspect(path)
     assert summary.facts["trailing_bytes"] == len(tail)
     assert any(f"{len(tail)} bytes follow the last storage" in n for n in summary.facts["notes"])
-    assert summary.findings == []  # never interpreted, so not even a finding
+    # never interpreted; the static scan behind inspect still reports what those bytes would run
+    assert [(f.name, f.verdict) for f in summary.findings] == [("posix.system", "dangerous")]
+    assert "bytes at" in summary.findings[0].record
+    assert "legacy.trailing-data" in {a.name for a in summary.anomalies}
     assert ckpt.load(path, as_="numpy")["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
     assert not marker.exists()
 
