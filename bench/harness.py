@@ -146,6 +146,7 @@ class Run:
     call: float | None = None  # seconds the command printed (timing="call")
     extra: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    cpu: float | None = None  # user + system CPU seconds of the process (/usr/bin/time -v)
 
 
 @dataclass
@@ -194,6 +195,9 @@ class Result:
     def summary(self) -> dict[str, Any]:
         s = self.seconds()
         walls = [r.wall for r in self.good]
+        # CPU seconds (user + system) of the whole process: on a machine shared with other work,
+        # a ratio of CPU times is steadier than one of wall times (in the results JSON only)
+        cpus = [r.cpu for r in self.good if r.cpu is not None]
         return {
             "n": len(s),
             "median_seconds": statistics.median(s) if s else None,
@@ -201,10 +205,12 @@ class Result:
             "max_seconds": max(s) if s else None,
             "median_process_seconds": statistics.median(walls) if walls else None,
             "median_rss_mb": self.median("rss_mb"),
+            "median_cpu_seconds": statistics.median(cpus) if cpus else None,
         }
 
 
 _RSS = re.compile(r"Maximum resident set size \(kbytes\):\s*(\d+)")
+_CPU = re.compile(r"(?:User|System) time \(seconds\):\s*([\d.]+)")
 
 
 class Runner:
@@ -304,8 +310,10 @@ class Runner:
                 proc.communicate()
                 return Run(time.perf_counter() - t0, None, -9, error=f"timed out after {self.timeout:g} s")
             wall = time.perf_counter() - t0
-            m = _RSS.search(Path(timefile).read_text(errors="replace"))
-            run = Run(wall, int(m.group(1)) if m else None, proc.returncode)
+            timed = Path(timefile).read_text(errors="replace")
+            m = _RSS.search(timed)
+            cpu = [float(x) for x in _CPU.findall(timed)]
+            run = Run(wall, int(m.group(1)) if m else None, proc.returncode, cpu=sum(cpu) if len(cpu) == 2 else None)
             if proc.returncode not in case.ok_codes:
                 tail = (err or b"").decode(errors="replace").strip().splitlines()
                 run.error = f"exit code {proc.returncode}" + (f": {tail[-1]}" if tail else "")

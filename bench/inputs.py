@@ -48,14 +48,16 @@ class Input:
         return self.largest_tensor_bytes * int(self.recipe["count"])
 
 
+BIG = {"kind": "state_dict", "count": 200, "keys": "layers.{n}.weight", "shape": [2000, 1000],
+       "dtype": "float32", "seed": 0, "format": "torch-zip"}
+
 INPUTS: dict[str, Input] = {
     i.name: i
     for i in (
         Input(
             "big",
             "big.pt",
-            {"kind": "state_dict", "count": 200, "keys": "layers.{n}.weight", "shape": [2000, 1000],
-             "dtype": "float32", "seed": 0, "format": "torch-zip"},
+            BIG,
             "~1.6 GB: 200 float32 tensors of [2000, 1000] (8 MB each), torch.save zip format",
         ),
         Input(
@@ -87,6 +89,18 @@ INPUTS: dict[str, Input] = {
              "dtype": "float32", "seed": 0},
             "~1.6 GB torch.distributed.checkpoint folder written by 2 gloo ranks: 200 float32 tensors "
             "of [2000, 1000] as DTensors, Shard(0) and Shard(1) alternately (__0_0.distcp, __1_0.distcp)",
+        ),
+        Input(
+            "big_copy",
+            "big-copy.pt",
+            {**BIG, "copy": 1},  # same recipe, so the same bytes (torch.save is deterministic), another file
+            "a second file with exactly big.pt's bytes (for diff: two identical checkpoints)",
+        ),
+        Input(
+            "big_other",
+            "big-other.pt",
+            {**BIG, "seed": 1},
+            "big.pt's names and shapes with other random values (for diff: every tensor differs)",
         ),
         Input(
             "folder",

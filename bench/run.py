@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 "skipped": results[c.label].skipped, "error": results[c.label].error,
                 **results[c.label].summary(),
                 "ratio": harness.ratio(results, c.label, b.vs_of(c)),
-                "runs": [{"seconds": results[c.label].run_seconds(r), "process_seconds": r.wall,
+                "runs": [{"seconds": results[c.label].run_seconds(r), "process_seconds": r.wall, "cpu_seconds": r.cpu,
                           "rss_mb": r.rss_kb / 1024 if r.rss_kb else None, "rc": r.rc, "error": r.error,
                           **r.extra} for r in results[c.label].runs],
             } for c in b.cases],

@@ -194,6 +194,39 @@ BENCHMARKS: list[Bench] = [
         floors=(ratio_at_most("ckpt.load(numpy_values.pt)", "torch.load(numpy_values.pt, numpy allowlisted)",
                               2.0, "numpy values cost at most twice what torch's allowlisted load costs"),),
     ),
+    # ---- issue 6: `ckpt diff` --------------------------------------------------------------------
+    Bench(
+        "diff-identical", 6, ("big", "big_copy"),
+        about="`ckpt diff --json` of two identical ~1.6 GB checkpoints (two files, same bytes): raw "
+              "bytes compared chunk by chunk, nothing decoded; baseline: reading both files once with cat",
+        cases=(
+            Case("ckpt diff (identical)", ("{ckpt}", "diff", "{big}", "{big_copy}", "--json")),
+            Case("cat A B (identical)", "cat {big} {big_copy} > /dev/null", role="baseline"),
+            Case("torch.load both + torch.equal", (*TIMED, "torch-diff", "{big}", "{big_copy}"),
+                 role="info", vs="cat A B (identical)"),
+        ),
+        floors=(
+            ratio_at_most("ckpt diff (identical)", "cat A B (identical)", 1.5),
+            under_rss_mb("ckpt diff (identical)", lambda inp: 2 * inp["big"].largest_tensor_bytes / 2**20 + 100,
+                         "peak RSS at most twice the largest tensor + 100 MB"),
+        ),
+    ),
+    Bench(
+        "diff-different", 6, ("big", "big_other"),
+        about="`ckpt diff --json` of two ~1.6 GB checkpoints that differ in every tensor (every value "
+              "decoded: max abs/rel diff, mean, differing count, NaN/Inf, allclose); baseline: cat of both",
+        cases=(
+            Case("ckpt diff (different)", ("{ckpt}", "diff", "{big}", "{big_other}", "--json"), ok_codes=(1,)),
+            Case("cat A B (different)", "cat {big} {big_other} > /dev/null", role="baseline"),
+            Case("torch.load both + allclose", (*TIMED, "torch-diff", "{big}", "{big_other}", "--stats"),
+                 role="info", vs="cat A B (different)"),
+        ),
+        floors=(
+            ratio_at_most("ckpt diff (different)", "cat A B (different)", 4.0),
+            under_rss_mb("ckpt diff (different)", lambda inp: 2 * inp["big"].largest_tensor_bytes / 2**20 + 100,
+                         "peak RSS at most twice the largest tensor + 100 MB"),
+        ),
+    ),
     # ---- issue 7: `ckpt scan` ---------------------------------------------------------------
     Bench(
         "scan-big", 7, ("big",),

@@ -3,6 +3,7 @@
     python bench/timed.py ckpt-load  PATH [--mmap] [--as numpy] [--no-torch]
     python bench/timed.py ckpt-inspect PATH               # ckpt.inspect, the call alone
     python bench/timed.py torch-load PATH [--mmap]
+    python bench/timed.py torch-diff PATH OTHER [--stats]
     python bench/timed.py st-load PATH [--as numpy]       # safetensors' load_file
     python bench/timed.py st-sharded-load FOLDER          # index + load_file of each shard
     python bench/timed.py torch-load-numpy-allowed PATH     # numpy globals allowlisted
@@ -61,6 +62,29 @@ def torch_load(a: argparse.Namespace) -> Callable[[], Any]:
     return lambda: torch.load(a.path, mmap=a.mmap, weights_only=True)
 
 
+def torch_diff(a: argparse.Namespace) -> Callable[[], Any]:
+    """What people write without ckpt: mmap-load both with torch, compare tensor by tensor
+    (torch.equal; with --stats also max abs diff and allclose, as ckpt diff reports)."""
+    import torch
+
+    def run() -> dict[str, Any]:
+        x = torch.load(a.path, mmap=True, weights_only=True)
+        y = torch.load(a.other, mmap=True, weights_only=True)
+        out = {}
+        for k, t in x.items():
+            u = y[k]
+            if torch.equal(t, u):
+                out[k] = 0.0
+            elif a.stats:
+                d = (t - u).abs()
+                out[k] = (float(d.max()), float(d.mean()), bool(torch.allclose(t, u)))
+            else:
+                out[k] = None
+        return out
+
+    return run
+
+
 def st_load(a: argparse.Namespace) -> Callable[[], Any]:
     """``safetensors.torch.load_file`` (or ``safetensors.numpy.load_file`` with ``--as numpy``)."""
     if a.as_ == "numpy":
@@ -89,6 +113,8 @@ def st_sharded_load(a: argparse.Namespace) -> Callable[[], Any]:
         return out
 
     return load
+
+
 def torch_load_numpy_allowed(a: argparse.Namespace) -> Callable[[], Any]:
     """torch.load(weights_only=True) with the numpy globals allowlisted, as torch's docs advise
     (torch then runs numpy's own reconstruction functions)."""
@@ -191,6 +217,7 @@ CALLS: dict[str, Callable[[argparse.Namespace], Callable[[], Any]]] = {
     "ckpt-load": ckpt_load,
     "ckpt-inspect": ckpt_inspect,
     "torch-load": torch_load,
+    "torch-diff": torch_diff,
     "st-load": st_load,
     "st-sharded-load": st_sharded_load,
     "torch-load-numpy-allowed": torch_load_numpy_allowed,
@@ -206,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("call", choices=sorted(CALLS))
     p.add_argument("path")
+    p.add_argument("other", nargs="?", help="the second checkpoint (torch-diff)")
+    p.add_argument("--stats", action="store_true", help="torch-diff: max/mean abs diff and allclose too")
     p.add_argument("--mmap", action="store_true")
     p.add_argument("--as", dest="as_", default="torch", choices=("torch", "numpy"))
     p.add_argument("--no-torch", action="store_true")

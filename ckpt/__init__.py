@@ -9,7 +9,7 @@ every global a file names resolves only to constructors ckpt owns.
 >>> ckpt.save(sd, "copy.pt")                        # doctest: +SKIP
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import Checkpoint, open
 from .load import load
@@ -28,6 +28,9 @@ from .limits import Limits
 from .policy import Finding
 from .tensors import StorageRef, TensorRef
 
+if TYPE_CHECKING:
+    from .differ import DiffReport, diff
+
 __version__ = "0.1.0"
 
 
@@ -36,15 +39,17 @@ __version__ = "0.1.0"
 _LAZY = {
     "scan": "scanner", "ScanReport": "scanner", "FileReport": "scanner",
     "convert": "conversion", "verify": "verification", "dcp_save": "dcp_write",
+    "diff": "differ", "DiffReport": "differ",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """``ckpt.save``, ``ckpt.relocate``, ``ckpt.scan``, ``ckpt.convert``, ``ckpt.verify`` and
-    ``ckpt.dcp_save`` are imported on first use, so that reading (``ckpt inspect``, ``ckpt.load``)
-    never pays for the writers, the scanner or the converter. (Their modules are ``ckpt.saving``,
-    ``ckpt.relocation``, ``ckpt.scanner``, ``ckpt.conversion``, ``ckpt.verification`` and
-    ``ckpt.dcp_write``: a submodule named ``save`` would replace the function on import.)"""
+    """``ckpt.save``, ``ckpt.relocate``, ``ckpt.scan``, ``ckpt.convert``, ``ckpt.verify``,
+    ``ckpt.diff`` and ``ckpt.dcp_save`` are imported on first use, so that reading (``ckpt
+    inspect``, ``ckpt.load``) never pays for the writers, the scanner, the converter or the differ.
+    (Their modules are ``ckpt.saving``, ``ckpt.relocation``, ``ckpt.scanner``, ``ckpt.conversion``,
+    ``ckpt.verification``, ``ckpt.differ`` and ``ckpt.dcp_write``: a submodule named ``save`` would
+    replace the function on import.)"""
     if name == "save":
         from .saving import save as value
     elif name == "relocate":
@@ -62,6 +67,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CorruptCheckpointError",
+    "DiffReport",
     "FileReport",
     "Finding",
     "Limits",
@@ -75,6 +81,7 @@ __all__ = [
     "UnsavableObjectError",
     "UnsupportedFeatureError",
     "UnsupportedFormatError",
+    "diff",
     "convert",
     "load",
     "inspect",
@@ -85,3 +92,4 @@ __all__ = [
     "verify",
     "dcp_save",
 ]
+

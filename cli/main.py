@@ -56,6 +56,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Examples:
       ckpt inspect model.pt
       ckpt inspect model.pt --json | jq .totals
+      ckpt diff before.pt after.pt
       ckpt scan downloads/
       ckpt relocate model.pt model-cpu.pt --to cpu
       ckpt convert model.pt model.safetensors
@@ -76,6 +77,10 @@ def _register() -> None:
     cli.add_command(scan_command)
     cli.add_command(convert_command)
     cli.add_command(verify_command)
+
+    from .diff_cmd import diff_command
+
+    cli.add_command(diff_command)
 
 
 _register()

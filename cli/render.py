@@ -77,7 +77,7 @@ def _group_by_pattern(
         else:
             if limit is not None and len(merged) + len(members) > limit:
                 distinct = {paths[i] if key == shape else pattern.sub("*", paths[i]) for i in members}
-                if len(merged) + len(distinct.difference(merged)) > limit:
+                if len(merged) + len(distinct - merged.keys()) > limit:  # names already grouped add none
                     return None
             for i in members:
                 name = paths[i] if key == shape else pattern.sub("*", paths[i])

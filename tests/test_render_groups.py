@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ckpt_cli import render
@@ -23,6 +23,7 @@ def naive(pattern: re.Pattern[str], names: list[str]) -> dict[str, list[int]]:
 
 @settings(max_examples=1000, deadline=None)
 @given(NAMES, st.integers(min_value=1, max_value=12))
+@example(["12.b1.12.a", "12.b1.3.a"], 1)  # two shapes, one group: the limit check counted it twice
 def test_grouping_by_shape_equals_one_substitution_per_name(names: list[str], limit: int) -> None:
     shapes = render._shapes(names)
     for pattern in (render._NUMBER_SEGMENT, render._DIGITS):
