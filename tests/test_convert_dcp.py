@@ -99,3 +99,16 @@ def test_torch_written_dcp_matches_dcp_to_torch_save(tmp_path: Path, helpers: An
     dcp.load(target, checkpoint_id=str(tmp_path / "again"), no_dist=True)
     assert target["epoch"] == 3 and torch.equal(target["model"]["w"], sd["model"]["w"])
     assert torch.equal(target["model"]["h"], sd["model"]["h"])
+
+
+def test_diff_of_a_dcp_folder_and_its_conversion(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    ckpt.convert(folder, out, fsync=False)
+    assert ckpt.diff(folder, out).same
+    changed = tmp_path / "changed"
+    s = state()
+    s["model"]["w"] = s["model"]["w"] + 1
+    ckpt.dcp_save(s, changed, fsync=False)
+    report = ckpt.diff(folder, changed)
+    assert not report.same
+    assert [t["path"] for t in report.as_json()["tensors"] if t["status"] != "identical"] == ["model.w"]
