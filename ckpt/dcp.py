@@ -31,6 +31,7 @@ gives :class:`LogicalTensor` objects (``nbytes``, ``read_into(buffer)``) to stre
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -173,10 +174,7 @@ class ChunkInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.sizes:
-            n *= s
-        return n
+        return math.prod(self.sizes)
 
     def as_json(self) -> dict[str, Any]:
         return {"offsets": list(self.offsets), "sizes": list(self.sizes), "file": self.file,
@@ -204,10 +202,7 @@ class LogicalTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
