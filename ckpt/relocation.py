@@ -8,7 +8,8 @@ whose tags are mapped once and for all, so a plain ``torch.load(dst)`` works:
 
 * the pickle is rewritten: ckpt opens the file lazily (nothing executed, no tensor read) and
   pickles the same object again with the new tags, as ``torch.save(torch.load(src,
-  map_location=...))`` would; the result is byte for byte that file;
+  map_location=...))`` would; the result holds that file's records, byte for byte (only the
+  padding before each storage may be longer, so that the storage keeps its offset within a page);
 * if the file holds something ckpt does not rebuild (a global outside the allowlist, a quantized
   or sparse tensor), the pickle's opcodes are patched instead: only the location strings of the
   storage ids change, and everything else is kept as it is (the file loads as the original did);
@@ -275,7 +276,8 @@ def _rewrite(
         return result
     archive = archive_name_for(dst)
     with output_file(dst, fsync=fsync) as sink:
-        result.written_bytes = write_archive(saver, pickle_bytes, TorchZipWriter(sink, archive), progress)
+        result.written_bytes = write_archive(
+            saver, pickle_bytes, TorchZipWriter(sink, archive, keep_page_phase=True), progress)
     return result
 
 

@@ -281,17 +281,18 @@ def relocate_by_patching(
                 progress(done, total)
 
         with output_file(dst, fsync=fsync) as sink:
-            writer = TorchZipWriter(sink, archive_name_for(dst))
+            writer = TorchZipWriter(sink, archive_name_for(dst), keep_page_phase=True)
             writer.write_record("data.pkl", new_pickle)
             for e in archive.entries:
                 name = e.name[len(reader.prefix):]
                 if e is entry or name == ".data/serialization_id":
                     continue
-                writer.begin(name, e.size)
                 src_fd = archive.file.fileno()
+                stored = e.method == STORED and src_fd is not None
+                offset = archive.data_offset(e) if stored else None
+                writer.begin(name, e.size, source_offset=offset)
                 pending = len(sink.pending)
-                if e.method == STORED and src_fd is not None:
-                    offset = archive.data_offset(e)
+                if stored:
                     writer.copy(src_fd, offset, e.size, crc=e.crc if archive.has_crcs else None)
                 else:
                     buf = bytearray(e.size)

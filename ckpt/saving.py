@@ -618,7 +618,7 @@ def write_archive(
         writer.sink.eager_copies = True  # copy each record while the CRCs of later ones are computed
     try:
         for key, source in saver.sources.items():
-            writer.begin(f"data/{key}", source.nbytes)
+            writer.begin(f"data/{key}", source.nbytes, source_offset=_copied_from(source) if writer.keep_page_phase else None)
             source.write_to(writer, step)
             writer.end()
     except BaseException:
@@ -633,6 +633,18 @@ def write_archive(
             pool.shutdown(wait=True, cancel_futures=True)
     writer.sink.run_copies(step)  # the storages copied file to file (progress is reported as they land)
     return writer.finish()
+
+
+def _copied_from(source: _Source) -> int | None:
+    """The file offset a storage will be copied from as it is (None if it is written otherwise)."""
+    if type(source) is not _RefSource or source.nbytes == 0:
+        return None
+    ref = source.ref
+    if ref.reader is None or (getattr(ref.reader, "byteorder", source.byteorder) != source.byteorder
+                              and ref.dtype.itemsize > 1):
+        return None
+    raw = _raw_record(ref)
+    return None if raw is None else raw[1]
 
 
 def _start_crcs(saver: _Saver, writer: TorchZipWriter) -> Any:

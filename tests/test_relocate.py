@@ -30,6 +30,21 @@ REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "docs" / "schemas" / "relocate-v1.json"
 
 
+def records(path: Path) -> list[tuple[str, int, bytes]]:
+    """Every record of a zip archive in order: name, CRC-32 and bytes (read as bytes, never unpickled)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return [(i.filename, i.CRC, z.read(i)) for i in z.infolist()]
+
+
+def data_offsets(path: Path) -> dict[str, int]:
+    """Where each storage record's bytes start in the file (``data/<key>`` -> offset)."""
+    with ckpt.open(path) as ck:
+        archive = ck.reader.archive
+        return {e.name.split("/", 1)[1]: archive.data_offset(e) for e in archive.entries if "/data/" in e.name}
+
+
 def devices(path: Path) -> dict[str, int]:
     return ckpt.inspect(path).totals["by_device"]
 
@@ -65,10 +80,14 @@ def test_cuda_tagged_loads_in_plain_torch_load_after_relocation(tmp_path: Path, 
     want = torch.load(src, weights_only=True, map_location="cpu")
     helpers.compare_loaded(got, want)
     helpers.compare_loaded(torch.load(dst, weights_only=True, mmap=True), want, check_empty_storages=False)
-    # and it is what torch.save writes for what torch.load(map_location="cpu") returns
+    # and it holds the records torch.save writes for what torch.load(map_location="cpu") returns,
+    # each storage at its source's offset within a page (only the padding before them differs)
     (tmp_path / "t").mkdir()
     torch.save(want, tmp_path / "t" / "cpu.pt")
-    assert dst.read_bytes() == (tmp_path / "t" / "cpu.pt").read_bytes()
+    assert records(dst) == records(tmp_path / "t" / "cpu.pt")
+    src_offsets, dst_offsets = data_offsets(src), data_offsets(dst)
+    assert src_offsets.keys() == dst_offsets.keys() and len(src_offsets) > 1
+    assert all(dst_offsets[k] % 4096 == src_offsets[k] % 4096 for k in src_offsets)
 
 
 @pytest.mark.torch
