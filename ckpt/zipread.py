@@ -76,7 +76,7 @@ class RangedFile:
         ``OSError`` before it is opened (opening a FIFO blocks until a writer comes; reading never ends)."""
         mode = os.stat(path).st_mode
         if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", os.fspath(path))
+            raise OSError(errno.EINVAL, "not a regular file: a FIFO, device or socket", os.fspath(path))
         f = open(path, "rb")
         try:
             size = os.fstat(f.fileno()).st_size

@@ -353,3 +353,19 @@ def test_marker_mechanism_is_live(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED"
     assert os.system(f"touch {marker}") == 0
     assert marker.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo")
+def test_a_fifo_is_refused_at_once_never_opened(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: ckpt refuses it before opening."""
+    from click.testing import CliRunner
+
+    from ckpt_cli.main import cli
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(ckpt.CheckpointError, match="not a regular file: a FIFO"):
+        ckpt.load(fifo, as_="numpy")
+    result = CliRunner().invoke(cli, ["inspect", str(fifo)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"ckpt: error: {fifo}: cannot open the file (not a regular file: a FIFO, device or socket)"
