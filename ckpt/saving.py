@@ -791,7 +791,7 @@ def atomic_output(path: str, *, fsync: bool = True) -> Iterator[int]:
     for _ in range(100):
         tmp = os.path.join(folder, f".{base}.{os.urandom(6).hex()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # read: zipwrite._run_aligned_copies
             break
         except FileExistsError:
             continue

@@ -292,3 +292,33 @@ def test_zip64_record_and_offsets_match_torch(tmp_path: Path) -> None:
     arc = ZipArchive(RangedFile.open(a_path), name="z.pt")
     assert arc.entry("z/data/0").size == big and arc.read(arc.entry("z/data/1")) == b"after"
     arc.close()
+
+
+def test_aligned_copies_coalesce_and_keep_this_files_headers(tmp_path: Path) -> None:
+    """Copies whose offsets agree modulo a page are made as one range, the source's bytes between
+    them included; the sink's own bytes there are written back, whether the fd can be read or not."""
+    import os
+
+    from ckpt.zipwrite import ZipSink
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    for flags in (os.O_RDWR, os.O_WRONLY):
+        out = tmp_path / f"out{flags}.bin"
+        fd = os.open(out, flags | os.O_CREAT | os.O_TRUNC, 0o600)
+        sfd = os.open(src, os.O_RDONLY)
+        try:
+            sink = ZipSink(fd=fd)
+            sink.write(b"H" * 100)            # our header, then a hole for src[100:1100]
+            sink.copy_later(sfd, 100, 1000)
+            sink.write(b"mine")               # between two copies: must survive
+            sink.copy_later(sfd, 1104, 3000)
+            sink.flush()
+            sink.run_copies()
+        finally:
+            os.close(sfd)
+            os.close(fd)
+        data = out.read_bytes()
+        want = src.read_bytes()
+        assert data[:100] == b"H" * 100 and data[1100:1104] == b"mine"
+        assert data[100:1100] == want[100:1100] and data[1104:4104] == want[1104:4104]
