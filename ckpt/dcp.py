@@ -119,12 +119,8 @@ def blob_ranges(folder: str, *, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[s
     reader = DcpReader(folder, limits=limits)
     try:
         ranges: dict[str, list[tuple[int, int, str]]] = {}
-        for item in reader.items.values():
-            ranges.setdefault(item.file, []).append((item.offset, item.length, item.fqn))
-        for t in reader.tensors():
-            for c in t.chunks:
-                if reader.file_serialization.get(c.file) == "torch_save":
-                    ranges.setdefault(c.file, []).append((c.offset, c.length, t.fqn))
+        for _kind, fqn, file, offset, length in reader.blobs():
+            ranges.setdefault(file, []).append((offset, length, fqn))
         for blobs in ranges.values():
             blobs.sort()
         return ranges, dict(reader.file_serialization)
@@ -537,6 +533,17 @@ class DcpReader(Reader):
 
     def tensor(self, fqn: str) -> LogicalTensor:
         return self.tensors_by_fqn[fqn]
+
+    def blobs(self) -> Iterator[tuple[str, str, str, int, int]]:
+        """Every ``torch.save`` archive in the ``.distcp`` files, as ``(kind, fqn, file, offset,
+        length)``: each non-tensor item (``item``), then each tensor chunk stored in a file of
+        the torch.save serialization (``chunk``)."""
+        for i in self.items.values():
+            yield "item", i.fqn, i.file, i.offset, i.length
+        for t in self.tensors():
+            for c in t.chunks:
+                if self.file_serialization.get(c.file) == "torch_save":
+                    yield "chunk", t.fqn, c.file, c.offset, c.length
 
     def logical_tree(self, policy: Policy | None = None) -> tuple[Any, list[Finding]]:
         """``(state dict, findings)``: the nested state dict :meth:`load` builds, with a
@@ -1108,13 +1115,7 @@ def pickle_streams(folder: str, *, limits: Limits = DEFAULT_LIMITS) -> tuple[lis
         problems.append(f".metadata cannot be read as DCP metadata, so its blobs are not listed: {e}")
         return streams, problems
     try:
-        blobs: list[tuple[str, str, str, int, int]] = [("item", i.fqn, i.file, i.offset, i.length)
-                                                       for i in reader.items.values()]
-        for t in reader.tensors():
-            for c in t.chunks:
-                if reader.file_serialization.get(c.file) == "torch_save":
-                    blobs.append(("chunk", t.fqn, c.file, c.offset, c.length))
-        for kind, name, file, offset, length in blobs:
+        for kind, name, file, offset, length in reader.blobs():
             try:
                 window = WindowFile(reader._open(file), offset, length)
                 archive = ZipArchive(window, name=f"{file}@{offset}", limits=limits)
