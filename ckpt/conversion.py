@@ -437,35 +437,31 @@ def _convert_single(
         result.kept_tree = METADATA_KEY in meta
         items = [Item(n, t, cast_target(t.dtype, cast)) for n, t in flat.tensors.items()]
         size = write(dst, items, meta, progress=step, fsync=fsync)
-    elif fmt == "dcp":
-        from .dcp_write import dcp_save
-
+    else:  # a torch tree: a .pt file or a DCP folder
         if user:
-            result.notes.append("--metadata is kept in safetensors files and shard indexes; a DCP folder has no "
-                                "place for it (ignored)")
-        conv = _ConvertedReader()
-        tree = _pt_tree(flat, {n: _pt_value(t, cast, conv, n) for n, t in flat.tensors.items()})
-        dcp_save(tree, dst, fsync=fsync)
-        step(result.tensor_bytes)
-        size = sum(e.stat().st_size for e in os.scandir(dst) if e.is_file())
-    else:
-        from .saving import save
-
-        if user:
-            result.notes.append("--metadata is kept in safetensors files and shard indexes; a .pt file has no place "
+            where = "a DCP folder" if fmt == "dcp" else "a .pt file"
+            result.notes.append(f"--metadata is kept in safetensors files and shard indexes; {where} has no place "
                                 "for it (ignored)")
         conv = _ConvertedReader()
-        values = {n: _pt_value(t, cast, conv, n) for n, t in flat.tensors.items()}
-        tree = _pt_tree(flat, values)
-        last = [0]
+        tree = _pt_tree(flat, {n: _pt_value(t, cast, conv, n) for n, t in flat.tensors.items()})
+        if fmt == "dcp":
+            from .dcp_write import dcp_save
 
-        def pt_progress(d: int, _total: int) -> None:
-            if d > last[0]:
-                step(d - last[0])
-                last[0] = d
+            dcp_save(tree, dst, fsync=fsync)
+            step(result.tensor_bytes)
+            size = sum(e.stat().st_size for e in os.scandir(dst) if e.is_file())
+        else:
+            from .saving import save
 
-        save(tree, dst, fsync=fsync, progress=pt_progress)
-        size = os.path.getsize(dst)
+            last = [0]
+
+            def pt_progress(d: int, _total: int) -> None:
+                if d > last[0]:
+                    step(d - last[0])
+                    last[0] = d
+
+            save(tree, dst, fsync=fsync, progress=pt_progress)
+            size = os.path.getsize(dst)
     result.files.append(OutputFile(dst, size, len(flat.tensors)))
     if manifest:
         digest = sha256_file(dst)
