@@ -46,7 +46,7 @@ from .rebuild import Builder
 from .reader import Reader, register
 from .tensors import StorageRef, TensorRef, contiguous_strides
 from .values import TorchConstant
-from .zipread import RangedFile
+from .zipread import RangedFile, WindowFile
 
 FORMAT = "dcp"
 METADATA = ".metadata"
@@ -245,32 +245,6 @@ class ItemInfo:
         self.file = file
         self.offset = offset
         self.length = length
-
-
-class WindowFile(RangedFile):
-    """A byte range ``[start, start + size)`` of another :class:`RangedFile`, read by position."""
-
-    def __init__(self, parent: RangedFile, start: int, size: int) -> None:
-        super().__init__(None, size)
-        self._parent = parent
-        self._start = start
-
-    def pread(self, offset: int, length: int) -> bytes:
-        if offset >= self.size or length <= 0:
-            return b""
-        return self._parent.pread(self._start + offset, min(length, self.size - offset))
-
-    def readinto(self, offset: int, buf: memoryview) -> int:
-        n = max(0, min(len(buf), self.size - offset))
-        if n == 0:
-            return 0
-        return self._parent.readinto(self._start + offset, buf[:n])
-
-    def fileno(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        pass  # the parent file belongs to the DCP reader
 
 
 class DcpReader(Reader):

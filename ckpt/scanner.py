@@ -42,7 +42,7 @@ from .policy import Finding
 from .rebuild import Builder, canonical_name
 from .sniff import LEGACY_MAGIC_INT, _is_safetensors
 from .verdicts import VERDICTS, verdict_for, worst
-from .zipread import RangedFile
+from .zipread import RangedFile, WindowFile
 from .zipsurvey import Record, RecordError, ZipSurvey, outside_ranges, read_headers, read_record, survey, unsafe_name
 
 if TYPE_CHECKING:
@@ -870,8 +870,6 @@ class _Scanner(_FileScan):
         kind = serialization.get(name)
         if kind not in ("torch_save", "safetensors"):
             return False
-        from .dcp import WindowFile
-
         self._set_format("", "distcp", ["distcp"])
         end = 0
         for offset, length, fqn in ranges.get(name, []):
@@ -894,8 +892,6 @@ class _Scanner(_FileScan):
 
     def outside_blobs(self, file: RangedFile, start: int, end: int) -> None:
         """Bytes of a .distcp file that no blob covers: torch never reads them, another tool might."""
-        from .dcp import WindowFile
-
         self.add("zip.outside-data", None, f"{end - start:,} bytes at {start:,} belong to no blob .metadata names", start)
         self.analyze(WindowFile(file, start, end - start), f"outside@{start} > ", 1)
 

@@ -148,6 +148,32 @@ class RangedFile:
             self._fd = None
 
 
+class WindowFile(RangedFile):
+    """A byte range ``[start, start + size)`` of another :class:`RangedFile`, read by position."""
+
+    def __init__(self, parent: RangedFile, start: int, size: int) -> None:
+        super().__init__(None, size)
+        self._parent = parent
+        self._start = start
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset >= self.size or length <= 0:
+            return b""
+        return self._parent.pread(self._start + offset, min(length, self.size - offset))
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        n = max(0, min(len(buf), self.size - offset))
+        if n == 0:
+            return 0
+        return self._parent.readinto(self._start + offset, buf[:n])
+
+    def fileno(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass  # the parent file belongs to whoever opened it
+
+
 class ZipEntry:
     """One record as the central directory describes it.
 
