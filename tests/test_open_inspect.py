@@ -18,6 +18,7 @@ import pytest
 
 import ckpt
 from ckpt.tensors import StorageRef, TensorRef
+from formats_support import ReadRecorder
 
 # inspect reads every fixture except this one (its persistent ids are not tuples; nobody can read it)
 UNREADABLE = {"protocol_0": (ckpt.CorruptCheckpointError, "persistent id")}
@@ -353,32 +354,6 @@ def storage_data_spans(path: Path) -> list[tuple[int, int, str]]:
     return spans
 
 
-class ReadRecorder:
-    """Records every positioned read of one file, at the os level (``os.pread``/``os.preadv``)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
-        self.inode = path.stat().st_ino
-        self.ranges: list[tuple[int, int]] = []
-        real_pread, real_preadv = os.pread, os.preadv
-
-        def pread(fd: int, n: int, offset: int) -> bytes:
-            out = real_pread(fd, n, offset)
-            self._note(fd, offset, len(out))
-            return out
-
-        def preadv(fd: int, buffers: Any, offset: int, *a: Any) -> int:
-            got = real_preadv(fd, buffers, offset, *a)
-            self._note(fd, offset, got)
-            return got
-
-        monkeypatch.setattr(os, "pread", pread)
-        monkeypatch.setattr(os, "preadv", preadv)
-
-    def _note(self, fd: int, offset: int, n: int) -> None:
-        if n > 0 and os.fstat(fd).st_ino == self.inode:
-            self.ranges.append((offset, offset + n))
-
-
 def _fail_if_called(what: str) -> Any:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"inspect called {what}: it must not read tensor bytes")
@@ -400,14 +375,14 @@ def test_inspect_reads_no_tensor_bytes(oracle_name, helpers, monkeypatch):
     recorder = ReadRecorder(monkeypatch, path)
     summary = ckpt.inspect(path)
     assert summary.totals["tensors"] == len(_unique_rows(_rows(helpers.expected(oracle_name), oracle_name)))
-    assert recorder.ranges, "no os.pread/preadv of the file was seen: update ReadRecorder to ckpt's I/O"
+    assert recorder.of(path), "no os.pread/preadv of the file was seen: update ReadRecorder to ckpt's I/O"
     size = path.stat().st_size
     # Two bounded probes may see anything: the format sniff reads the first 512 bytes, and the
     # search for the end-of-central-directory record may read the last 64 KiB + 22 bytes at once
     # (the zip comment can be that long); on these small files that is the whole file. The I/O
     # test below bounds them on a large file.
     eocd_window = size - min(size, 22 + 0xFFFF)
-    reads = [(a, b) for a, b in recorder.ranges if not (a >= eocd_window and b == size) and not (a == 0 and b <= 512)]
+    reads = [(a, b) for a, b in recorder.of(path) if not (a >= eocd_window and b == size) and not (a == 0 and b <= 512)]
     for start, stop, name in storage_data_spans(path):
         for a, b in reads:
             assert b <= start or a >= stop, f"read [{a}, {b}) overlaps the data of {name} [{start}, {stop})"
