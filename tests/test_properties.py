@@ -115,13 +115,14 @@ def checkpoints(draw: Any) -> tuple[Any, int]:
     return root, protocol
 
 
-def torch_tensors_by_path(obj: Any) -> list[tuple[str, Any]]:
-    """(dotted path, tensor) of torch's result, walked like ckpt walks: each container once."""
+def leaves_by_path(obj: Any, leaf: type) -> list[tuple[str, Any]]:
+    """(dotted path, leaf) of every ``leaf`` instance (torch.Tensor or np.ndarray) in a loaded
+    object, walked like ckpt walks: each container once."""
     out: list[tuple[str, Any]] = []
     seen: set[int] = set()
 
     def visit(value: Any, keys: tuple[Any, ...]) -> None:
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, leaf):
             out.append((".".join(k if type(k) is str else str(k) if type(k) in (int, bool) else repr(k) for k in keys),
                         value))
             return
@@ -150,7 +151,7 @@ def check(obj: Any, protocol: int, helpers: Any, mmap: bool) -> None:
         result = ckpt.load(path, mmap=mmap)
         helpers.compare_loaded(result, reference, check_empty_storages=not mmap)
 
-        theirs = torch_tensors_by_path(reference)
+        theirs = leaves_by_path(reference, torch.Tensor)
         with ckpt.open(path) as ck:
             ours = list(ck.tensors())
             assert [p for p, _ in ours] == [p for p, _ in theirs]
@@ -168,31 +169,10 @@ def check(obj: Any, protocol: int, helpers: Any, mmap: bool) -> None:
             assert len(set(key_of.values())) == len(key_of)
 
         arrays = ckpt.load(path, as_="numpy", unsupported_dtype="raw", mmap=mmap)
-        got = dict(torch_tensors_by_path_numpy(arrays))
+        got = dict(leaves_by_path(arrays, np.ndarray))
         for p, t in theirs:
             assert helpers.array_bytes(got[p]) == helpers.torch_view_bytes(t), p
             assert got[p].shape == tuple(t.shape), p
-
-
-def torch_tensors_by_path_numpy(obj: Any) -> list[tuple[str, np.ndarray]]:
-    out: list[tuple[str, np.ndarray]] = []
-    seen: set[int] = set()
-
-    def visit(value: Any, keys: tuple[Any, ...]) -> None:
-        if isinstance(value, np.ndarray):
-            out.append((".".join(k if type(k) is str else str(k) if type(k) in (int, bool) else repr(k) for k in keys),
-                        value))
-            return
-        if isinstance(value, (dict, list, tuple)):
-            if id(value) in seen:
-                return
-            seen.add(id(value))
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for k, v in items:
-                visit(v, (*keys, k))
-
-    visit(obj, ())
-    return out
 
 
 @SETTINGS
