@@ -426,6 +426,22 @@ def _as_param(t: Any, param: bool, grad: bool) -> Any:
     return out
 
 
+def _save_pt(tree: Any, path: str, step: Callable[[int], None], fsync: bool) -> int:
+    """``ckpt.save`` of ``tree`` to ``path``, its progress passed on to ``step`` as byte deltas;
+    returns the file's size."""
+    from .saving import save
+
+    last = [0]
+
+    def pt_progress(done: int, _total: int) -> None:
+        if done > last[0]:
+            step(done - last[0])
+            last[0] = done
+
+    save(tree, path, fsync=fsync, progress=pt_progress)
+    return os.path.getsize(path)
+
+
 def _convert_single(
     flat: Flattened, result: Conversion, dst: str, fmt: str, cast: _dt.DType | None, user: dict[str, str],
     source: dict[str, Any], step: Callable[[int], None], fsync: bool, manifest: bool,
@@ -451,17 +467,7 @@ def _convert_single(
             step(result.tensor_bytes)
             size = sum(e.stat().st_size for e in os.scandir(dst) if e.is_file())
         else:
-            from .saving import save
-
-            last = [0]
-
-            def pt_progress(d: int, _total: int) -> None:
-                if d > last[0]:
-                    step(d - last[0])
-                    last[0] = d
-
-            save(tree, dst, fsync=fsync, progress=pt_progress)
-            size = os.path.getsize(dst)
+            size = _save_pt(tree, dst, step, fsync)
     result.files.append(OutputFile(dst, size, len(flat.tensors)))
     if manifest:
         digest = sha256_file(dst)
@@ -524,19 +530,9 @@ def _convert_sharded(
                 items = [Item(n, flat.tensors[n], out_dtypes[n]) for n in names]
                 size = write(path, items, {"format": "pt"}, progress=step, fsync=fsync)
             else:
-                from .saving import save
-
                 conv = _ConvertedReader()
                 values = {n: _pt_value(flat.tensors[n], cast, conv, n) for n in names}
-                last = [0]
-
-                def pt_progress(d: int, _total: int) -> None:
-                    if d > last[0]:
-                        step(d - last[0])
-                        last[0] = d
-
-                save(values, path, fsync=fsync, progress=pt_progress)
-                size = os.path.getsize(path)
+                size = _save_pt(values, path, step, fsync)
             for n in names:
                 weight_map[n] = shard
             result.files.append(OutputFile(shard, size, len(names)))
