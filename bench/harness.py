@@ -7,7 +7,8 @@ judged by those seconds instead of the process's.
 
 Runs of the cases of one benchmark are interleaved (A B C, A B C, ...) so that the noise of a
 shared machine falls on all of them alike, and ratios are taken between medians measured in the
-same invocation. A case whose rendered command equals one already measured in this invocation
+same invocation. Before each run the harness calls ``sync`` (untimed), so the writeback of what
+one run wrote is not charged to the next. A case whose rendered command equals one already measured in this invocation
 (a baseline two benchmarks share) is measured once and reused.
 """
 
@@ -297,6 +298,10 @@ class Runner:
         argv = self.render(case, tmp=str(scratch))
         capture = case.timing == "call" or tuple(self.render(case)) in self.capture
         try:
+            # settle: the page cache the previous run dirtied is written back before this run's clock
+            # starts, so one case's writeback is not charged to the next (writes vary 10x here otherwise)
+            if hasattr(os, "sync"):
+                os.sync()
             t0 = time.perf_counter()
             proc = subprocess.Popen(
                 ["/usr/bin/time", "-v", "-o", timefile, *argv],
