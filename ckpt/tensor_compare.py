@@ -51,6 +51,9 @@ SMALL = 64 << 10
 MAX_THREADS = 4
 """Most threads that decode one differing pair (numpy releases the GIL in its loops)."""
 
+PARALLEL_MIN = 4 << 20
+"""Spans at least this long are compared in parts, one per thread (see :class:`Buffers`)."""
+
 PROGRESS_STEP = 16 << 20
 """Bytes compared between two progress reports inside one pair."""
 
@@ -227,8 +230,9 @@ def bytes_comparable(a: TensorRef, b: TensorRef, sa: Span, sb: Span, nbytes: int
 
 
 class Buffers:
-    """Scratch space shared by every tensor pair of one diff: two chunk buffers for raw
-    comparisons, and the numpy workspace (with its threads) for pairs that need decoding."""
+    """Scratch space shared by every tensor pair of one diff: chunk buffers for raw comparisons
+    (one pair per thread), the threads that compare the parts of a long span, and the numpy
+    workspace (with its threads) for pairs that need decoding."""
 
     def __init__(self, size: int | None = None, *, threads: int | None = None) -> None:
         self.size = size = size or CHUNK_BYTES
@@ -237,12 +241,33 @@ class Buffers:
         self.threads = threads if threads is not None else min(os.cpu_count() or 1, MAX_THREADS)
         self.workspace: Any = None
         """A :class:`~ckpt.tensor_stats.Workspace`, made when a pair first needs decoding."""
+        self._pairs: list[tuple[bytearray, bytearray]] = []
+        self._pool: Any = None
+
+    def pair(self, i: int) -> tuple[bytearray, bytearray]:
+        """Buffer pair ``i`` (0 is ``a``/``b``; the others are made on first use)."""
+        if i == 0:
+            return self.a, self.b
+        while len(self._pairs) < i:
+            self._pairs.append((bytearray(self.size), bytearray(self.size)))
+        return self._pairs[i - 1]
+
+    def pool(self) -> Any:
+        """The threads (``threads - 1`` of them) that compare the other parts of a long span."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads - 1), thread_name_prefix="ckpt-diff")
+        return self._pool
 
     def close(self) -> None:
         """Stop the worker threads (if any were started)."""
         if self.workspace is not None:
             self.workspace.close()
             self.workspace = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> Buffers:
         return self
@@ -255,20 +280,50 @@ def _bytes_equal(sa: Span, sb: Span, progress: ProgressFn, buffers: Buffers | No
     """Chunked comparison of two equally long contiguous spans: positioned reads of both into two
     small buffers that stay in the CPU cache, compared with memcmp (``bytearray ==``). This costs
     about what reading both files costs (measured: less CPU than comparing them in memory maps,
-    whose page faults cost as much as the copies they save, and no SIGBUS if a file shrinks)."""
+    whose page faults cost as much as the copies they save, and no SIGBUS if a file shrinks).
+    A span of at least :data:`PARALLEL_MIN` bytes is cut into one part per thread of ``buffers``
+    (the reads and memcmp release the GIL); the first difference found stops every part."""
     buffers = buffers or Buffers(min(CHUNK_BYTES, max(sa.length, 1)), threads=1)
     n = sa.length
+    parts = min(buffers.threads, n // (PARALLEL_MIN // 2)) if sa._fd is not None and sb._fd is not None else 1
+    if parts < 2:
+        return _range_equal(sa, sb, 0, n, buffers.pair(0), progress, None)
     chunk = buffers.size
-    ba, bb = buffers.a, buffers.b
+    cuts = [0, *((n * i // parts) // chunk * chunk for i in range(1, parts)), n]
+    differs: list[bool] = []  # set by the first part that finds a difference: the others stop
+    pool = buffers.pool()
+    futures = [pool.submit(_range_equal, sa, sb, cuts[i], cuts[i + 1], buffers.pair(i), None, differs)
+               for i in range(1, parts)]
+    try:
+        same = _range_equal(sa, sb, cuts[0], cuts[1], buffers.pair(0), progress, differs)
+        for f in futures:
+            same = f.result() and same
+    except BaseException:
+        differs.append(True)
+        for f in futures:
+            f.cancel()
+        raise
+    if same:
+        progress(2 * (n - cuts[1]))
+    return same
+
+
+def _range_equal(sa: Span, sb: Span, lo: int, hi: int, pair: tuple[bytearray, bytearray],
+                 progress: ProgressFn | None, differs: list[bool] | None) -> bool:
+    """Whether bytes ``[lo, hi)`` of the two spans are equal (see :func:`_bytes_equal`)."""
+    chunk = len(pair[0])
+    ba, bb = pair
     va, vb = memoryview(ba), memoryview(bb)
     fa, fb = sa._fd, sb._fd
     oa, ob = sa._base, sb._base
     preadv = os.preadv if hasattr(os, "preadv") else None
-    pos = 0
+    pos = lo
     unreported = 0
     try:
-        while pos < n:
-            k = n - pos if n - pos < chunk else chunk
+        while pos < hi:
+            if differs:
+                return False
+            k = hi - pos if hi - pos < chunk else chunk
             pa = va[:k] if k < chunk else va
             pb = vb[:k] if k < chunk else vb
             if fa is None or preadv is None or preadv(fa, [pa], oa + pos) != k:
@@ -277,15 +332,18 @@ def _bytes_equal(sa: Span, sb: Span, progress: ProgressFn, buffers: Buffers | No
                 sb.readinto(pos, pb)
             same = ba == bb if k == chunk else ba.startswith(pb)
             unreported += 2 * k
-            if unreported >= PROGRESS_STEP:
+            if progress is not None and unreported >= PROGRESS_STEP:
                 progress(unreported)
                 unreported = 0
             if not same:
+                if differs is not None:
+                    differs.append(True)
                 return False
             pos += k
         return True
     finally:
-        progress(unreported)
+        if progress is not None:
+            progress(unreported)
 
 
 def _check_crcs(sa: Span, sb: Span, equal: bool) -> None:
