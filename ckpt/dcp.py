@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import dtypes as _dt
@@ -221,7 +221,7 @@ class LogicalTensor:
         if all(_region_is_contiguous(self.shape, c.sizes) for c in chunks):
             for c in sorted(chunks, key=lambda c: sum(o * s for o, s in zip(c.offsets, strides))):
                 buf = bytearray(c.numel * item)
-                self._reader._chunk_source(self, c)(memoryview(buf))
+                self._reader._chunk_source(self, c)[0](memoryview(buf))
                 yield memoryview(buf)
             return
         buf = bytearray(self.nbytes)
@@ -230,6 +230,27 @@ class LogicalTensor:
         step = max(item, size - size % item)
         for i in range(0, len(view), step):
             yield view[i: i + step]
+
+    def source_ranges(self) -> list[tuple[int, int, int]] | None:
+        """``[(fd, offset, size), ...]``: where the tensor's bytes lie, in C order, when every chunk
+        is one contiguous run of the tensor (``Shard(0)``-style) stored as it is (uncompressed,
+        little-endian, not a strided view), so that they can be copied file to file in the kernel
+        (the tensor-source interface of :mod:`ckpt.tensor_stream`); None otherwise. The copies skip
+        the CRC-32 check a read makes (``ckpt verify`` checks the folder)."""
+        strides = contiguous_strides(self.shape)
+        item = self.dtype.itemsize
+        placed = []
+        for c in self.chunks:
+            if not c.numel:
+                continue
+            if not _region_is_contiguous(self.shape, c.sizes):
+                return None
+            span = self._reader._chunk_source(self, c)[1]
+            if span is None:
+                return None
+            placed.append((sum(o * s for o, s in zip(c.offsets, strides)), span[0], span[1], c.numel * item))
+        placed.sort()
+        return [(fd, offset, size) for _, fd, offset, size in placed]
 
     def __repr__(self) -> str:
         return f"<dcp tensor {self.fqn} {self.dtype.name}{list(self.shape)} in {len(self.chunks)} chunk(s)>"
@@ -607,7 +628,7 @@ class DcpReader(Reader):
         for chunk in t.chunks:
             if chunk.numel == 0:
                 continue
-            source = self._chunk_source(t, chunk)
+            source = self._chunk_source(t, chunk)[0]
             start = sum(o * s for o, s in zip(chunk.offsets, strides)) * item
             if _region_is_contiguous(t.shape, chunk.sizes):
                 source(buffer[start: start + chunk.numel * item])
@@ -623,15 +644,18 @@ class DcpReader(Reader):
                 region = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))
                 out[region] = np.frombuffer(tmp, dtype=np.uint8).reshape(*chunk.sizes, item)
 
-    def _chunk_source(self, t: LogicalTensor, chunk: ChunkInfo) -> Any:
-        """A function filling a buffer with the chunk's elements in C order."""
+    def _chunk_source(self, t: LogicalTensor, chunk: ChunkInfo) -> tuple[Callable[[memoryview], None],
+                                                                           tuple[int, int] | None]:
+        """A function filling a buffer with the chunk's elements in C order, and ``(fd, offset)``
+        of those bytes when they lie in the file as they are (None otherwise)."""
         f = self._open(chunk.file)
         if self.raw_chunks:
             def raw(buf: memoryview) -> None:
                 if len(buf) != chunk.length or f.readinto(chunk.offset, buf) != chunk.length:
                     raise self._corrupt(f"{chunk.file} ends inside a chunk (truncated?)", record=t.fqn)
 
-            return raw
+            whole = chunk.length == chunk.numel * t.dtype.itemsize and chunk.offset + chunk.length <= f.size
+            return raw, f.locate(chunk.offset) if whole else None
         head = f.pread(chunk.offset, 16)
         if head[:4] == b"PK\x03\x04":
             return self._zip_chunk(t, chunk)
@@ -663,13 +687,15 @@ class DcpReader(Reader):
         entry = archive.entry(storage.record or "")
 
         def fill_storage(buf: memoryview) -> None:
-            if entry.method == 0 and archive.has_crcs and entry.size >= 2 * _CRC_PIECE:
-                _read_verified(archive, entry, buf)
-            else:
-                storage.readinto(buf)
+            archive.readinto(entry, buf)  # CRC-checked
 
         if ref.is_contiguous and ref.offset == 0 and storage.nbytes == ref.nbytes:
-            return fill_storage
+            span = None
+            if entry.method == 0 and entry.size == storage.nbytes:
+                start = archive.data_offset(entry)
+                if start + entry.size <= archive.file.size:
+                    span = archive.file.locate(start)
+            return fill_storage, span
 
         def strided(buf: memoryview) -> None:
             import numpy as np
@@ -681,7 +707,7 @@ class DcpReader(Reader):
                 base[ref.offset * item:], shape=(*ref.shape, item), strides=(*(s * item for s in ref.stride), 1))
             np.frombuffer(buf, dtype=np.uint8).reshape(*ref.shape, item)[...] = view
 
-        return strided
+        return strided, None
 
     def _safetensors_chunk(self, t: LogicalTensor, chunk: ChunkInfo) -> Any:
         """A chunk of DCP's SAFETENSORS serialization: one safetensors blob at the end of the file,
@@ -720,7 +746,8 @@ class DcpReader(Reader):
             if reader.file.readinto(start, buf) != len(buf):
                 raise self._corrupt("the file ends inside a chunk (truncated?)", record=t.fqn)
 
-        return fill
+        inside = start + entry.end - entry.begin <= reader.file.size
+        return fill, reader.file.locate(start) if inside else None
 
     # -- Reader interface ----------------------------------------------------------------------
 
@@ -732,6 +759,13 @@ class DcpReader(Reader):
 
     def data_offset(self, storage: StorageRef) -> int | None:
         return None
+
+    def storage_ranges(self, storage: StorageRef) -> list[tuple[int, int, int]] | None:
+        """Where the storage's bytes lie, for kernel copies (see :meth:`LogicalTensor.source_ranges`)."""
+        t = self.tensors_by_fqn.get(storage.record or "")
+        if t is None or storage.reader is not self:
+            raise self._corrupt("storage does not belong to this checkpoint", record=storage.record)
+        return t.source_ranges()
 
     @property
     def storages(self) -> dict[str, StorageRef]:
@@ -870,44 +904,6 @@ def hf_dcp_files(folder: str) -> list[str]:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-_CRC_PIECE = 1 << 20  # ckpt.zipwrite's piece size: crc32_combine is precomputed for it
-
-
-def _read_verified(archive: Any, entry: Any, out: memoryview) -> None:
-    """Read a stored record into ``out`` 1 MiB at a time while the CRC-32 of each piece read is
-    computed on the thread pool (zlib releases the GIL): reading and checking overlap and the
-    check uses every core. Raises :class:`CorruptCheckpointError` on a short read or a mismatch."""
-    import zlib
-
-    from .zipwrite import _pool, crc32_combine
-
-    view = out.cast("B") if out.format != "B" else out
-    n = entry.size
-    if len(view) != n:
-        raise CorruptCheckpointError(f"record holds {n:,} bytes where {len(view):,} are needed",
-                                     path=archive.name, record=entry.name)
-    start = archive.data_offset(entry)
-    submit = _pool().submit
-    futures = []
-    whole = n - n % _CRC_PIECE
-    for i in range(0, whole, _CRC_PIECE):
-        piece = view[i: i + _CRC_PIECE]
-        if archive.file.readinto(start + i, piece) != _CRC_PIECE:
-            raise CorruptCheckpointError("record is truncated", path=archive.name, record=entry.name)
-        futures.append(submit(zlib.crc32, piece))
-    tail = view[whole:]
-    if tail and archive.file.readinto(start + whole, tail) != len(tail):
-        raise CorruptCheckpointError("record is truncated", path=archive.name, record=entry.name)
-    crc = 0
-    for f in futures:
-        crc = crc32_combine(crc, f.result())
-    crc = zlib.crc32(tail, crc)
-    if crc != entry.crc:
-        raise CorruptCheckpointError(
-            f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): the record is damaged; "
-            "torch would load it silently, ckpt does not", path=archive.name, record=entry.name)
-
 
 def _region_is_contiguous(shape: tuple[int, ...], sizes: tuple[int, ...]) -> bool:
     """Whether a box of ``sizes`` is one contiguous run of a C-order array of ``shape``: after the

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import dtypes as _dt
 from .errors import CheckpointError, UnsupportedFeatureError
-from .tensor_stream import cast_chunks, source_range, tensor_chunks
+from .tensor_stream import cast_chunks, source_ranges, tensor_chunks
 
 # The safetensors library's Dtype enum, in declaration order; it sorts tensors by it, descending.
 _ORDER = ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E5M2FNUZ",
@@ -128,17 +128,19 @@ def write(
     head, layout = header({n: (it.dtype, it.shape) for n, it in by_name.items()}, metadata)
     step = progress or (lambda n: None)
     with output_file(path, fsync=fsync) as sink:
+        sink.eager_copies = True  # kernel copies run on threads while later tensors are read and packed
         sink.write(head)
         for name, begin, end in layout:
             it = by_name[name]
             size = end - begin
             src = it.source
-            rng = source_range(src) if it.dtype == src.dtype else None
-            if rng is not None:
-                fd, offset, n = rng
-                if n != size:  # pragma: no cover - guarded by make_view
+            ranges = source_ranges(src) if it.dtype == src.dtype else None
+            if ranges is not None:
+                n = sum(r[2] for r in ranges)
+                if n != size:  # pragma: no cover - guarded by make_view and the DCP reader's cover check
                     raise CheckpointError(f"tensor {name!r} holds {n:,} bytes, not {size:,}", record=name)
-                sink.copy_later(fd, offset, size)
+                for fd, offset, n in ranges:
+                    sink.copy_later(fd, offset, n)
                 continue
             written = 0
             try:

@@ -14,7 +14,9 @@ of ``ckpt.open`` or an object with
   tensor's elements, contiguous (C order), little-endian;
 * optionally ``iter_chunks(size)``: yield the same bytes in pieces of about ``size`` bytes, each
   a whole number of elements (for tensors assembled from several pieces, e.g. the chunks of a
-  ``torch.distributed.checkpoint`` tensor), so that bounded memory holds for huge tensors.
+  ``torch.distributed.checkpoint`` tensor), so that bounded memory holds for huge tensors;
+* optionally ``source_ranges()``: ``[(fd, offset, size), ...]`` where those bytes lie as they are,
+  in order, or None (see :func:`source_ranges`): writers copy them file to file in the kernel.
 
 >>> import numpy as np
 >>> from ckpt.dtypes import DTYPES
@@ -76,6 +78,22 @@ def source_range(t: Any) -> tuple[int, int, int] | None:
         return None
     start, stop = t.byte_range()
     return pos[0], pos[1] + start, stop - start
+
+
+def source_ranges(t: Any) -> list[tuple[int, int, int]] | None:
+    """``[(fd, offset, size), ...]``, in order, when all of ``t``'s bytes lie as they are in files
+    (see :func:`source_range`; a tensor assembled from pieces, such as a DCP tensor, may give
+    several); None when they must be read and packed."""
+    if type(t) is TensorRef:
+        one = source_range(t)
+        if one is not None:
+            return [one]
+        ref = t.storage
+        whole = ref is not None and t.is_contiguous and t.offset == 0 and t.nbytes == ref.nbytes
+        pieces = getattr(ref.reader, "storage_ranges", None) if whole and ref is not None else None
+        return pieces(ref) if pieces is not None else None
+    ranges = getattr(t, "source_ranges", None)
+    return ranges() if ranges is not None else None
 
 
 def _pread_exact(fd: int, size: int, offset: int, record: str | None) -> bytes:
@@ -144,7 +162,8 @@ def _storage_span(ref: StorageRef, start: int, stop: int) -> memoryview:
     if pos is not None:
         data: Any = _pread_exact(pos[0], stop - start, pos[1] + start, ref.record)
     else:
-        whole = ref.read()
+        whole = bytearray(ref.nbytes)
+        ref.readinto(memoryview(whole))
         data = memoryview(whole)[start:stop]
         reader = ref.reader
         if getattr(reader, "byteorder", "little") != "little" and ref.dtype.itemsize > 1:

@@ -141,6 +141,12 @@ class RangedFile:
     def fileno(self) -> int | None:
         return self._file.fileno() if self._file is not None else None
 
+    def locate(self, offset: int) -> tuple[int, int] | None:
+        """``(file descriptor, offset in that file)`` of byte ``offset``, for copies made in the
+        kernel; None for an in-memory file."""
+        fd = self.fileno()
+        return None if fd is None else (fd, offset)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -169,6 +175,9 @@ class WindowFile(RangedFile):
 
     def fileno(self) -> int | None:
         return None
+
+    def locate(self, offset: int) -> tuple[int, int] | None:
+        return self._parent.locate(self._start + offset)
 
     def close(self) -> None:
         pass  # the parent file belongs to whoever opened it

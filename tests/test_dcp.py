@@ -160,6 +160,55 @@ def test_logical_tree_and_iter_chunks(sharded):
                     else raw == want.numpy().tobytes()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["torch_save", "safetensors"])
+def test_row_shards_are_copied_in_the_kernel(sharded, fmt, tmp_path, monkeypatch):
+    """A Shard(0) tensor's chunks lie in the files as its rows: convert copies them file to file
+    (the ranges hold exactly the tensor's bytes); a Shard(1) tensor is assembled in memory."""
+    from safetensors import safe_open
+
+    import ckpt.zipwrite as zipwrite
+
+    expected = oracle(sharded / "torch_save")
+    folder = sharded / fmt
+    with ckpt.open(folder) as ck:
+        reader = ck.reader
+        ranges = reader.tensor("model.embed.weight").source_ranges()
+        assert ranges is not None and len(ranges) == 2
+        got = b"".join(os.pread(fd, n, off) for fd, off, n in ranges)
+        assert got == expected["model"]["embed.weight"].numpy().tobytes()
+        assert reader.tensor("model.proj.weight").source_ranges() is None  # Shard(1): columns
+    copied = []
+    real = zipwrite._copy_range
+    monkeypatch.setattr(zipwrite, "_copy_range", lambda *a: (copied.append(a[-1]), real(*a))[1])
+    out = tmp_path / "out.safetensors"
+    ckpt.convert(folder, out, fsync=False)
+    assert sum(copied) >= expected["model"]["embed.weight"].nbytes
+    with safe_open(str(out), "pt") as f:
+        for name, want in expected["model"].items():
+            assert torch.equal(f.get_tensor(f"model.{name}"), want), name
+
+
+@pytest.mark.slow
+def test_truncated_row_shard_is_never_copied(sharded, tmp_path):
+    """A data file cut short inside a chunk: no kernel copy of bytes past its end; a clear error,
+    and no output file."""
+    import shutil
+
+    folder = tmp_path / "cut"
+    shutil.copytree(sharded / "torch_save", folder)
+    with ckpt.open(folder) as ck:
+        t = ck.reader.tensor("model.embed.weight")
+        _fd, offset, n = t.source_ranges()[-1]  # the last rows: the chunk that starts lowest down
+        name = max(t.chunks, key=lambda c: c.offsets).file
+    path = folder / name
+    path.write_bytes(path.read_bytes()[: offset + n // 2])
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(ckpt.CorruptCheckpointError):
+        ckpt.convert(folder, out, fsync=False)
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
 def test_hf_layout_single_process(tmp_path):
     from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
 
