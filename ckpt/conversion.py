@@ -428,8 +428,9 @@ def _as_param(t: Any, param: bool, grad: bool) -> Any:
 
 def _save_pt(tree: Any, path: str, step: Callable[[int], None], fsync: bool) -> int:
     """``ckpt.save`` of ``tree`` to ``path``, its progress passed on to ``step`` as byte deltas;
-    returns the file's size."""
-    from .saving import save
+    returns the file's size. Storages copied from the source keep their offset within a page
+    (page-aligned kernel copies; only the padding differs from what torch.save writes)."""
+    from .saving import _Saver, save_to_path
 
     last = [0]
 
@@ -438,8 +439,8 @@ def _save_pt(tree: Any, path: str, step: Callable[[int], None], fsync: bool) -> 
             step(done - last[0])
             last[0] = done
 
-    save(tree, path, fsync=fsync, progress=pt_progress)
-    return os.path.getsize(path)
+    saver = _Saver()
+    return save_to_path(saver, saver.dumps(tree), path, fsync=fsync, progress=pt_progress, keep_page_phase=True)
 
 
 def _convert_single(

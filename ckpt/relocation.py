@@ -37,8 +37,7 @@ from typing import Any
 from .checkpoint import Checkpoint, PathLike, open as open_checkpoint
 from .errors import CheckpointError, UnsafeGlobalError, UnsavableObjectError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
-from .saving import Progress, _Saver, output_file, write_archive
-from .zipwrite import TorchZipWriter, archive_name_for
+from .saving import Progress, _Saver, save_to_path
 
 SCHEMA = "ckpt.relocate/1"
 
@@ -274,10 +273,8 @@ def _rewrite(
                                     limits=limits, reason=_why(e))
     if dry_run:
         return result
-    archive = archive_name_for(dst)
-    with output_file(dst, fsync=fsync) as sink:
-        result.written_bytes = write_archive(
-            saver, pickle_bytes, TorchZipWriter(sink, archive, keep_page_phase=True), progress)
+    result.written_bytes = save_to_path(saver, pickle_bytes, dst, fsync=fsync, progress=progress,
+                                        keep_page_phase=True)
     return result
 
 

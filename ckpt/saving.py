@@ -691,9 +691,17 @@ def save(obj: Any, f: PathLike | IO[bytes], *, fsync: bool = True, progress: Pro
     path = os.fspath(f)  # type: ignore[arg-type]
     if not isinstance(path, str):
         raise TypeError("ckpt.save takes a str or os.PathLike path, or a binary file object")
-    archive = archive_name_for(path)
+    save_to_path(saver, pickle_bytes, path, fsync=fsync, progress=progress)
+
+
+def save_to_path(saver: _Saver, pickle_bytes: bytes, path: str, *, fsync: bool = True,
+                 progress: Progress | None = None, keep_page_phase: bool = False) -> int:
+    """Write what ``saver`` planned to ``path`` atomically (see :func:`save`); returns the size.
+    ``keep_page_phase``: records copied from files keep their offset within a page (faster kernel
+    copies, more padding than torch writes; see :class:`~ckpt.zipwrite.TorchZipWriter`)."""
     with output_file(path, fsync=fsync) as sink:
-        write_archive(saver, pickle_bytes, TorchZipWriter(sink, archive), progress)
+        return write_archive(saver, pickle_bytes,
+                             TorchZipWriter(sink, archive_name_for(path), keep_page_phase=keep_page_phase), progress)
 
 
 _WRITEBACK_EVERY = 32 << 20

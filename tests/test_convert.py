@@ -168,6 +168,35 @@ def test_safetensors_to_pt_matches_load_file(tmp_path: Path, helpers: Any) -> No
     assert list(got) == list(ref)
     for k in ref:
         assert torch.equal(got[k], ref[k]) and got[k].dtype == ref[k].dtype
+    mapped = torch.load(tmp_path / "m.pt", weights_only=True, mmap=True)
+    assert all(torch.equal(mapped[k], ref[k]) for k in ref)
+
+
+def test_safetensors_to_pt_keeps_the_page_phase(tmp_path: Path) -> None:
+    """Storage data is 64-aligned as torch aligns it; a tensor whose bytes start 64-aligned in the
+    source keeps its offset within a page (page-aligned kernel copies, more padding than torch)."""
+    tensors = {"a": np.arange(48, dtype="<f4"), "b": np.arange(5, dtype="<i8"), "c": np.ones(1000, "<f4")}
+    for shift in range(0, 64, 8):  # where the data starts: every residue modulo 64 a header can give
+        src = tmp_path / f"m{shift}.safetensors"
+        write_st(src, tensors)
+        raw = src.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        pad = (shift - (8 + n)) % 64  # trailing spaces in the header, which the format allows
+        src.write_bytes(struct.pack("<Q", n + pad) + raw[8 : 8 + n] + b" " * pad + raw[8 + n :])
+        data_start = 8 + n + pad
+        assert data_start % 64 == shift
+        ckpt.convert(src, tmp_path / "m.pt", fsync=False)
+        got = ckpt.load(tmp_path / "m.pt", as_="numpy")
+        assert all(np.array_equal(got[k], v) for k, v in tensors.items())
+        with ckpt.open(tmp_path / "m.pt") as ck:
+            archive = ck.reader.archive
+            where = {e.name.rsplit("/", 1)[1]: archive.data_offset(e) for e in archive.entries if "/data/" in e.name}
+            keys = {name: t.storage.key for name, t in ck.tensors()}
+        for name, entry in st_header(src).items():
+            off, source = where[keys[name]], data_start + entry["data_offsets"][0]
+            assert off % 64 == 0, (shift, name)
+            if source % 64 == 0:
+                assert off % 4096 == source % 4096, (shift, name)
 
 
 def test_safetensors_to_safetensors_recast(tmp_path: Path) -> None:
