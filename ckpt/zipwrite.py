@@ -462,6 +462,15 @@ _PARALLEL_COPY = 64 << 20
 _MAX_GAP = 1 << 16  # zip headers and padding between two records copied as one range
 
 
+def _phase_block(size: int) -> int:
+    """How far a record of ``size`` bytes copied from another file keeps its source's offset (see
+    ``keep_page_phase``): within a 4 KiB page for records of 1 MiB and more, so the padding added
+    is at most 1/256 of the record; smaller records keep torch's padding (a file of many small
+    tensors converted from safetensors, which has no headers to keep in step, would otherwise grow
+    by up to a page per tensor)."""
+    return _PAGE if size >= 1 << 20 else 0
+
+
 def _copy_range(dst_fd: int, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
     """Copy ``size`` bytes between two files at the given offsets (in the kernel if it can)."""
     done = 0
@@ -505,9 +514,9 @@ class TorchZipWriter:
         self, sink: ZipSink, archive_name: str, *, alignment: int = ALIGNMENT, keep_page_phase: bool = False,
     ) -> None:
         """``keep_page_phase``: a record copied from another file (``begin(..., source_offset=)``)
-        is padded so that its data keeps its offset within a page (up to 4 KiB of padding more
-        than torch writes): the kernel copies page-aligned data at twice the speed of shifted
-        data. The records are those torch writes; only the padding differs."""
+        of 1 MiB or more is padded so that its data keeps its offset within a page (up to 4 KiB of
+        padding more than torch writes): the kernel copies page-aligned data at twice the speed of
+        shifted data. The records are those torch writes; only the padding differs."""
         if not archive_name:
             raise ValueError("the archive needs a name")
         if alignment < 1 or alignment & (alignment - 1) or alignment > 4096:
@@ -560,7 +569,9 @@ class TorchZipWriter:
         start = offset + _LOCAL.size + len(full) + 4 + len(zip64_extra)
         pad = -start % self.alignment
         if self.keep_page_phase and source_offset is not None and source_offset % self.alignment == 0:
-            pad = (source_offset - start) % _PAGE
+            block = _phase_block(size)
+            if block:
+                pad = (source_offset - start) % block
         extra = zip64_extra + b"FB" + struct.pack("<H", pad) + b"Z" * pad
         flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
         self.sink.write(_LOCAL.pack(b"PK\x03\x04", 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra)))

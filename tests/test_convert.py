@@ -173,9 +173,12 @@ def test_safetensors_to_pt_matches_load_file(tmp_path: Path, helpers: Any) -> No
 
 
 def test_safetensors_to_pt_keeps_the_page_phase(tmp_path: Path) -> None:
-    """Storage data is 64-aligned as torch aligns it; a tensor whose bytes start 64-aligned in the
-    source keeps its offset within a page (page-aligned kernel copies, more padding than torch)."""
-    tensors = {"a": np.arange(48, dtype="<f4"), "b": np.arange(5, dtype="<i8"), "c": np.ones(1000, "<f4")}
+    """Storage data is 64-aligned as torch aligns it; a tensor of 1 MiB or more whose bytes start
+    64-aligned in the source keeps its offset within a page (page-aligned kernel copies, more
+    padding than torch); a smaller one gets torch's padding (no page of padding per small tensor)."""
+    tensors = {"a": np.arange(1 << 18, dtype="<f4"), "d": np.ones(1 << 18, "<f4"), "b": np.arange(5, dtype="<i8"),
+               "c": np.ones(1000, "<f4")}
+    tensors.update({f"s{i}": np.full(16, i, "<f4") for i in range(32)})  # 64 bytes each: 64-aligned after "c"
     for shift in range(0, 64, 8):  # where the data starts: every residue modulo 64 a header can give
         src = tmp_path / f"m{shift}.safetensors"
         write_st(src, tensors)
@@ -192,11 +195,16 @@ def test_safetensors_to_pt_keeps_the_page_phase(tmp_path: Path) -> None:
             archive = ck.reader.archive
             where = {e.name.rsplit("/", 1)[1]: archive.data_offset(e) for e in archive.entries if "/data/" in e.name}
             keys = {name: t.storage.key for name, t in ck.tensors()}
+        phased = 0
         for name, entry in st_header(src).items():
             off, source = where[keys[name]], data_start + entry["data_offsets"][0]
             assert off % 64 == 0, (shift, name)
-            if source % 64 == 0:
+            if source % 64 == 0 and tensors[name].nbytes >= 1 << 20:
                 assert off % 4096 == source % 4096, (shift, name)
+                phased += 1
+        assert phased == (2 if shift == 0 else 0)
+        overhead = (tmp_path / "m.pt").stat().st_size - sum(v.nbytes for v in tensors.values())
+        assert overhead < 2 * 4096 + len(tensors) * 256 + 4096  # a page per big tensor, not per small one
 
 
 def test_safetensors_to_safetensors_recast(tmp_path: Path) -> None:
