@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from json.encoder import encode_basestring_ascii as _quote
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -22,6 +23,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .policy import Finding
 from .recognize import recognize_optimizer, recognize_state_dict, recognize_training
 from .tensors import StorageRef, TensorRef
+from .torch_zip import gc_paused
 from .values import Device, EnumMember, GlobalRef, InertObject, ListRecord, Record, Size, TorchConstant
 from .jsonable import brief, json_scalar
 from .walk import MAPPINGS, is_scalar_collection, join_path, walk
@@ -88,6 +90,35 @@ class TensorInfo:
         return out
 
 
+_HEAD_KEYS = ("schema", "path", "file_size", "format", "kind", "filter", "totals", "structure")
+"""The keys :meth:`Summary.as_json` gives before ``tensors``."""
+
+_ROW = ('{"path":%s,"keys":[%s],"dtype":"%s","shape":[%s],"stride":[%s],"offset":%d,"storage":%s,'
+        '"device":%s,"numel":%d,"nbytes":%d,"requires_grad":%s,"parameter":false,"contiguous":%s}')
+
+
+def _row_text(t: TensorInfo) -> str | None:
+    """``t.as_json()`` as compact JSON text for a plain tensor (string keys, a storage, no extra
+    attributes, not a second path to a tensor already listed); None for any other row."""
+    ref = t.ref
+    storage = ref.storage
+    if ref._extra is not None or storage is None or t.same_as or type(storage.key) is not str \
+            or type(storage.location) is not str:
+        return None
+    keys = t.keys
+    for k in keys:
+        if type(k) is not str:
+            return None
+    shape = ref.shape
+    stride = ref.stride
+    contiguous = stride == _UNIT_STRIDE or (len(shape) != 1 and ref.is_contiguous)
+    return _ROW % (
+        _quote(t.path), ",".join(map(_quote, keys)), ref.dtype.name, ",".join(map(str, shape)),
+        ",".join(map(str, stride)), ref.offset, _quote(storage.key), _quote(storage.location), t.numel,
+        t.numel * ref.dtype.itemsize, "true" if ref.requires_grad else "false", "true" if contiguous else "false",
+    )
+
+
 class ValueInfo:
     """One non-tensor value at a dotted path: its type name, a JSON-safe ``value`` (scalars,
     short strings and lists; ``None`` otherwise) and a short ``repr``."""
@@ -151,6 +182,24 @@ class Summary:
         anomalies: bytes outside any record, CRC mismatches, stacked or nested pickles, ...)."""
 
     def as_json(self) -> dict[str, Any]:
+        with gc_paused():
+            return self._as_json()
+
+    def json_text(self) -> str:
+        """``json.dumps(self.as_json(), separators=(",", ":"), allow_nan=False)``, the same text,
+        made about three times faster: the tensor rows of a plain tensor (the common case in big
+        state dicts) are formatted directly instead of going through a dict each."""
+        import json
+
+        with gc_paused():
+            whole = self._as_json(rows=False)
+            head = {k: whole[k] for k in _HEAD_KEYS}
+            tail = {k: whole[k] for k in whole if k not in head and k != "tensors"}
+            dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+            rows = ",".join([_row_text(t) or dumps(t.as_json()) for t in self.tensors])
+            return f"{dumps(head)[:-1]},\"tensors\":[{rows}],{dumps(tail)[1:]}"
+
+    def _as_json(self, rows: bool = True) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
             "path": self.path,
@@ -160,7 +209,7 @@ class Summary:
             "filter": self.filter,
             "totals": self.totals,
             "structure": self.structure,
-            "tensors": [t.as_json() for t in self.tensors],
+            "tensors": [t.as_json() for t in self.tensors] if rows else [],
             "values": [v.as_json() for v in self.values],
             "storages": list(self.storages.values()),
             "shared_objects": self.refs,
@@ -189,6 +238,11 @@ def inspect(
     shows the same findings ``ckpt scan`` does: globals in every pickle of the file (not only
     ``data.pkl``) with the same verdicts, and the container and pickle ``anomalies``.
     """
+    with gc_paused():  # 100,000 tensors make ~a million acyclic objects: collections would rescan them all
+        return _inspect(path, allow=allow, filter=filter, limits=limits, scan=scan)
+
+
+def _inspect(path: PathLike, *, allow: Iterable[str], filter: str | None, limits: Limits, scan: bool) -> Summary:
     with open(path, policy="inspect", allow=allow, limits=limits) as ck:
         summary = summarize(ck.root, path=os.fspath(path), facts=ck.facts, findings=ck.findings,
                             storages=ck.storages, filter=filter, limits=limits,

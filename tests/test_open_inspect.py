@@ -194,7 +194,9 @@ def test_inspect_json_matches_recorded_torch(oracle_name, helpers):
             ckpt.inspect(path)
         return
     exp = helpers.expected(oracle_name)
-    doc = ckpt.inspect(path).as_json()
+    summary = ckpt.inspect(path)
+    doc = summary.as_json()
+    assert summary.json_text() == json.dumps(doc, separators=(",", ":"), allow_nan=False)  # the CLI's text
     doc = json.loads(json.dumps(doc, allow_nan=False))  # strict JSON: no NaN/Infinity, plain types
     assert doc["schema"] == "ckpt.inspect/1"
     assert doc["path"] == os.fspath(path)
@@ -228,6 +230,27 @@ def test_inspect_json_matches_recorded_torch(oracle_name, helpers):
     for inert_path, global_name in INERT_TENSORS.get(oracle_name, {}).items():
         assert {"path": inert_path, "type": global_name}.items() <= next(
             v for v in doc["values"] if v["path"] == inert_path).items()
+
+
+def test_json_text_is_the_json_of_as_json(tmp_path):
+    """``Summary.json_text`` (what ``ckpt inspect --json`` prints) formats plain tensor rows itself:
+    keys that need escaping, non-ASCII keys, int keys, shared tensors, 0-d and empty tensors and
+    views all give exactly ``json.dumps(as_json())``."""
+    import numpy as np
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    obj = {
+        'quote"and\\back': w, "caf\u00e9.\u6f22\u5b57": np.zeros(0, np.int8), "line\nbreak": np.array([2.5]),
+        "list": [np.ones(2, np.bool_), {7: np.arange(3, dtype=np.int64)}], "again": w, "epoch": 3,
+        "scalar": np.array(1.5, np.float16),
+    }
+    ckpt.save(obj, tmp_path / "m.pt", fsync=False)
+    summary = ckpt.inspect(tmp_path / "m.pt")
+    text = summary.json_text()
+    assert text == json.dumps(summary.as_json(), separators=(",", ":"), allow_nan=False)
+    rows = {t["path"]: t for t in json.loads(text)["tensors"]}
+    assert rows["again"]["same_as"] == 'quote"and\\back' and rows["list.1.7"]["keys"] == ["list", 1, 7]
+    assert rows["caf\u00e9.\u6f22\u5b57"]["shape"] == [0] and rows["scalar"]["shape"] == []
 
 
 def test_inspect_findings(oracle_name, helpers):
