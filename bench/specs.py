@@ -385,8 +385,8 @@ BENCHMARKS += [
     Bench(
         "dcp-consolidate", 8, ("dcp",),
         about="consolidating a ~1.6 GB DCP folder written by 2 gloo ranks (Shard(0)/Shard(1)): "
-              "`ckpt convert DIR out.safetensors` (no fsync; every tensor assembled from its chunks and "
-              "written whole) vs `cp -r` of the folder; ckpt.dcp_save, the read alone, ckpt.load and torch's "
+              "`ckpt convert DIR out.safetensors` (no fsync; row shards copied in the kernel, column shards "
+              "assembled in memory) vs `cp -r` of the folder; ckpt.dcp_save, the read alone, ckpt.load and torch's "
               "dcp_to_torch_save for information",
         cases=(
             Case("ckpt convert dcp/ out.safetensors --no-fsync",

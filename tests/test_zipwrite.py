@@ -322,3 +322,44 @@ def test_aligned_copies_coalesce_and_keep_this_files_headers(tmp_path: Path) -> 
         want = src.read_bytes()
         assert data[:100] == b"H" * 100 and data[1100:1104] == b"mine"
         assert data[100:1100] == want[100:1100] and data[1104:4104] == want[1104:4104]
+
+
+@pytest.mark.parametrize("dst_off, size", [(0, 0), (0, 5), (4096, 3 << 20), (21504, 200 << 20), (2 << 20, 64 << 20),
+                                           ((2 << 20) - 1, 2), (123, (64 << 20) + 7)])
+def test_copy_pieces_start_on_2_mib_boundaries(dst_off: int, size: int) -> None:
+    """Kernel copies are cut into pieces of at most 64 MiB that cover the range once, in order,
+    each after the first starting on a 2 MiB boundary of the destination."""
+    from ckpt.zipwrite import _FOLIO, _PARALLEL_COPY, _pieces
+
+    pieces = _pieces(dst_off, size)
+    assert sum(n for _, n in pieces) == size and all(0 < n <= _PARALLEL_COPY for _, n in pieces)
+    assert [start for start, _ in pieces] == [sum(n for _, n in pieces[:i]) for i in range(len(pieces))]
+    assert all((dst_off + start) % _FOLIO == 0 for start, _ in pieces[1:])
+
+
+def test_copies_across_folio_boundaries_land_whole(tmp_path: Path) -> None:
+    """A copy longer than a piece, starting off a 2 MiB boundary, eagerly or not: the bytes land
+    where they were reserved."""
+    import os
+
+    from ckpt.zipwrite import ZipSink
+
+    src = tmp_path / "src.bin"
+    payload = os.urandom(1 << 16) * 80  # 5 MiB
+    src.write_bytes(payload)
+    for eager in (False, True):
+        out = tmp_path / f"out{eager}.bin"
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        sfd = os.open(src, os.O_RDONLY)
+        try:
+            sink = ZipSink(fd=fd)
+            sink.eager_copies = eager
+            sink.write(b"H" * 12345)
+            sink.copy_later(sfd, 8, len(payload) - 8)
+            sink.write(b"tail")
+            sink.flush()
+            sink.run_copies()
+        finally:
+            os.close(sfd)
+            os.close(fd)
+        assert out.read_bytes() == b"H" * 12345 + payload[8:] + b"tail"
