@@ -289,6 +289,9 @@ class DcpReader(Reader):
         self._chunk_builder: tuple[Builder, Policy] | None = None
         self._scratch = bytearray()
         self.findings: list[Finding] = []
+        self._policy_decides = False
+        """Whether reading ``.metadata`` met a global outside DCP's own classes (then the policy
+        it is read under decides what becomes of it, and :meth:`load` reads it again)."""
         try:
             self._meta_size = os.path.getsize(self.path) if self.metadata_name else 0
         except OSError as e:
@@ -346,8 +349,12 @@ class DcpReader(Reader):
                 # StorageMeta.checkpoint_id is the path the folder was saved to (a PosixPath when the
                 # caller passed one): rebuilt as a pure path by its profile, whatever the policy
                 value = builder.profile_value(qualname)
-            return value if value is not None else fallback(module, name, offset)
+            if value is not None:
+                return value
+            self._policy_decides = True
+            return fallback(module, name, offset)
 
+        self._policy_decides = False
         vm = Unpickler(data, resolve=resolve, persistent_load=None, path=self.path, record=METADATA,
                        limits=self.limits)
         root = vm.load()
@@ -546,7 +553,8 @@ class DcpReader(Reader):
         ckpt's restricted reader, ``policy`` default strict): what ``ckpt convert`` streams from."""
         findings: list[Finding] = []
         policy = policy or Policy("strict")
-        self._read_metadata(policy, findings)
+        if self._policy_decides or self.findings:  # see load()
+            self._read_metadata(policy, findings)
         builder = Builder(mode=policy.mode, limits=self.limits)
         out: dict[Any, Any] = {}
         for fqn in self.order:
@@ -559,8 +567,9 @@ class DcpReader(Reader):
     def load(self, builder: Builder, policy: Policy, findings: list[Finding]) -> Any:
         """The consolidated state dict, nested as saved (``planner_data``), in ``.metadata`` order:
         what ``dcp_to_torch_save`` writes."""
-        self.findings = []
-        self._read_metadata(policy, self.findings)  # the caller's policy decides .metadata's globals
+        if self._policy_decides or self.findings:  # else every global was DCP's own: no policy matters
+            self.findings = []
+            self._read_metadata(policy, self.findings)  # the caller's policy decides .metadata's globals
         findings.extend(self.findings)
         out: dict[Any, Any] = {}
         for fqn in self.order:

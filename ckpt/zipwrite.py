@@ -236,8 +236,9 @@ class ZipSink:
         """Called with the number of bytes each large write or copy passed on (see save's
         background writeback)."""
         self.eager_copies = False
-        """When True, ranges reserved by :meth:`copy_later` start copying at once on a thread
-        pool (overlapping whatever the caller computes next); :meth:`run_copies` waits for them."""
+        """When True, ranges reserved by :meth:`copy_later` start copying at once, in order, on a
+        thread of their own (overlapping whatever the caller computes next); :meth:`run_copies`
+        waits for them."""
         self._copy_pool: Any = None
         self._started: list[tuple[Any, int]] = []
 
@@ -318,8 +319,9 @@ class ZipSink:
         if self._copy_pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._copy_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                                 thread_name_prefix="ckpt-copy")
+            # one thread: copies into one file serialise on its inode lock, and a second copier
+            # only fights the caller's own writes for it (DCP consolidation: 2.1 s with two, 1.5 s with one)
+            self._copy_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-copy")
         for start, n in _pieces(dst_off, size):
             future = self._copy_pool.submit(_copy_range, self.fd, src_fd, src_off + start, dst_off + start, n)
             self._started.append((future, n))
