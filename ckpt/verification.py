@@ -8,6 +8,9 @@ What is checked:
 * a legacy torch file: every tensor inside its storage, every storage inside the file;
 * a safetensors file: the header against the bytes (lengths, dtypes, shapes, offsets that cover
   the data exactly, as :mod:`ckpt.safetensors_reader` validates);
+* a torch.distributed.checkpoint folder: ``.metadata`` (every chunk inside its file and its
+  tensor, the chunks covering each tensor once), every ``torch.save`` archive in the ``.distcp``
+  files record by record with its CRC-32, each chunk's dtype and shape against ``.metadata``;
 * a sharded checkpoint (an index or its folder): each shard as above, and the index against
   the shards: missing shards, shard files nobody references, tensors listed twice in the index
   or missing from their shard, tensors a shard holds that the index does not list, and
@@ -96,15 +99,20 @@ def verify(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS,
     """Check ``path`` (see the module docs). Raises :class:`~ckpt.CheckpointError` when it cannot
     be opened at all; everything else wrong is a :class:`Problem` in the result."""
     name = os.fspath(path)
+    from .dcp import is_dcp_folder
+
+    if os.path.isdir(name) and is_dcp_folder(name):
+        return _verify_dcp(name, limits, progress)
     if os.path.isdir(name) or name.endswith(".index.json"):
         return _verify_sharded(name, limits, progress)
     from .checkpoint import open_reader
 
     reader = open_reader(name, limits=limits)
     fmt = str(reader.facts()["format"])
-    if fmt == "sharded":
+    if fmt in ("sharded", "dcp"):
+        folder = getattr(reader, "folder", None) or os.path.dirname(os.path.abspath(name))
         reader.close()
-        return _verify_sharded(name, limits, progress)
+        return _verify_dcp(folder, limits, progress) if fmt == "dcp" else _verify_sharded(name, limits, progress)
     result = Verification(name, fmt)
     try:
         _check_file(reader, result, os.path.basename(name), progress)
@@ -156,12 +164,13 @@ def _check_zip(archive: Any, result: Verification, label: str, progress: Callabl
         return
     total = sum(e.compressed_size for e in entries)
     done = 0
-    fd = archive.file.fileno()
     for entry in entries:
         result.records += 1
         try:
             start = archive.data_offset(entry)
-            if entry.method == STORED and fd is not None:
+            where = archive.file.locate(start)  # (fd, offset): a zip inside a DCP file lies further in
+            if entry.method == STORED and where is not None:
+                fd, start = where
                 crc = 0
                 pos = 0
                 while pos < entry.size:
@@ -184,6 +193,60 @@ def _check_zip(archive: Any, result: Verification, label: str, progress: Callabl
                 done += entry.compressed_size
         except CheckpointError as e:
             result.problems.append(Problem("crc" if "CRC" in str(e) else "corrupt", _message(e), label, entry.name))
+
+
+def _verify_dcp(folder: str, limits: Limits, progress: Callable[[int, int], None] | None) -> Verification:
+    """A torch.distributed.checkpoint folder: ``.metadata`` as the DCP reader validates it (every
+    chunk inside its file and the tensor's shape, chunks that cover each tensor once), every
+    ``torch.save`` archive in the ``.distcp`` files (each tensor chunk and value) record by record
+    with its CRC-32, and each chunk's dtype and shape against ``.metadata``."""
+    from .dcp import open_folder
+
+    reader = open_folder(folder, limits)
+    result = Verification(folder, "dcp")
+    try:
+        if reader.metadata_name:
+            result.files.append({"file": reader.metadata_name, "format": "dcp-metadata", "bytes": reader._meta_size})
+        for row in reader.files():
+            fmt = "distcp" if row["file"].endswith(".distcp") else reader.file_serialization.get(row["file"], "safetensors")
+            result.files.append({"file": row["file"], "format": fmt, "bytes": row["size"]})
+        blobs = list(reader.blobs())
+        total = sum(b[4] for b in blobs)
+        done = 0
+        for kind, fqn, file, offset, length in blobs:
+            label = f"{file} @ {offset:,}"
+            try:
+                blob = reader._blob_reader(file, offset, length, fqn, keep=False)
+            except CheckpointError as e:
+                result.problems.append(Problem("corrupt", _message(e), label, fqn))
+                continue
+            try:
+                archive = getattr(blob, "archive", None)
+                if archive is not None:
+                    _check_zip(archive, result, label, None)
+            finally:
+                blob.close()
+            done += length
+            if progress is not None:
+                progress(done, total)
+        for t in reader.tensors():
+            result.tensors += 1
+            for c in t.chunks:
+                if c.numel and reader.file_serialization.get(c.file) != "torch_save":
+                    continue  # safetensors chunks: their headers were checked when the folder was opened
+                if not c.numel:
+                    continue
+                try:
+                    reader._chunk_source(t, c)  # the archive holds this dtype and shape
+                except CheckpointError as e:
+                    if not any(p.file == f"{c.file} @ {c.offset:,}" for p in result.problems):
+                        result.problems.append(Problem("corrupt", _message(e), f"{c.file} @ {c.offset:,}", t.fqn))
+    finally:
+        reader.close()
+    if any(v != "torch_save" for v in reader.file_serialization.values()):
+        result.notes.append("safetensors chunks store no checksums: their headers and sizes were checked, the "
+                            "tensor bytes themselves were not")
+    return result
 
 
 def _message(e: CheckpointError) -> str:

@@ -95,14 +95,16 @@ def verify_command(path: str, as_json: bool) -> None:
     """Check PATH's integrity without loading it: every zip record's CRC-32 and every tensor
     inside its storage (.pt), the header against the bytes (safetensors), and for a sharded
     checkpoint (index or folder) the index against its shards: missing or unreferenced shards,
-    tensors listed twice or missing, total_size. A manifest written by `ckpt convert
-    --manifest` (FILE.sha256, SHA256SUMS) is checked too.
+    tensors listed twice or missing, total_size. For a torch.distributed.checkpoint (DCP) folder:
+    .metadata as ckpt reads it, and every torch.save archive in the .distcp files with its CRC-32s.
+    A manifest written by `ckpt convert --manifest` (FILE.sha256, SHA256SUMS) is checked too.
 
     \b
     Examples:
       ckpt verify model.pt
       ckpt verify model.safetensors
       ckpt verify ./llama-shards/
+      ckpt verify ./dcp-checkpoint/
       ckpt verify model.safetensors.index.json --json | jq .problems
 
     Exit codes: 0 intact, 1 problems found, 2 unreadable.

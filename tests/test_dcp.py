@@ -190,6 +190,18 @@ def test_row_shards_are_copied_in_the_kernel(sharded, fmt, tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+def test_verify_folders_two_ranks_wrote(sharded):
+    """ckpt verify of folders torch wrote: every torch.save archive CRC-checked; safetensors
+    chunks (no checksums) said so in a note."""
+    report = ckpt.verify(sharded / "torch_save")
+    assert report.ok and report.format == "dcp" and report.tensors == 4, report.as_json()
+    assert [f["file"] for f in report.files] == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert report.records > 0 and not report.notes
+    st = ckpt.verify(sharded / "safetensors")
+    assert st.ok and st.tensors == 4 and any("no checksums" in n for n in st.notes), st.as_json()
+
+
+@pytest.mark.slow
 def test_truncated_row_shard_is_never_copied(sharded, tmp_path):
     """A data file cut short inside a chunk: no kernel copy of bytes past its end; a clear error,
     and no output file."""
