@@ -230,8 +230,15 @@ class ZipSink:
         self.fileobj = fileobj
         self._buf = bytearray()
         self.position = 0
+        """Bytes passed to the sink so far (offsets in the archive)."""
+        self._origin = 0
+        if fd is not None:
+            try:  # where the archive starts in the file: kernel copies write at absolute offsets
+                self._origin = os.lseek(fd, 0, os.SEEK_CUR)
+            except OSError:
+                self._origin = 0
         self.pending: list[tuple[int, int, int, int]] = []
-        """Ranges reserved by :meth:`copy_later`: (source fd, source offset, offset, size)."""
+        """Ranges reserved by :meth:`copy_later`: (source fd, source offset, offset in the file, size)."""
         self.on_written: Callable[[int], None] | None = None
         """Called with the number of bytes each large write or copy passed on (see save's
         background writeback)."""
@@ -305,9 +312,9 @@ class ZipSink:
         if size:
             os.lseek(self.fd, size, os.SEEK_CUR)
             if self.eager_copies:
-                self._start_copy(src_fd, offset, self.position, size)
+                self._start_copy(src_fd, offset, self._origin + self.position, size)
             else:
-                self.pending.append((src_fd, offset, self.position, size))
+                self.pending.append((src_fd, offset, self._origin + self.position, size))
         self.position += size
 
     @property

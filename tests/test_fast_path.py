@@ -109,6 +109,7 @@ def test_fast_path_is_taken(tmp_path: Any, monkeypatch: Any) -> None:
     assert sum(calls) > 250
 
 
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # saving them on purpose: torch returns them
 def test_bare_storages_load_as_torch_returns_them(tmp_path: Any) -> None:
     """torch returns a storage saved on its own as a TypedStorage; ckpt makes those only when a
     file has one (a second pass), and must still give the same objects and sharing."""

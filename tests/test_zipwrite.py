@@ -363,3 +363,31 @@ def test_copies_across_folio_boundaries_land_whole(tmp_path: Path) -> None:
             os.close(sfd)
             os.close(fd)
         assert out.read_bytes() == b"H" * 12345 + payload[8:] + b"tail"
+
+
+def test_kernel_copies_land_where_reserved_when_the_file_does_not_start_the_archive(tmp_path: Path) -> None:
+    """A sink on a file descriptor already past some bytes: copies reserved at archive offsets are
+    made at those offsets after the file's first bytes, not over them."""
+    import os
+
+    from ckpt.zipwrite import ZipSink
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 40)
+    for eager in (False, True):
+        out = tmp_path / f"out{eager}.bin"
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        sfd = os.open(src, os.O_RDONLY)
+        try:
+            os.write(fd, b"preamble")  # not part of the archive
+            sink = ZipSink(fd=fd)
+            sink.eager_copies = eager
+            sink.write(b"H" * 10)
+            sink.copy_later(sfd, 256, 5000)
+            sink.write(b"end")
+            sink.flush()
+            sink.run_copies()
+        finally:
+            os.close(sfd)
+            os.close(fd)
+        assert out.read_bytes() == b"preamble" + b"H" * 10 + src.read_bytes()[256:5256] + b"end"
