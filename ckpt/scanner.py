@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import stat
 import struct
 import time
@@ -1863,6 +1864,105 @@ def _parallel(files: list[str], workers: int, allow: tuple[str, ...], limits: Li
             r = scan_file(f, allow=allow, limits=limits, fast=fast)
         out.append(r)
     return out
+
+
+class BackgroundScan:
+    """:func:`scan_file` of one file running in a forked process while this one works on; see
+    :func:`scan_file_in_background`. :meth:`result` waits for the report; :meth:`cancel` stops
+    the child (for when the caller gives up)."""
+
+    def __init__(self, path: str, allow: Iterable[str], limits: Limits, storage_headers: bool) -> None:
+        self._args = (path, tuple(allow), limits, storage_headers)
+        self._pid = 0
+        self._pipe = -1
+        if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+            return
+        import threading
+
+        if threading.active_count() > 1:  # forking beside other threads is unsafe: scan here later
+            return
+        import json
+
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return
+        if pid == 0:  # the child: one JSON document on the pipe, nothing pickled
+            code = 0
+            try:
+                os.close(r)
+                view = memoryview(json.dumps(self._here().as_json(), separators=(",", ":")).encode())
+                while view:
+                    view = view[os.write(w, view):]
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        self._pid, self._pipe = pid, r
+
+    def _here(self) -> FileReport:
+        path, allow, limits, storage_headers = self._args
+        return scan_file(path, allow=allow, limits=limits, storage_headers=storage_headers)
+
+    def result(self) -> FileReport:
+        """The report: the child's, or (when there is no child or it failed) a scan made here."""
+        if not self._pid:
+            return self._here()
+        import json
+
+        parts = []
+        try:
+            while True:
+                part = os.read(self._pipe, 1 << 20)
+                if not part:
+                    break
+                parts.append(part)
+        finally:
+            status = self._reap()
+        if status != 0:
+            return self._here()
+        try:
+            return FileReport.from_json(json.loads(b"".join(parts)))
+        except (ValueError, KeyError, TypeError):
+            return self._here()
+
+    def cancel(self) -> None:
+        """Stop the child, if it still runs."""
+        if self._pid:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self._reap()
+
+    def _reap(self) -> int:
+        pid, self._pid = self._pid, 0
+        if self._pipe >= 0:
+            os.close(self._pipe)
+            self._pipe = -1
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return -1
+
+
+def scan_file_in_background(path: str | os.PathLike[str], *, allow: Iterable[str] = (),
+                            limits: Limits = DEFAULT_LIMITS, storage_headers: bool = True) -> BackgroundScan:
+    """Start :func:`scan_file` of ``path`` in a forked process (on another CPU, while the caller
+    reads the same file); ``.result()`` returns its report. Where forking is unavailable or unsafe
+    (no ``os.fork``, one CPU, other threads running) or the child fails, ``.result()`` scans in
+    this process instead: a report is never lost. The report comes back as JSON, never pickled.
+
+    >>> job = scan_file_in_background("model.pt")   # doctest: +SKIP
+    >>> summary = ...                                # other work on the file meanwhile
+    >>> job.result().status                          # doctest: +SKIP
+    'clean'
+    """
+    return BackgroundScan(os.fspath(path), allow, limits, storage_headers)
 
 
 def scan(

@@ -90,6 +90,9 @@ class TensorInfo:
         return out
 
 
+_BACKGROUND_SCAN_BYTES = 1 << 20
+"""Files at least this big are scanned in a forked process while :func:`inspect` reads them."""
+
 _HEAD_KEYS = ("schema", "path", "file_size", "format", "kind", "filter", "totals", "structure")
 """The keys :meth:`Summary.as_json` gives before ``tensors``."""
 
@@ -236,18 +239,36 @@ def inspect(
 
     ``scan`` (the default) also runs :func:`ckpt.scan`'s static analysis of the file, so inspect
     shows the same findings ``ckpt scan`` does: globals in every pickle of the file (not only
-    ``data.pkl``) with the same verdicts, and the container and pickle ``anomalies``.
+    ``data.pkl``) with the same verdicts, and the container and pickle ``anomalies``. A file of
+    1 MB or more is analysed in a forked process meanwhile (see
+    :func:`ckpt.scanner.scan_file_in_background`); the result is the same.
     """
     with gc_paused():  # 100,000 tensors make ~a million acyclic objects: collections would rescan them all
         return _inspect(path, allow=allow, filter=filter, limits=limits, scan=scan)
 
 
 def _inspect(path: PathLike, *, allow: Iterable[str], filter: str | None, limits: Limits, scan: bool) -> Summary:
-    with open(path, policy="inspect", allow=allow, limits=limits) as ck:
-        summary = summarize(ck.root, path=os.fspath(path), facts=ck.facts, findings=ck.findings,
-                            storages=ck.storages, filter=filter, limits=limits,
-                            file_size=ck.reader.file_size)
-        folder = getattr(ck.reader, "folder", None)
+    background = None
+    if scan and os.path.isfile(path) and os.path.getsize(path) >= _BACKGROUND_SCAN_BYTES:
+        from .scanner import scan_file_in_background
+
+        # the scan reads the same file on another CPU while the pickle is interpreted here
+        background = scan_file_in_background(path, allow=allow, limits=limits, storage_headers=False)
+    try:
+        with open(path, policy="inspect", allow=allow, limits=limits) as ck:
+            summary = summarize(ck.root, path=os.fspath(path), facts=ck.facts, findings=ck.findings,
+                                storages=ck.storages, filter=filter, limits=limits,
+                                file_size=ck.reader.file_size)
+            folder = getattr(ck.reader, "folder", None)
+    except BaseException:
+        if background is not None:
+            background.cancel()
+        raise
+    if background is not None and summary.facts.get("format") not in ("sharded", "dcp"):
+        merge_scan(summary, background.result())
+        return summary
+    if background is not None:
+        background.cancel()
     if scan:
         from .scanner import scan_file
 

@@ -433,3 +433,68 @@ def test_inspect_io_is_independent_of_tensor_size(tmp_path, helpers):
     read = rchar() - before
     assert summary.totals["nbytes"] == (16 << 20) + (4 << 20)
     assert read < 256 << 10, f"inspect read {read:,} bytes of a {path.stat().st_size:,}-byte file"
+
+
+def test_inspect_scans_big_files_in_a_forked_process_with_the_same_result(tmp_path, monkeypatch):
+    """Files of 1 MB and more are scanned in a child process while the pickle is read here: the
+    summary is the one the in-process scan gives, whatever the child does."""
+    import threading
+
+    import ckpt.scanner as scanner
+    import ckpt.summary as summary_mod
+
+    from scan_kit import os_system, torch_zip
+
+    marker = tmp_path / "ran"
+    path = torch_zip(tmp_path / "hostile.pt", os_system(marker), records={"data/0": bytes(2 << 20)})
+    monkeypatch.setattr(summary_mod, "_BACKGROUND_SCAN_BYTES", 1 << 62)
+    here = ckpt.inspect(path).json_text()
+    monkeypatch.setattr(summary_mod, "_BACKGROUND_SCAN_BYTES", 0)
+    forked = []
+    real = scanner.BackgroundScan.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        forked.append(self._pid)
+
+    monkeypatch.setattr(scanner.BackgroundScan, "__init__", spy)
+    assert ckpt.inspect(path).json_text() == here
+    assert forked and forked[-1] > 0  # the scan did run in a child
+    doc = json.loads(here)
+    assert [(f["global"], f["verdict"]) for f in doc["findings"]] == [("posix.system", "dangerous")]
+    # a child that fails: the parent scans itself, same result
+    parent = os.getpid()
+    real_scan = scanner.scan_file
+
+    def dies_in_child(*a, **k):
+        if os.getpid() != parent:
+            raise RuntimeError("child failure")
+        return real_scan(*a, **k)
+
+    monkeypatch.setattr(scanner, "scan_file", dies_in_child)
+    assert ckpt.inspect(path).json_text() == here
+    # other threads running: no fork at all
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert ckpt.inspect(path).json_text() == here
+        assert forked[-1] == 0
+    finally:
+        stop.set()
+        t.join()
+    assert not marker.exists()
+
+
+def test_inspect_of_a_bad_big_file_leaves_no_child(tmp_path, monkeypatch):
+    """The pickle cannot be read: the error is raised and the scanning child is stopped and reaped."""
+    import ckpt.summary as summary_mod
+
+    monkeypatch.setattr(summary_mod, "_BACKGROUND_SCAN_BYTES", 0)
+    from scan_kit import torch_zip
+
+    path = torch_zip(tmp_path / "bad.pt", b"\x80\x02}q\x00(X\x01\x00\x00\x00a")  # a pickle cut short
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.inspect(path)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
