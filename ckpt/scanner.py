@@ -1770,6 +1770,13 @@ def scan_file(
     return s.scan_path()
 
 
+def _send(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a pipe (a worker's report to its parent)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _parallel(files: list[str], workers: int, allow: tuple[str, ...], limits: Limits, fast: bool,
               progress: Callable[[int, int, str], None] | None) -> list[FileReport]:
     """Scan ``files`` in ``workers`` forked processes. Workers take file numbers from a shared pipe
@@ -1797,11 +1804,8 @@ def _parallel(files: list[str], workers: int, allow: tuple[str, ...], limits: Li
                         if len(raw) < 4:
                             break
                         (i,) = struct.unpack("<I", raw)
-                        line = json.dumps({"i": i, "r": scan_file(files[i], allow=allow, limits=limits, fast=fast).as_json()},
-                                          separators=(",", ":")).encode() + b"\n"
-                        view = memoryview(line)
-                        while view:
-                            view = view[os.write(res_w, view):]
+                        report = scan_file(files[i], allow=allow, limits=limits, fast=fast).as_json()
+                        _send(res_w, json.dumps({"i": i, "r": report}, separators=(",", ":")).encode() + b"\n")
                 except BaseException:
                     code = 1
                 finally:
@@ -1894,9 +1898,7 @@ class BackgroundScan:
             code = 0
             try:
                 os.close(r)
-                view = memoryview(json.dumps(self._here().as_json(), separators=(",", ":")).encode())
-                while view:
-                    view = view[os.write(w, view):]
+                _send(w, json.dumps(self._here().as_json(), separators=(",", ":")).encode())
             except BaseException:
                 code = 1
             finally:
