@@ -148,7 +148,7 @@ def write(
                     n = len(chunk) if type(chunk) is bytes else memoryview(chunk).nbytes
                     if written + n > size:
                         break
-                    sink.write(chunk)
+                    sink.write_behind(chunk)  # a fresh buffer each time (see ckpt.tensor_stream)
                     written += n
                     step(n)
             except CheckpointError as e:

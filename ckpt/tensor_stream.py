@@ -15,6 +15,8 @@ of ``ckpt.open`` or an object with
 * optionally ``iter_chunks(size)``: yield the same bytes in pieces of about ``size`` bytes, each
   a whole number of elements (for tensors assembled from several pieces, e.g. the chunks of a
   ``torch.distributed.checkpoint`` tensor), so that bounded memory holds for huge tensors;
+* every piece handed out is a buffer of its own, never changed afterwards (writers may keep it
+  and write it on another thread while the next is read);
 * optionally ``source_ranges()``: ``[(fd, offset, size), ...]`` where those bytes lie as they are,
   in order, or None (see :func:`source_ranges`): writers copy them file to file in the kernel.
 

@@ -248,6 +248,8 @@ class ZipSink:
         waits for them."""
         self._copy_pool: Any = None
         self._started: list[tuple[Any, int]] = []
+        self._behind: list[tuple[Any, int]] = []
+        self._behind_bytes = 0
 
     @classmethod
     def for_fd(cls, fd: int) -> ZipSink:
@@ -322,27 +324,59 @@ class ZipSink:
         """Copies reserved or started that :meth:`run_copies` will report the progress of."""
         return len(self.pending) + len(self._started)
 
-    def _start_copy(self, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
+    def _pool(self) -> Any:
         if self._copy_pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             # one thread: copies into one file serialise on its inode lock, and a second copier
             # only fights the caller's own writes for it (DCP consolidation: 2.1 s with two, 1.5 s with one)
             self._copy_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-copy")
+        return self._copy_pool
+
+    def _start_copy(self, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
+        pool = self._pool()
         for start, n in _pieces(dst_off, size):
-            future = self._copy_pool.submit(_copy_range, self.fd, src_fd, src_off + start, dst_off + start, n)
+            future = pool.submit(_copy_range, self.fd, src_fd, src_off + start, dst_off + start, n)
             self._started.append((future, n))
+
+    def write_behind(self, data: bytes | bytearray | memoryview) -> None:
+        """:meth:`write`, except that with :attr:`eager_copies` a buffer of 1 MiB or more is written
+        at its place by the copy thread while the caller prepares the next (the caller must not
+        change it afterwards; at most :data:`_BEHIND_BYTES` wait at a time). :meth:`run_copies`
+        waits for them; the caller reports their progress itself."""
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self.fd is None or not self.eager_copies or n < _BEHIND_MIN:
+            self.write(view)
+            return
+        self.flush()
+        os.lseek(self.fd, n, os.SEEK_CUR)
+        self._behind.append((self._pool().submit(_pwrite_all, self.fd, view, self._origin + self.position), n))
+        self._behind_bytes += n
+        self.position += n
+        while self._behind_bytes > _BEHIND_BYTES:
+            self._land_behind()
+
+    def _land_behind(self) -> None:
+        future, n = self._behind.pop(0)
+        self._behind_bytes -= n
+        future.result()
+        if self.on_written is not None:
+            self.on_written(n)
 
     def _finish_started(self, progress: Callable[[int], None] | None) -> None:
         started, self._started = self._started, []
         pool, self._copy_pool = self._copy_pool, None
         try:
+            while self._behind:
+                self._land_behind()
             for future, n in started:
                 future.result()
                 self._copied(n, progress)
         except BaseException:
-            for future, _ in started:
+            for future, _ in started + self._behind:
                 future.cancel()
+            self._behind, self._behind_bytes = [], 0
             raise
         finally:
             if pool is not None:
@@ -353,7 +387,7 @@ class ZipSink:
         (``copy_file_range`` releases the GIL): a storage whose offset in the new file is not its
         offset in the old one modulo the page size copies at about half the speed of an aligned
         copy, and copying several at once wins that back where there are cores to spare."""
-        if self._started or self._copy_pool is not None:
+        if self._started or self._behind or self._copy_pool is not None:
             self._finish_started(progress)
         if self.pending and all((src_off - dst_off) % _PAGE == 0 for _fd, src_off, dst_off, _n in self.pending):
             self._run_aligned_copies(progress)
@@ -462,6 +496,17 @@ class ZipSink:
 
 
 _PARALLEL_COPY = 64 << 20
+_BEHIND_MIN = 1 << 20
+_BEHIND_BYTES = 16 << 20  # written-behind buffers waiting at most (memory: about this much more)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        got = os.pwrite(fd, view[done:], offset + done)
+        if got <= 0:
+            raise OSError("the output accepted no bytes")
+        done += got
 _FOLIO = 2 << 20
 
 

@@ -391,3 +391,48 @@ def test_kernel_copies_land_where_reserved_when_the_file_does_not_start_the_arch
             os.close(sfd)
             os.close(fd)
         assert out.read_bytes() == b"preamble" + b"H" * 10 + src.read_bytes()[256:5256] + b"end"
+
+
+def test_write_behind_lands_every_buffer_in_place_and_bounds_what_waits(tmp_path: Path, monkeypatch) -> None:
+    """Buffers written behind (on the copy thread) land at their places between copies and small
+    writes; no more than _BEHIND_BYTES wait at a time; a failed write is raised by run_copies."""
+    import os
+
+    import ckpt.zipwrite as zipwrite
+    from ckpt.zipwrite import ZipSink
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    out = tmp_path / "out.bin"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    sfd = os.open(src, os.O_RDONLY)
+    waiting = []
+    try:
+        sink = ZipSink(fd=fd)
+        sink.eager_copies = True
+        expect = bytearray()
+        for i in range(12):
+            big = bytes([i]) * ((2 << 20) + i)
+            sink.write_behind(big)
+            waiting.append(sink._behind_bytes)
+            sink.write(b"h%d" % i)
+            sink.copy_later(sfd, i, 1000 + i)
+            sink.write_behind(b"small")  # under 1 MiB: an ordinary write
+            expect += big + b"h%d" % i + src.read_bytes()[i : 1000 + 2 * i] + b"small"
+        sink.flush()
+        sink.run_copies()
+    finally:
+        os.close(sfd)
+        os.close(fd)
+    assert out.read_bytes() == bytes(expect)
+    assert max(waiting) <= zipwrite._BEHIND_BYTES
+    # a write that fails surfaces from run_copies
+    fd = os.open(tmp_path / "ro.bin", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        sink = ZipSink(fd=fd)
+        sink.eager_copies = True
+        sink.write_behind(bytes(2 << 20))
+        with pytest.raises(OSError):
+            sink.run_copies()
+    finally:
+        os.close(fd)
