@@ -38,6 +38,7 @@ import errno
 import os
 import struct
 import sys
+import threading
 import zlib
 from collections.abc import Callable
 from typing import IO, Any
@@ -536,26 +537,56 @@ def _phase_block(size: int) -> int:
 
 
 def _copy_range(dst_fd: int, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
-    """Copy ``size`` bytes between two files at the given offsets (in the kernel if it can)."""
+    """Copy ``size`` bytes between two files at the given offsets: in the kernel when the two
+    offsets agree modulo a page; through a small buffer otherwise (the kernel splits every page
+    of a shifted copy in two, and took 0.84 to 1.74 s for 1.6 GB here where positioned reads and
+    writes of 1 MiB took 0.68 to 0.73 s, against 0.58 to 0.66 s for an aligned kernel copy)."""
     done = 0
-    try:
-        while done < size:
-            got = os.copy_file_range(src_fd, dst_fd, size - done, src_off + done, dst_off + done)
-            if got <= 0:
-                break
-            done += got
-    except OSError as e:
-        if done or e.errno not in _NO_KERNEL_COPY:
-            raise
+    if (src_off - dst_off) % _PAGE == 0:
+        try:
+            while done < size:
+                got = os.copy_file_range(src_fd, dst_fd, size - done, src_off + done, dst_off + done)
+                if got <= 0:
+                    break
+                done += got
+        except OSError as e:
+            if done or e.errno not in _NO_KERNEL_COPY:
+                raise
+    if done < size:
+        _copy_through(dst_fd, src_fd, src_off + done, dst_off + done, size - done)
+
+
+_local = threading.local()
+
+
+def _copy_through(dst_fd: int, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
+    """Positioned reads into one reused 1 MiB buffer per thread, each written at its place."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None:
+        buf = _local.buffer = memoryview(bytearray(_THROUGH_CHUNK))
+    done = 0
     while done < size:
-        chunk = os.pread(src_fd, min(size - done, _READ_CHUNK), src_off + done)
-        if not chunk:
+        want = min(size - done, _THROUGH_CHUNK)
+        got = os.preadv(src_fd, [buf[:want]], src_off + done) if hasattr(os, "preadv") else _pread_into(
+            src_fd, buf[:want], src_off + done)
+        if got <= 0:
             raise OSError(f"the source ended {size - done:,} bytes early")
-        view = memoryview(chunk)
+        view = buf[:got]
         while view:
             wrote = os.pwrite(dst_fd, view, dst_off + done)
+            if wrote <= 0:
+                raise OSError("the output accepted no bytes")
             view = view[wrote:]
             done += wrote
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    chunk = os.pread(fd, len(view), offset)
+    view[: len(chunk)] = chunk
+    return len(chunk)
+
+
+_THROUGH_CHUNK = 1 << 20
 
 
 # copy_file_range refuses some pairs of files (other file systems on old kernels, special files):

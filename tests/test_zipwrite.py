@@ -436,3 +436,26 @@ def test_write_behind_lands_every_buffer_in_place_and_bounds_what_waits(tmp_path
             sink.run_copies()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("shift", [0, 8, 4096, 4100])
+def test_copy_range_aligned_or_shifted_gives_the_same_bytes(tmp_path: Path, shift: int) -> None:
+    """Copies whose offsets agree modulo a page go through copy_file_range, the others through a
+    1 MiB buffer: both give the source's bytes at the destination offset, and a source that ends
+    early is an error, not a short copy."""
+    import os
+
+    from ckpt.zipwrite import _copy_range
+
+    data = os.urandom((3 << 20) + 123)
+    (tmp_path / "src").write_bytes(data)
+    sfd = os.open(tmp_path / "src", os.O_RDONLY)
+    dfd = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _copy_range(dfd, sfd, 100, 100 + shift, len(data) - 200)
+        assert (tmp_path / "dst").read_bytes()[100 + shift:] == data[100:-100]
+        with pytest.raises(OSError, match="ended"):
+            _copy_range(dfd, sfd, len(data) - 50, shift + 1, 100)
+    finally:
+        os.close(sfd)
+        os.close(dfd)
