@@ -385,7 +385,7 @@ BENCHMARKS += [
     Bench(
         "dcp-consolidate", 8, ("dcp",),
         about="consolidating a ~1.6 GB DCP folder written by 2 gloo ranks (Shard(0)/Shard(1)): "
-              "`ckpt convert DIR out.safetensors` (no fsync; row shards copied in the kernel, column shards "
+              "`ckpt convert DIR out.safetensors` (no fsync; row shards copied file to file, column shards "
               "assembled in memory) vs `cp -r` of the folder; ckpt.dcp_save, the read alone, ckpt.load and torch's "
               "dcp_to_torch_save for information",
         cases=(

@@ -234,7 +234,7 @@ class LogicalTensor:
     def source_ranges(self) -> list[tuple[int, int, int]] | None:
         """``[(fd, offset, size), ...]``: where the tensor's bytes lie, in C order, when every chunk
         is one contiguous run of the tensor (``Shard(0)``-style) stored as it is (uncompressed,
-        little-endian, not a strided view), so that they can be copied file to file in the kernel
+        little-endian, not a strided view), so that they can be copied file to file
         (the tensor-source interface of :mod:`ckpt.tensor_stream`); None otherwise. The copies skip
         the CRC-32 check a read makes (``ckpt verify`` checks the folder)."""
         strides = contiguous_strides(self.shape)

@@ -9,7 +9,8 @@ first in the library's own order (U64, I64, F64, C64, F32, U32, I32, BF16, F16, 
 float8 family, I8, U8, F4, BOOL), then by name, so every tensor starts aligned to its element
 size.
 
-Tensor bytes are copied file to file in the kernel when they lie contiguous and uncompressed in
+Tensor bytes are copied file to file (in the kernel where the offsets agree modulo a page,
+through a small buffer otherwise) when they lie contiguous and uncompressed in
 the source; otherwise they stream in chunks (:mod:`ckpt.tensor_stream`). The file is written
 atomically (a temporary file beside it, fsynced, renamed).
 

@@ -18,7 +18,7 @@ of ``ckpt.open`` or an object with
 * every piece handed out is a buffer of its own, never changed afterwards (writers may keep it
   and write it on another thread while the next is read);
 * optionally ``source_ranges()``: ``[(fd, offset, size), ...]`` where those bytes lie as they are,
-  in order, or None (see :func:`source_ranges`): writers copy them file to file in the kernel.
+  in order, or None (see :func:`source_ranges`): writers copy them file to file.
 
 >>> import numpy as np
 >>> from ckpt.dtypes import DTYPES

@@ -162,9 +162,10 @@ def test_logical_tree_and_iter_chunks(sharded):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torch_save", "safetensors"])
-def test_row_shards_are_copied_in_the_kernel(sharded, fmt, tmp_path, monkeypatch):
+def test_row_shards_are_copied_file_to_file(sharded, fmt, tmp_path, monkeypatch):
     """A Shard(0) tensor's chunks lie in the files as its rows: convert copies them file to file
-    (the ranges hold exactly the tensor's bytes); a Shard(1) tensor is assembled in memory."""
+    (the ranges hold exactly the tensor's bytes), never through Python objects; a Shard(1) tensor
+    is assembled in memory."""
     from safetensors import safe_open
 
     import ckpt.zipwrite as zipwrite
