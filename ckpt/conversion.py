@@ -414,16 +414,7 @@ def _pt_tree(flat: Flattened, values: dict[str, Any]) -> Any:
         return values
     doc: dict[str, Any] = {"tree": flat.tree, "aliases": flat.aliases}
     # parameters were made lazily by flatten's source refs: keep the flags the tree records
-    return unflatten(doc, values, make_param=_as_param)
-
-
-def _as_param(t: Any, param: bool, grad: bool) -> Any:
-    if type(t) is not TensorRef:
-        return t
-    out = TensorRef(t.storage, t.dtype, t.shape, t.stride, t.offset, grad)
-    if param:
-        out.is_parameter = True
-    return out
+    return unflatten(doc, values)
 
 
 def _save_pt(tree: Any, path: str, step: Callable[[int], None], fsync: bool) -> int:

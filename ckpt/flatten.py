@@ -300,11 +300,11 @@ _DROP = _Drop()
 
 
 def unflatten(doc: dict[str, Any], tensors: dict[str, Any], *,
-              make_param: Callable[[Any, bool], Any] | None = None) -> Any:
+              make_param: Callable[[Any, bool, bool], Any] | None = None) -> Any:
     """Rebuild the tree of a ``ckpt.convert/1`` document from ``tensors`` (name -> tensor).
 
-    ``make_param(tensor, requires_grad)`` marks a tensor as a parameter (the default sets
-    :class:`TensorRef`'s flags). Aliases resolve to the very tensor object of their target, so a
+    ``make_param(tensor, is_parameter, requires_grad)`` gives a tensor those flags (the default
+    makes a :class:`TensorRef` carrying them and leaves anything else as it is). Aliases resolve to the very tensor object of their target, so a
     writer keeps them sharing one storage.
     """
     aliases = doc.get("aliases") or {}
