@@ -50,6 +50,7 @@ from . import dtypes as _dt
 from .errors import CheckpointError, UnsupportedFeatureError
 from .flatten import METADATA_KEY, Flattened, flatten, parse_metadata, subtree, unflatten
 from .limits import DEFAULT_LIMITS, Limits
+from .saving import progress_steps
 from .tensor_stream import CAST_NAMES, cast_chunks, cast_target, tensor_chunks
 from .tensors import StorageReader, StorageRef, TensorRef, contiguous_strides
 
@@ -376,14 +377,7 @@ def _convert(
         out_dtypes = {n: cast_target(t.dtype, cast) for n, t in flat.tensors.items()}
         result.tensor_bytes = sum(_nbytes(t.shape, out_dtypes[n]) for n, t in flat.tensors.items())
         total = result.tensor_bytes
-        done = 0
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, total)
-
+        step = progress_steps(total, progress)
         if progress is not None:
             progress(0, total)
         source = {"format": ck.format, "file": os.path.basename(src_s.rstrip("/"))}

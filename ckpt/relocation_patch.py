@@ -30,7 +30,7 @@ from .checkpoint import open_reader
 from .dtypes import UINT8, by_storage_class
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
-from .saving import Progress, output_file
+from .saving import Progress, output_file, progress_steps
 from .torch_zip import TorchZipReader
 from .zipread import STORED
 from .zipwrite import TorchZipWriter, archive_name_for
@@ -271,14 +271,7 @@ def relocate_by_patching(
         new_pickle, _changed = patch(data, found, locmap)
         if dry_run:
             return result
-        total = sum(e.size for e in archive.entries)
-        done = 0
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, total)
+        step = progress_steps(sum(e.size for e in archive.entries), progress)
 
         with output_file(dst, fsync=fsync) as sink:
             writer = TorchZipWriter(sink, archive_name_for(dst), keep_page_phase=True)

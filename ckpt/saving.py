@@ -594,6 +594,23 @@ def _numpy_dtype_row(dtype: Any) -> _dt.DType | None:
 # -- writing ----------------------------------------------------------------------------------------
 
 
+def progress_steps(total: int, progress: Progress | None) -> Callable[[int], None]:
+    """``step(n)``: add ``n`` bytes to a running count and report ``progress(done, total)``.
+
+    >>> seen = []; step = progress_steps(10, lambda d, t: seen.append(d)); step(4); step(6); seen
+    [4, 10]
+    """
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    return step
+
+
 def write_archive(
     saver: _Saver, pickle_bytes: bytes, writer: TorchZipWriter, progress: Progress | None = None,
 ) -> int:
@@ -603,14 +620,7 @@ def write_archive(
     writer.write_record(".storage_alignment", str(writer.alignment).encode("ascii"))
     writer.write_record("byteorder", saver.byteorder.encode("ascii"))
     total = sum(s.nbytes for s in saver.sources.values())
-    done = 0
-
-    def step(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
-
+    step = progress_steps(total, progress)
     if progress is not None:
         progress(0, total)
     pool = _start_crcs(saver, writer)
