@@ -290,8 +290,9 @@ class DcpReader(Reader):
         self._scratch = bytearray()
         self.findings: list[Finding] = []
         self._policy_decides = False
-        """Whether reading ``.metadata`` met a global outside DCP's own classes (then the policy
-        it is read under decides what becomes of it, and :meth:`load` reads it again)."""
+        """Whether reading ``.metadata`` met a global that is neither one of DCP's own classes nor
+        on ckpt's allowlist (then the policy it is read under decides what becomes of it, and
+        :meth:`load` and :meth:`logical_tree` read it again under theirs)."""
         try:
             self._meta_size = os.path.getsize(self.path) if self.metadata_name else 0
         except OSError as e:
@@ -315,6 +316,12 @@ class DcpReader(Reader):
 
     def _corrupt(self, message: str, record: str | None = None) -> CorruptCheckpointError:
         return CorruptCheckpointError(message, path=self.path, record=record)
+
+    @property
+    def _policy_matters(self) -> bool:
+        """Whether ``.metadata`` must be read again under a caller's policy: it named a global
+        outside DCP's classes and the allowlist, or its first reading found something."""
+        return self._policy_decides or bool(self.findings)
 
     # -- .metadata -------------------------------------------------------------------------
 
@@ -555,7 +562,7 @@ class DcpReader(Reader):
         ckpt's restricted reader, ``policy`` default strict): what ``ckpt convert`` streams from."""
         findings: list[Finding] = []
         policy = policy or Policy("strict")
-        if self._policy_decides or self.findings:  # see load()
+        if self._policy_matters:
             self._read_metadata(policy, findings)
         builder = Builder(mode=policy.mode, limits=self.limits)
         out: dict[Any, Any] = {}
@@ -569,7 +576,7 @@ class DcpReader(Reader):
     def load(self, builder: Builder, policy: Policy, findings: list[Finding]) -> Any:
         """The consolidated state dict, nested as saved (``planner_data``), in ``.metadata`` order:
         what ``dcp_to_torch_save`` writes."""
-        if self._policy_decides or self.findings:  # else every global was DCP's own: no policy matters
+        if self._policy_matters:
             self.findings = []
             self._read_metadata(policy, self.findings)  # the caller's policy decides .metadata's globals
         findings.extend(self.findings)

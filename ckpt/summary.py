@@ -264,11 +264,11 @@ def _inspect(path: PathLike, *, allow: Iterable[str], filter: str | None, limits
         if background is not None:
             background.cancel()
         raise
-    if background is not None and summary.facts.get("format") not in ("sharded", "dcp"):
-        merge_scan(summary, background.result())
-        return summary
     if background is not None:
-        background.cancel()
+        if summary.facts.get("format") not in ("sharded", "dcp"):
+            merge_scan(summary, background.result())
+            return summary
+        background.cancel()  # an index or a .metadata: the scan below looks at the files it names
     if scan:
         from .scanner import scan_file
 

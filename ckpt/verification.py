@@ -232,10 +232,8 @@ def _verify_dcp(folder: str, limits: Limits, progress: Callable[[int, int], None
         for t in reader.tensors():
             result.tensors += 1
             for c in t.chunks:
-                if c.numel and reader.file_serialization.get(c.file) != "torch_save":
+                if not c.numel or reader.file_serialization.get(c.file) != "torch_save":
                     continue  # safetensors chunks: their headers were checked when the folder was opened
-                if not c.numel:
-                    continue
                 try:
                     reader._chunk_source(t, c)  # the archive holds this dtype and shape
                 except CheckpointError as e:
