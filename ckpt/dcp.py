@@ -682,8 +682,10 @@ class DcpReader(Reader):
         raise self._corrupt(f"bytes at {chunk.offset:,} of {chunk.file} are neither a torch.save archive nor a "
                             "safetensors blob", record=t.fqn)
 
-    def _zip_chunk(self, t: LogicalTensor, chunk: ChunkInfo) -> Any:
-        reader = self._blob_reader(chunk.file, chunk.offset, chunk.length, t.fqn, keep=False)
+    def _zip_chunk(self, t: LogicalTensor, chunk: ChunkInfo, reader: Reader | None = None) -> Any:
+        """:meth:`_chunk_source` of a ``torch.save`` chunk (``reader``: its archive, already open)."""
+        if reader is None:
+            reader = self._blob_reader(chunk.file, chunk.offset, chunk.length, t.fqn, keep=False)
         if self._chunk_builder is None:
             self._chunk_builder = (Builder(mode="strict", limits=self.limits), Policy("strict", profiles="none"))
         builder, policy = self._chunk_builder

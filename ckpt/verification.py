@@ -210,10 +210,17 @@ def _verify_dcp(folder: str, limits: Limits, progress: Callable[[int, int], None
         for row in reader.files():
             fmt = "distcp" if row["file"].endswith(".distcp") else reader.file_serialization.get(row["file"], "safetensors")
             result.files.append({"file": row["file"], "format": fmt, "bytes": row["size"]})
-        blobs = list(reader.blobs())
-        total = sum(b[4] for b in blobs)
+        # every torch.save archive: the values, then each tensor's chunks (safetensors chunks had
+        # their headers checked when the folder was opened)
+        blobs: list[tuple[str, str, int, int, Any]] = [(i.fqn, i.file, i.offset, i.length, None)
+                                                       for i in reader.items.values()]
+        for t in reader.tensors():
+            result.tensors += 1
+            blobs += [(t.fqn, c.file, c.offset, c.length, (t, c)) for c in t.chunks
+                      if reader.file_serialization.get(c.file) == "torch_save"]
+        total = sum(b[3] for b in blobs)
         done = 0
-        for kind, fqn, file, offset, length in blobs:
+        for fqn, file, offset, length, chunk in blobs:
             label = f"{file} @ {offset:,}"
             try:
                 blob = reader._blob_reader(file, offset, length, fqn, keep=False)
@@ -221,24 +228,17 @@ def _verify_dcp(folder: str, limits: Limits, progress: Callable[[int, int], None
                 result.problems.append(Problem("corrupt", _message(e), label, fqn))
                 continue
             try:
-                archive = getattr(blob, "archive", None)
-                if archive is not None:
-                    _check_zip(archive, result, label, None)
+                _check_zip(blob.archive, result, label, None)  # type: ignore[attr-defined]
+                if chunk is not None and chunk[1].numel:
+                    reader._zip_chunk(chunk[0], chunk[1], blob)  # the archive holds this dtype and shape
+            except CheckpointError as e:
+                if not any(p.file == label for p in result.problems):
+                    result.problems.append(Problem("corrupt", _message(e), label, fqn))
             finally:
                 blob.close()
             done += length
             if progress is not None:
                 progress(done, total)
-        for t in reader.tensors():
-            result.tensors += 1
-            for c in t.chunks:
-                if not c.numel or reader.file_serialization.get(c.file) != "torch_save":
-                    continue  # safetensors chunks: their headers were checked when the folder was opened
-                try:
-                    reader._chunk_source(t, c)  # the archive holds this dtype and shape
-                except CheckpointError as e:
-                    if not any(p.file == f"{c.file} @ {c.offset:,}" for p in result.problems):
-                        result.problems.append(Problem("corrupt", _message(e), f"{c.file} @ {c.offset:,}", t.fqn))
     finally:
         reader.close()
     if any(v != "torch_save" for v in reader.file_serialization.values()):
