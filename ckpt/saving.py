@@ -141,21 +141,18 @@ class _RefSource(_Source):
         self.ref = ref
         self.nbytes = ref.nbytes
         self.byteorder = byteorder
-        self.crc_future: Any = None  # the CRC-32 of a record without one, computed ahead (write_archive)
 
-    def crc_to_compute(self) -> tuple[int, int] | None:
-        """``(fd, offset)`` when the storage lies as it is in a file without CRC-32s (safetensors):
-        its CRC can be computed ahead, in parallel, and the bytes then copied in the kernel."""
+    def copied_without_crc(self) -> bool:
+        """Whether the storage lies as it is in a file without CRC-32s (safetensors): copied with
+        :meth:`TorchZipWriter.copy_computing_crc` where the sink allows."""
         ref = self.ref
         reader = ref.reader
         if reader is None or ref.nbytes == 0:
-            return None
+            return False
         if getattr(reader, "byteorder", self.byteorder) != self.byteorder and ref.dtype.itemsize > 1:
-            return None
+            return False
         raw = _raw_record(ref)
-        if raw is None or raw[2] is not None:
-            return None
-        return raw[0], raw[1]
+        return raw is not None and raw[2] is None
 
     def write_to(self, writer: TorchZipWriter, progress: Callable[[int], None]) -> None:
         ref = self.ref
@@ -167,21 +164,14 @@ class _RefSource(_Source):
         raw = _raw_record(ref)
         if raw is not None:
             fd, offset, crc = raw
-            if crc is None and swap == 1:
-                # no CRC to check: compute the zip's (ahead of time if write_archive could), then
-                # copy in the kernel like a torch zip record
-                future = self.crc_future
-                crc = future.result() if future is not None else _crc_of_range(fd, offset, ref.nbytes, ref)
+            if swap == 1:
+                # Later, on the sink's threads (ZipSink.run_copies reports the progress as copies
+                # land): in the kernel when the CRC is known; read once, the zip's CRC computed on
+                # the way, when there is none to check (safetensors). A zip that is not a file
+                # descriptor copies at once, reading the source to compute a missing CRC.
                 pending = writer.sink.queued
-                writer.copy(fd, offset, ref.nbytes, crc=crc)
-                if writer.sink.queued == pending:
-                    progress(ref.nbytes)
-                return
-            if swap == 1 and crc is not None:
-                # In the kernel, later (ZipSink.run_copies reports the progress as copies land);
-                # a zip that is not a file descriptor copies at once.
-                pending = writer.sink.queued
-                writer.copy(fd, offset, ref.nbytes, crc=crc)
+                if crc is not None or not writer.copy_computing_crc(fd, offset, ref.nbytes):
+                    writer.copy(fd, offset, ref.nbytes, crc=crc)
                 if writer.sink.queued == pending:
                     progress(ref.nbytes)
                 return
@@ -217,54 +207,6 @@ class _RefSource(_Source):
         reader.readinto(ref, memoryview(buf))  # compressed or foreign: one storage in memory
         writer.write(_byteswapped(bytes(buf), swap) if swap > 1 else buf)
         progress(ref.nbytes)
-
-
-def _crc_of_range(fd: int, offset: int, size: int, ref: StorageRef) -> int:
-    """The CRC-32 of ``size`` bytes of a file, read in chunks (zlib and pread release the GIL).
-
-    The range is memory-mapped where it can be (no copy into Python), a chunk at a time, each
-    chunk dropped from the mapping once summed so that resident memory stays at one chunk."""
-    crc = _crc_of_range_mapped(fd, offset, size)
-    if crc is not None:
-        return crc
-    crc = 0
-    done = 0
-    while done < size:
-        chunk = os.pread(fd, min(_READ_CHUNK, size - done), offset + done)
-        if not chunk:
-            raise CorruptCheckpointError("the file ends inside this tensor's data (truncated?)",
-                                         path=_path_of(ref.reader), record=ref.record)
-        crc = crc32(chunk, crc)
-        done += len(chunk)
-    return crc
-
-
-def _crc_of_range_mapped(fd: int, offset: int, size: int) -> int | None:
-    import mmap
-
-    if size < (1 << 20) or not hasattr(mmap, "MADV_DONTNEED"):
-        return None
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    try:
-        if os.fstat(fd).st_size < offset + size:
-            return None  # truncated: the chunked reader says so
-        m = mmap.mmap(fd, offset + size - start, prot=mmap.PROT_READ, offset=start)
-    except (OSError, ValueError):
-        return None
-    crc = 0
-    try:
-        with memoryview(m) as view:
-            pos = offset - start
-            end = pos + size
-            while pos < end:
-                n = min(_READ_CHUNK, end - pos)
-                crc = crc32(view[pos : pos + n], crc)
-                base = pos - pos % mmap.PAGESIZE
-                m.madvise(mmap.MADV_DONTNEED, base, pos + n - base)
-                pos += n
-    finally:
-        m.close()
-    return crc
 
 
 def _path_of(reader: Any) -> str | None:
@@ -623,9 +565,8 @@ def write_archive(
     step = progress_steps(total, progress)
     if progress is not None:
         progress(0, total)
-    pool = _start_crcs(saver, writer)
-    if pool is not None:
-        writer.sink.eager_copies = True  # copy each record while the CRCs of later ones are computed
+    if writer.sink.fd is not None and any(type(s) is _RefSource and s.copied_without_crc() for s in saver.sources.values()):
+        writer.sink.eager_copies = True  # copy each record, computing its CRC, while later ones are laid out
     try:
         for key, source in saver.sources.items():
             writer.begin(f"data/{key}", source.nbytes, source_offset=_copied_from(source) if writer.keep_page_phase else None)
@@ -638,9 +579,6 @@ def write_archive(
             except Exception:
                 pass
         raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     writer.sink.run_copies(step)  # the storages copied file to file (progress is reported as they land)
     return writer.finish()
 
@@ -655,28 +593,6 @@ def _copied_from(source: _Source) -> int | None:
         return None
     raw = _raw_record(ref)
     return None if raw is None else raw[1]
-
-
-def _start_crcs(saver: _Saver, writer: TorchZipWriter) -> Any:
-    """Start computing, on a few threads, the CRC-32s of storages that come from files without
-    them (safetensors), so the archive is laid out at the speed of several cores and the bytes
-    are then copied in the kernel. Each job holds one read chunk at a time."""
-    if writer.sink.fd is None or (os.cpu_count() or 1) < 2:
-        return None
-    jobs = []
-    for source in saver.sources.values():
-        if type(source) is _RefSource:
-            where = source.crc_to_compute()
-            if where is not None:
-                jobs.append((source, where))
-    if len(jobs) < 2:
-        return None
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ckpt-crc32")
-    for source, (fd, offset) in jobs:
-        source.crc_future = pool.submit(_crc_of_range, fd, offset, source.nbytes, source.ref)
-    return pool
 
 
 def save(obj: Any, f: PathLike | IO[bytes], *, fsync: bool = True, progress: Progress | None = None) -> None:

@@ -141,17 +141,26 @@ def _progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int],
         yield update
 
 
-def _console() -> Any:
+def _printer() -> Callable[..., None]:
+    """``say(text, style=None)``: a line through rich on a terminal; plain text, unwrapped and
+    without importing rich (a twentieth of a second), when stdout is piped or redirected."""
+    if not sys.stdout.isatty():
+        def plain(text: str, style: str | None = None) -> None:
+            sys.stdout.write(text + "\n")
+
+        return plain
     from rich.console import Console
 
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 120))
-    return console
+
+    def rich_line(text: str, style: str | None = None) -> None:
+        console.print(text, style=style, highlight=False, markup=False)
+
+    return rich_line
 
 
 def render_conversion(result: Conversion) -> None:
-    console = _console()
+    say = _printer()
     doc = result.as_json()
     t = doc["totals"]
     what = f"{t['tensors']} tensors, {human_bytes(t['tensor_bytes'])}"
@@ -159,8 +168,7 @@ def render_conversion(result: Conversion) -> None:
         where = f"{len(result.files)} shards + {result.index}"
     else:
         where = result.destination
-    console.print(f"{result.source} ({result.source_format}) -> {where} ({result.format}): {what}",
-                  highlight=False, markup=False)
+    say(f"{result.source} ({result.source_format}) -> {where} ({result.format}): {what}")
     extras = []
     if result.cast:
         extras.append(f"{result.cast_tensors} cast to {result.cast}")
@@ -175,13 +183,13 @@ def render_conversion(result: Conversion) -> None:
     if result.manifest:
         extras.append(f"SHA-256 manifest {result.manifest}")
     for e in extras:
-        console.print(f"  {e}", highlight=False, markup=False)
+        say(f"  {e}")
     for note in result.notes:
-        console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
+        say(f"note: {note}", "yellow")
 
 
 def render_verification(result: Verification) -> None:
-    console = _console()
+    say = _printer()
     doc = result.as_json()
     t = doc["totals"]
     head = f"{result.path} ({result.format}): {t['files']} file(s), {t['tensors']} tensors"
@@ -189,12 +197,11 @@ def render_verification(result: Verification) -> None:
         head += f", {t['records_checked']} zip records CRC-checked ({human_bytes(t['bytes_checked'])})"
     if result.manifest:
         head += ", manifest checked"
-    console.print(head, highlight=False, markup=False)
+    say(head)
     for p in result.problems:
-        console.print(f"problem [{p.kind}] {p}", style="red", highlight=False, markup=False)
+        say(f"problem [{p.kind}] {p}", "red")
     for note in result.notes:
-        console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
-    console.print("ok: intact" if result.ok else f"{len(result.problems)} problem(s) found",
-                  style="green" if result.ok else "red", highlight=False, markup=False)
+        say(f"note: {note}", "yellow")
+    say("ok: intact" if result.ok else f"{len(result.problems)} problem(s) found", "green" if result.ok else "red")
 
 

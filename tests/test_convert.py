@@ -637,15 +637,15 @@ def test_tensor_source_interface(tmp_path: Path, dst: str) -> None:
 
 
 def test_failed_copy_to_pt_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """safetensors -> .pt copies records in the kernel while later CRCs are computed: a failing copy
-    still leaves no file and no temporary behind."""
+    """safetensors -> .pt copies records on threads (computing their CRCs) while later ones are laid
+    out: a failing copy still leaves no file and no temporary behind."""
     write_st(tmp_path / "m.safetensors", {f"t{i}": np.full(4096, i, "<f4") for i in range(6)})
     import ckpt.zipwrite as zw
 
     def broken(*a: Any, **k: Any) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(zw, "_copy_range", broken)
+    monkeypatch.setattr(zw, "_copy_through", broken)
     with pytest.raises(CheckpointError, match="Input/output error"):
         ckpt.convert(tmp_path / "m.safetensors", tmp_path / "o.pt")
     assert listing(tmp_path) == ["m.safetensors"]

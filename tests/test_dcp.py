@@ -180,8 +180,8 @@ def test_row_shards_are_copied_file_to_file(sharded, fmt, tmp_path, monkeypatch)
         assert got == expected["model"]["embed.weight"].numpy().tobytes()
         assert reader.tensor("model.proj.weight").source_ranges() is None  # Shard(1): columns
     copied = []
-    real = zipwrite._copy_range
-    monkeypatch.setattr(zipwrite, "_copy_range", lambda *a: (copied.append(a[-1]), real(*a))[1])
+    real = zipwrite.ZipSink.copy_later
+    monkeypatch.setattr(zipwrite.ZipSink, "copy_later", lambda self, *a: (copied.append(a[-1]), real(self, *a))[1])
     out = tmp_path / "out.safetensors"
     ckpt.convert(folder, out, fsync=False)
     assert sum(copied) >= expected["model"]["embed.weight"].nbytes

@@ -459,3 +459,60 @@ def test_copy_range_aligned_or_shifted_gives_the_same_bytes(tmp_path: Path, shif
     finally:
         os.close(sfd)
         os.close(dfd)
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_records_copied_computing_their_crc_match_records_written_from_memory(tmp_path: Path, eager: bool) -> None:
+    """Records copied from another file whose CRC-32 is computed on the copy threads (the data
+    descriptor, directory entry and serialization id filled in by finish) give exactly the archive
+    that writing the same bytes from memory gives; where the sink cannot defer (not eager),
+    copy_computing_crc declines and copy() computes the CRC."""
+    sizes = [5, 8 << 20, (8 << 20) + 1, (20 << 20) + 3, 4096]
+    blobs = [os.urandom(n) for n in sizes]
+    blobs[-1] = b"PK\x07\x08" + blobs[-1][4:]  # data that starts like a descriptor is folded into the id
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 77 + b"".join(blobs))
+    want = ckpt_archive(tmp_path / "want.zip", [("data.pkl", b"pickle")] + [(f"data/{i}", b) for i, b in enumerate(blobs)])
+    out = tmp_path / "got.zip"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        w = TorchZipWriter(ZipSink.for_fd(fd), "want")
+        w.sink.eager_copies = eager
+        w.write_record("data.pkl", b"pickle")
+        offset = 77
+        for i, b in enumerate(blobs):
+            w.begin(f"data/{i}", len(b))
+            if not w.copy_computing_crc(sfd, offset, len(b)):
+                assert not eager
+                w.copy(sfd, offset, len(b))
+            w.end()
+            offset += len(b)
+        w.finish()
+    finally:
+        os.close(sfd)
+        os.close(fd)
+    got = out.read_bytes()
+    assert got == want
+    assert zipfile.ZipFile(out).testzip() is None
+
+
+def test_a_copy_computing_crc_from_a_short_source_fails_in_finish(tmp_path: Path) -> None:
+    """A source that ends inside a record copied on the threads: finish raises, it does not write
+    a directory with a CRC of bytes that were never there."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    out = tmp_path / "out.zip"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        w = TorchZipWriter(ZipSink.for_fd(fd), "out")
+        w.sink.eager_copies = True
+        w.begin("data/0", 10 << 20)
+        assert w.copy_computing_crc(sfd, 0, 10 << 20)
+        w.end()
+        with pytest.raises(OSError, match="ended"):
+            w.finish()
+    finally:
+        os.close(sfd)
+        os.close(fd)
