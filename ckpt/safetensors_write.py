@@ -31,7 +31,7 @@ from typing import Any
 
 from . import dtypes as _dt
 from .errors import CheckpointError, UnsupportedFeatureError
-from .tensor_stream import cast_chunks, source_ranges, tensor_chunks
+from .tensor_stream import Recycler, cast_chunks, source_ranges, tensor_chunks
 
 # The safetensors library's Dtype enum, in declaration order; it sorts tensors by it, descending.
 _ORDER = ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E5M2FNUZ",
@@ -128,14 +128,16 @@ def write(
         by_name[it.name] = it
     head, layout = header({n: (it.dtype, it.shape) for n, it in by_name.items()}, metadata)
     step = progress or (lambda n: None)
+    ranges_of = {n: source_ranges(it.source) if it.dtype == it.source.dtype else None for n, it in by_name.items()}
+    buffers = Recycler()
     with output_file(path, fsync=fsync) as sink:
-        sink.eager_copies = True  # kernel copies run on threads while later tensors are read and packed
+        sink.eager_copies = True  # copies run on threads while later tensors are read and packed
         sink.write(head)
         for name, begin, end in layout:
             it = by_name[name]
             size = end - begin
             src = it.source
-            ranges = source_ranges(src) if it.dtype == src.dtype else None
+            ranges = ranges_of[name]
             if ranges is not None:
                 n = sum(r[2] for r in ranges)
                 if n != size:  # pragma: no cover - guarded by make_view and the DCP reader's cover check
@@ -145,15 +147,19 @@ def write(
                 continue
             written = 0
             try:
-                for chunk in cast_chunks(tensor_chunks(src), src.dtype, it.dtype):
+                for chunk in cast_chunks(tensor_chunks(src, buffers=buffers), src.dtype, it.dtype):
                     n = len(chunk) if type(chunk) is bytes else memoryview(chunk).nbytes
                     if written + n > size:
                         break
-                    sink.write_behind(chunk)  # a fresh buffer each time (see ckpt.tensor_stream)
+                    sink.write_behind(chunk)  # never changed afterwards: buffers come back only once written
                     written += n
                     step(n)
             except CheckpointError as e:
                 raise e.with_context(record=name)
+            finally:
+                used, buffers.last = buffers.last, None
+            if used is not None:
+                sink.after_behind(lambda used=used: buffers.give(used))
             if written != size:
                 raise CheckpointError(f"tensor {name!r}: its source gave {written:,} bytes where {size:,} were expected"
                                       if written < size else f"tensor {name!r}: its source gave more than {size:,} bytes",
