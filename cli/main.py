@@ -87,10 +87,34 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the command line (``argv`` defaults to ``sys.argv[1:]``); exits with the command's code."""
+    """Run the command line; exits with the command's code.
+
+    Run as the ``ckpt`` program (``argv`` None: ``sys.argv[1:]``), the process ends as soon as its
+    output is flushed, without the interpreter's teardown: freeing the million objects of a
+    100,000-tensor summary one by one took 0.3 to 0.5 s, for nothing. Called with ``argv`` from
+    other Python code, it raises ``SystemExit`` instead, as click does."""
     try:
         cli.main(args=argv, prog_name="ckpt", standalone_mode=True)
+        code: Any = EXIT_OK
+    except SystemExit as e:
+        code = e.code
     except BrokenPipeError:  # `ckpt inspect big.pt | head`: the reader left, nothing went wrong
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(EXIT_OK)
+        code = EXIT_OK
+    if argv is not None:
+        sys.exit(code)
+    if code is None:
+        code = EXIT_OK
+    elif not isinstance(code, int):  # sys.exit("message"): printed, as Python prints it
+        sys.stderr.write(f"{code}\n")
+        code = EXIT_ERROR
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # the reader left (a broken pipe): what was not written is not wanted
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except Exception:
+                pass
+    os._exit(code)

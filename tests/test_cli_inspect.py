@@ -211,3 +211,23 @@ def test_inspect_does_not_import_torch_even_when_installed(helpers):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stderr.endswith("NO-TORCH"), proc.stderr
+
+
+def test_the_program_exits_with_its_code_and_all_its_output(helpers, tmp_path):
+    """Run as a program, ckpt leaves without the interpreter's teardown, after flushing: the JSON
+    arrives whole, and the exit code is the command's. Called with argv from Python, main raises
+    SystemExit instead of ending the process."""
+    import ckpt
+    from ckpt_cli.main import main
+
+    path = helpers.fixture_path("state_dict")
+    env = {**os.environ, "COLUMNS": "200"}
+    ok = subprocess.run([sys.executable, "-m", "ckpt", "inspect", str(path), "--json"], capture_output=True,
+                        text=True, env=env, timeout=120)
+    assert ok.returncode == EXIT_OK and json.loads(ok.stdout) == ckpt.inspect(path).as_json()
+    bad = subprocess.run([sys.executable, "-m", "ckpt", "inspect", str(tmp_path / "missing.pt")], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == EXIT_ERROR and bad.stderr.startswith("ckpt: error:")
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", str(path), "--json"])
+    assert e.value.code == EXIT_OK
