@@ -461,40 +461,67 @@ def test_copy_range_aligned_or_shifted_gives_the_same_bytes(tmp_path: Path, shif
         os.close(dfd)
 
 
-@pytest.mark.parametrize("eager", [True, False])
-def test_records_copied_computing_their_crc_match_records_written_from_memory(tmp_path: Path, eager: bool) -> None:
+def _archive_with_copies(path: Path, src: Path, blobs: list[bytes], *, eager: bool, hole: int,
+                         from_memory: bool) -> None:
+    """data.pkl, a ``hole``-byte record (skipped), then ``blobs`` (which lie in ``src`` from byte
+    77 on): written from memory, or copied from ``src`` computing their CRCs where the sink can."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        w = TorchZipWriter(ZipSink.for_fd(fd), "z")
+        w.sink.eager_copies = eager
+        w.write_record("data.pkl", b"pickle")
+        if hole:
+            w.begin("data/hole", hole)
+            w.skip(hole)
+            w.end()
+        offset = 77
+        for i, b in enumerate(blobs):
+            if from_memory:
+                w.write_record(f"data/{i}", b)
+            else:
+                w.begin(f"data/{i}", len(b))
+                if not w.copy_computing_crc(sfd, offset, len(b)):
+                    assert not eager
+                    w.copy(sfd, offset, len(b))
+                w.end()
+            offset += len(b)
+        w.finish()
+    finally:
+        os.close(sfd)
+        os.close(fd)
+
+
+@pytest.mark.parametrize("eager, hole", [(True, 0), (False, 0), (True, (1 << 32) + 10)])
+def test_records_copied_computing_their_crc_match_records_written_from_memory(
+    tmp_path: Path, eager: bool, hole: int,
+) -> None:
     """Records copied from another file whose CRC-32 is computed on the copy threads (the data
     descriptor, directory entry and serialization id filled in by finish) give exactly the archive
-    that writing the same bytes from memory gives; where the sink cannot defer (not eager),
+    that writing the same bytes from memory gives, past the 4 GiB mark too (zip64 fields and
+    24-byte descriptors; a hole stands for the 4 GiB). Where the sink cannot defer (not eager),
     copy_computing_crc declines and copy() computes the CRC."""
     sizes = [5, 8 << 20, (8 << 20) + 1, (20 << 20) + 3, 4096]
     blobs = [os.urandom(n) for n in sizes]
     blobs[-1] = b"PK\x07\x08" + blobs[-1][4:]  # data that starts like a descriptor is folded into the id
     src = tmp_path / "src.bin"
     src.write_bytes(b"x" * 77 + b"".join(blobs))
-    want = ckpt_archive(tmp_path / "want.zip", [("data.pkl", b"pickle")] + [(f"data/{i}", b) for i, b in enumerate(blobs)])
-    out = tmp_path / "got.zip"
-    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    sfd = os.open(src, os.O_RDONLY)
-    try:
-        w = TorchZipWriter(ZipSink.for_fd(fd), "want")
-        w.sink.eager_copies = eager
-        w.write_record("data.pkl", b"pickle")
-        offset = 77
-        for i, b in enumerate(blobs):
-            w.begin(f"data/{i}", len(b))
-            if not w.copy_computing_crc(sfd, offset, len(b)):
-                assert not eager
-                w.copy(sfd, offset, len(b))
-            w.end()
-            offset += len(b)
-        w.finish()
-    finally:
-        os.close(sfd)
-        os.close(fd)
-    got = out.read_bytes()
-    assert got == want
-    assert zipfile.ZipFile(out).testzip() is None
+    want, got = tmp_path / "want.zip", tmp_path / "got.zip"
+    _archive_with_copies(want, src, blobs, eager=eager, hole=hole, from_memory=True)
+    _archive_with_copies(got, src, blobs, eager=eager, hole=hole, from_memory=False)
+    assert got.stat().st_size == want.stat().st_size
+    with open(got, "rb") as fg, open(want, "rb") as fw:
+        fg.seek(hole)
+        fw.seek(hole)
+        assert fg.read() == fw.read()
+        fg.seek(0)
+        fw.seek(0)
+        assert fg.read(4096) == fw.read(4096)
+    if not hole:
+        assert zipfile.ZipFile(got).testzip() is None
+    arc = ZipArchive(RangedFile.open(got), name="got.zip")
+    assert [arc.read(arc.entry(f"z/data/{i}")) for i in range(len(blobs))] == blobs  # CRC-checked reads
+    arc.close()
 
 
 def test_a_copy_computing_crc_from_a_short_source_fails_in_finish(tmp_path: Path) -> None:
