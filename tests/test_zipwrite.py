@@ -543,3 +543,38 @@ def test_a_copy_computing_crc_from_a_short_source_fails_in_finish(tmp_path: Path
     finally:
         os.close(sfd)
         os.close(fd)
+
+
+def test_no_write_hands_the_kernel_more_than_a_mebibyte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big records, written from memory, written behind on the copy thread, or to a file object,
+    reach the kernel 1 MiB at a time at most (bigger writes make the page cache allocate 2 MiB
+    folios, slow where the host reclaims free memory), and land whole."""
+    import ckpt.zipwrite as zipwrite
+
+    sizes: list[int] = []
+    real_write, real_pwrite = os.write, os.pwrite
+    monkeypatch.setattr(os, "write", lambda fd, data: (sizes.append(len(data)), real_write(fd, data))[1])
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: (sizes.append(len(data)), real_pwrite(fd, data, at))[1])
+    blob = os.urandom(5 << 20) + b"tail"
+    fd = os.open(tmp_path / "a.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        sink = ZipSink.for_fd(fd)
+        sink.write(blob)
+        sink.eager_copies = True
+        sink.write_behind(blob)
+        sink.run_copies()
+        sink.flush()
+    finally:
+        os.close(fd)
+    assert (tmp_path / "a.bin").read_bytes() == blob + blob
+    assert sizes and max(sizes) <= zipwrite._WRITE_CHUNK
+
+    class Recording(io.BytesIO):
+        def write(self, data: Any) -> int:
+            sizes.append(len(data))
+            return super().write(data)
+
+    sizes.clear()
+    out = Recording()
+    ZipSink.for_file(out).write(blob)
+    assert out.getvalue() == blob and max(sizes) <= zipwrite._WRITE_CHUNK
