@@ -304,8 +304,8 @@ def unflatten(doc: dict[str, Any], tensors: dict[str, Any], *,
     """Rebuild the tree of a ``ckpt.convert/1`` document from ``tensors`` (name -> tensor).
 
     ``make_param(tensor, is_parameter, requires_grad)`` gives a tensor those flags (the default
-    makes a :class:`TensorRef` carrying them and leaves anything else as it is). Aliases resolve to the very tensor object of their target, so a
-    writer keeps them sharing one storage.
+    makes a :class:`TensorRef` carrying them and leaves anything else as it is). Aliases resolve
+    to the very tensor object of their target, so a writer keeps them sharing one storage.
     """
     aliases = doc.get("aliases") or {}
     if type(aliases) is not dict:

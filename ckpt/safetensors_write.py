@@ -128,7 +128,6 @@ def write(
         by_name[it.name] = it
     head, layout = header({n: (it.dtype, it.shape) for n, it in by_name.items()}, metadata)
     step = progress or (lambda n: None)
-    ranges_of = {n: source_ranges(it.source) if it.dtype == it.source.dtype else None for n, it in by_name.items()}
     buffers = Recycler()
     with output_file(path, fsync=fsync) as sink:
         sink.eager_copies = True  # copies run on threads while later tensors are read and packed
@@ -137,7 +136,7 @@ def write(
             it = by_name[name]
             size = end - begin
             src = it.source
-            ranges = ranges_of[name]
+            ranges = source_ranges(src) if it.dtype == src.dtype else None
             if ranges is not None:
                 n = sum(r[2] for r in ranges)
                 if n != size:  # pragma: no cover - guarded by make_view and the DCP reader's cover check

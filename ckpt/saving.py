@@ -141,17 +141,31 @@ class _RefSource(_Source):
         self.ref = ref
         self.nbytes = ref.nbytes
         self.byteorder = byteorder
+        self._raw: tuple[int, int, int | None] | None | bool = False  # _raw_record's answer, once asked
+
+    def raw(self) -> tuple[int, int, int | None] | None:
+        """:func:`_raw_record` of the storage (worked out once)."""
+        if self._raw is False:
+            self._raw = _raw_record(self.ref)
+        return self._raw  # type: ignore[return-value]
+
+    def swap(self) -> int:
+        """The byte-swap width the storage needs (1: none, its file's byte order is the one written)."""
+        ref = self.ref
+        foreign = getattr(ref.reader, "byteorder", self.byteorder) != self.byteorder
+        return ref.dtype.swap_size if foreign and ref.dtype.itemsize > 1 else 1
+
+    def copied_as_is(self) -> tuple[int, int, int | None] | None:
+        """``(fd, offset, CRC-32 or None)`` when the storage's bytes are copied from its file as they
+        are (not empty, no byte swap, stored uncompressed); None otherwise."""
+        if self.ref.reader is None or self.nbytes == 0 or self.swap() > 1:
+            return None
+        return self.raw()
 
     def copied_without_crc(self) -> bool:
-        """Whether the storage lies as it is in a file without CRC-32s (safetensors): copied with
+        """Whether the storage is copied as it is from a file without CRC-32s (safetensors): with
         :meth:`TorchZipWriter.copy_computing_crc` where the sink allows."""
-        ref = self.ref
-        reader = ref.reader
-        if reader is None or ref.nbytes == 0:
-            return False
-        if getattr(reader, "byteorder", self.byteorder) != self.byteorder and ref.dtype.itemsize > 1:
-            return False
-        raw = _raw_record(ref)
+        raw = self.copied_as_is()
         return raw is not None and raw[2] is None
 
     def write_to(self, writer: TorchZipWriter, progress: Callable[[int], None]) -> None:
@@ -159,9 +173,8 @@ class _RefSource(_Source):
         reader = ref.reader
         if reader is None:
             raise CheckpointError("a tensor's storage has no data source", record=ref.record)
-        foreign = getattr(reader, "byteorder", self.byteorder) != self.byteorder
-        swap = ref.dtype.swap_size if foreign and ref.dtype.itemsize > 1 else 1
-        raw = _raw_record(ref)
+        swap = self.swap()
+        raw = self.raw()
         if raw is not None:
             fd, offset, crc = raw
             if swap == 1:
@@ -585,13 +598,9 @@ def write_archive(
 
 def _copied_from(source: _Source) -> int | None:
     """The file offset a storage will be copied from as it is (None if it is written otherwise)."""
-    if type(source) is not _RefSource or source.nbytes == 0:
+    if type(source) is not _RefSource:
         return None
-    ref = source.ref
-    if ref.reader is None or (getattr(ref.reader, "byteorder", source.byteorder) != source.byteorder
-                              and ref.dtype.itemsize > 1):
-        return None
-    raw = _raw_record(ref)
+    raw = source.copied_as_is()
     return None if raw is None else raw[1]
 
 

@@ -249,9 +249,10 @@ class ZipSink:
         """Called with the number of bytes each large write or copy passed on (see save's
         background writeback)."""
         self.eager_copies = False
-        """When True, ranges reserved by :meth:`copy_later` start copying at once, in order, on a
-        thread of their own (overlapping whatever the caller computes next); :meth:`run_copies`
-        waits for them."""
+        """When True, ranges reserved by :meth:`copy_later` start copying at once (overlapping
+        whatever the caller computes next): in the kernel, in order, on the copy thread; through
+        user space on the through-copy threads where source and destination are shifted within a
+        page. :meth:`run_copies` waits for them."""
         self._copy_pool: Any = None
         self._through_pool: Any = None
         self._started: list[tuple[Any, int]] = []
@@ -343,9 +344,7 @@ class ZipSink:
 
     def _start_copy(self, src_fd: int, src_off: int, dst_off: int, size: int) -> None:
         if (src_off - dst_off) % _PAGE:  # copied through user space: on the threads that overlap
-            pool = self._through()
-            for start, n in _crc_copy_pieces(size):
-                self._started.append((pool.submit(_copy_through, self.fd, src_fd, src_off + start, dst_off + start, n), n))
+            self._start_through(src_fd, src_off, dst_off, size, False)
             return
         pool = self._pool()
         for start, n in _pieces(dst_off, size):
@@ -369,15 +368,20 @@ class ZipSink:
         assert self.fd is not None
         self.flush()
         os.lseek(self.fd, size, os.SEEK_CUR)
-        dst_off = self._origin + self.position
-        pool = self._through()
-        parts = []
-        for start, n in _crc_copy_pieces(size):
-            future = pool.submit(_copy_through, self.fd, src_fd, offset + start, dst_off + start, n, True)
-            self._started.append((future, n))
-            parts.append(future)
+        parts = self._start_through(src_fd, offset, self._origin + self.position, size, True)
         self.position += size
         return CrcOfPieces(parts)
+
+    def _start_through(self, src_fd: int, src_off: int, dst_off: int, size: int, with_crc: bool) -> list[Any]:
+        """Start copying a range through user space, piece by piece (see :func:`_through_pieces`)
+        on the through-copy threads; returns the pieces' futures (their CRC-32s if ``with_crc``)."""
+        pool = self._through()
+        parts = []
+        for start, n in _through_pieces(size):
+            future = pool.submit(_copy_through, self.fd, src_fd, src_off + start, dst_off + start, n, with_crc)
+            self._started.append((future, n))
+            parts.append(future)
+        return parts
 
     def _through(self) -> Any:
         if self._through_pool is None:
@@ -390,16 +394,10 @@ class ZipSink:
         return self._through_pool
 
     def patch(self, position: int, data: bytes) -> None:
-        """Write ``data`` over bytes already reserved at ``position`` in the archive."""
-        if self.fd is not None:
-            _pwrite_all(self.fd, memoryview(data), self._origin + position)
-            return
-        assert self.fileobj is not None
-        self.flush()
-        here = self.fileobj.tell()
-        self.fileobj.seek(position - self.position, os.SEEK_CUR)
-        self.fileobj.write(data)
-        self.fileobj.seek(here)
+        """Write ``data`` over bytes already reserved at ``position`` in the archive (a file
+        descriptor's: only :meth:`copy_with_crc_later` leaves bytes to fill in)."""
+        assert self.fd is not None
+        _pwrite_all(self.fd, memoryview(data), self._origin + position)
 
     def write_behind(self, data: bytes | bytearray | memoryview) -> None:
         """:meth:`write`, except that with :attr:`eager_copies` a buffer of 1 MiB or more is written
@@ -562,28 +560,28 @@ _BEHIND_MIN = 1 << 20
 _BEHIND_BYTES = 16 << 20  # written-behind buffers waiting at most (memory: about this much more)
 
 
-_CRC_COPY_PIECE = 8 << 20
+_THROUGH_PIECE = 8 << 20
 
 
-def _crc_copy_pieces(size: int) -> list[tuple[int, int]]:
+def _through_pieces(size: int) -> list[tuple[int, int]]:
     """``(start, length)`` pieces of a copy whose CRC-32 is computed piece by piece: every piece
-    after the first exactly :data:`_CRC_COPY_PIECE` long (so :class:`CrcOfPieces` can combine
+    after the first exactly :data:`_THROUGH_PIECE` long (so :class:`CrcOfPieces` can combine
     them).
 
-    >>> _crc_copy_pieces(20 << 20)
+    >>> _through_pieces(20 << 20)
     [(0, 4194304), (4194304, 8388608), (12582912, 8388608)]
-    >>> _crc_copy_pieces(0)
+    >>> _through_pieces(0)
     []
     """
     if size <= 0:
         return []
-    first = size % _CRC_COPY_PIECE or _CRC_COPY_PIECE
-    return [(0, first)] + [(start, _CRC_COPY_PIECE) for start in range(first, size, _CRC_COPY_PIECE)]
+    first = size % _THROUGH_PIECE or _THROUGH_PIECE
+    return [(0, first)] + [(start, _THROUGH_PIECE) for start in range(first, size, _THROUGH_PIECE)]
 
 
 class CrcOfPieces:
     """The CRC-32 of consecutive pieces whose own CRC-32s are computed apart (futures), all but
-    the first :data:`_CRC_COPY_PIECE` long (see :func:`_crc_copy_pieces`)."""
+    the first :data:`_THROUGH_PIECE` long (see :func:`_through_pieces`)."""
 
     def __init__(self, parts: list[Any]) -> None:
         self.parts = parts
@@ -592,9 +590,10 @@ class CrcOfPieces:
     def result(self) -> int:
         """Waits for every piece; raises what a piece's copy raised."""
         if self._value is None:
-            crc = 0
-            for i, part in enumerate(self.parts):
-                crc = part.result() if i == 0 else crc32_shift(crc, _CRC_COPY_PIECE // _CRC_PIECE) ^ part.result()
+            first, *rest = self.parts
+            crc = first.result()
+            for part in rest:
+                crc = crc32_shift(crc, _THROUGH_PIECE // _CRC_PIECE) ^ part.result()
             self._value = crc
         return self._value
 
@@ -606,6 +605,8 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         if got <= 0:
             raise OSError("the output accepted no bytes")
         done += got
+
+
 _FOLIO = 2 << 20
 
 
@@ -690,12 +691,8 @@ def _copy_through(dst_fd: int, src_fd: int, src_off: int, dst_off: int, size: in
         view = buf[:got]
         if with_crc:
             crc = crc32(view, crc)
-        while view:
-            wrote = os.pwrite(dst_fd, view, dst_off + done)
-            if wrote <= 0:
-                raise OSError("the output accepted no bytes")
-            view = view[wrote:]
-            done += wrote
+        _pwrite_all(dst_fd, view, dst_off + done)
+        done += got
     return crc
 
 
@@ -740,7 +737,8 @@ class TorchZipWriter:
         self.prefix = archive_name.encode("utf-8") + b"/"
         self.written: list[str] = []
         self._names: set[str] = set()
-        self._central: list[bytes | tuple[_Record, CrcOfPieces]] = []
+        self._central: list[tuple[_Record, int | CrcOfPieces]] = []
+        """Each record and its CRC-32 (or the CRC still being computed): the directory entries."""
         self._folds: list[int | CrcOfPieces] = []
         """What the serialization id folds in, in order (CRCs still being computed among them)."""
         self._descriptors: list[tuple[int, _Record, CrcOfPieces]] = []
@@ -878,18 +876,20 @@ class TorchZipWriter:
         if rec.size >= 8 and rec.head[:4] == SIG_DESCRIPTOR:
             self._folds.append(int.from_bytes(rec.head[4:8], "little"))
         pending = rec.pending_crc
+        crc: int | CrcOfPieces
         if pending is not None:
             self._descriptors.append((self.sink.position, rec, pending))
             self.sink.skip(len(_descriptor(rec, 0)))  # written by finish()
-            self._folds.append(pending)
-            self._central.append((rec, pending))
+            crc = pending
         else:
-            crc = rec.given_crc if rec.crc is None else rec.crc
-            assert crc is not None
+            given = rec.given_crc if rec.crc is None else rec.crc
+            assert given is not None
             if rec.size:
-                self.sink.write(_descriptor(rec, crc))
-                self._folds.append(crc)
-            self._central.append(_central_entry(rec, crc))
+                self.sink.write(_descriptor(rec, given))
+            crc = given
+        if rec.size:
+            self._folds.append(crc)
+        self._central.append((rec, crc))
         self.written.append(rec.name)
         self._names.add(rec.name)
         self._current = None
@@ -906,7 +906,7 @@ class TorchZipWriter:
     def _combined_crc(self) -> int:
         combined = 0
         for item in self._folds:
-            combined = hash_combine(combined, item if type(item) is int else item.result())  # type: ignore[union-attr]
+            combined = hash_combine(combined, _crc_value(item))
         return combined
 
     def __contains__(self, name: object) -> bool:
@@ -931,8 +931,7 @@ class TorchZipWriter:
             self.write_record(".data/serialization_id", serialization_id(self.written, self._combined_crc()).encode("ascii"))
         sink = self.sink
         cd_offset = sink.position
-        central = b"".join(e if type(e) is bytes else _central_entry(e[0], e[1].result())  # type: ignore[index]
-                           for e in self._central)
+        central = b"".join(_central_entry(rec, _crc_value(crc)) for rec, crc in self._central)
         sink.write(central)
         count = len(self._central)
         z64_at = sink.position
@@ -1036,6 +1035,11 @@ def _write_with_crc(sink: ZipSink, view: memoryview, crc: int) -> int:
             f.cancel()
         raise
     return _crc_finish(view, crc, futures)
+
+
+def _crc_value(crc: int | CrcOfPieces) -> int:
+    """A CRC-32, waiting for it if it is still being computed."""
+    return crc if type(crc) is int else crc.result()  # type: ignore[union-attr]
 
 
 def _descriptor(rec: _Record, crc: int) -> bytes:

@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as e:
         code = e.code
     except BrokenPipeError:  # `ckpt inspect big.pt | head`: the reader left, nothing went wrong
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _to_devnull(sys.stdout)
         code = EXIT_OK
     if argv is not None:
         sys.exit(code)
@@ -113,8 +112,13 @@ def main(argv: list[str] | None = None) -> None:
         try:
             stream.flush()
         except Exception:  # the reader left (a broken pipe): what was not written is not wanted
-            try:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-            except Exception:
-                pass
+            _to_devnull(stream)
     os._exit(code)
+
+
+def _to_devnull(stream: Any) -> None:
+    """Send what ``stream`` still has to write nowhere (its reader has gone)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+        pass
