@@ -17,7 +17,7 @@ calls, missing ``persistent_load``); it stops only where both stop before runnin
 (unknown opcode, truncated argument, stack underflow, an unset memo key, ``STACK_GLOBAL`` on literal
 non-strings), and says so in :attr:`Walk.error`.
 
-Runs of torch's regular tensor records (see :func:`ckpt.pickle_vm.tensor_record_regex`) are decoded in one
+Runs of torch's regular tensor records (see :func:`ckpt.tensor_records.tensor_record_regex`) are decoded in one
 step with exactly the stack, memo and event effects the opcode loop has (``fast=False`` turns this
 off; the tests compare both on the same inputs).
 
@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import codecs
 import gc
-import operator
-import re
 import struct
 from collections.abc import Iterator
 from itertools import chain, repeat
 from typing import Any
 
-from .pickle_vm import _NO_MATCH, tensor_record_regex
+from .pickle_vm import _NO_MATCH
+from .tensor_records import EntryShape, RecordShape, learn_shape, tensor_record_regex
 
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_H = struct.Struct("<H").unpack_from
@@ -339,8 +338,8 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
     pids = w.pids
     made_of_sym: dict[int, Made] = {}
     fast_ref: Any = _NO_MATCH
-    shapes: list[_Shape] = []
-    eshapes: list[_EntryShape] = []
+    shapes: list[RecordShape] = []
+    eshapes: list[EntryShape] = []
     tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
     generic = tensor_record_regex().match
     if keep_memo:
@@ -359,7 +358,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
         return m
 
     def fast_run(at: int, rebuild: Ref) -> int:
-        """Apply the torch tensor record at ``at`` in one step (see :class:`_Shape`), then every
+        """Apply the torch tensor record at ``at`` in one step (see :class:`~ckpt.tensor_records.RecordShape`), then every
         ``key PUT record`` entry that follows it; returns where the opcode loop goes on, or -1 to
         let it take the first record opcode by opcode. Every step has exactly the stack, memo and
         event effects of the opcodes it stands for; entries of one layout are applied in bulk when
@@ -367,7 +366,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
         last_fn: Any = _NO_MATCH
         last_hooks: Any = None
         result: Any = None
-        used: list[_Shape | None] = [None]
+        used: list[RecordShape | None] = [None]
 
         def record(at: int) -> int:
             """One tensor record at ``at`` (its GET of ``rebuild`` already checked): its end, or -1."""
@@ -380,7 +379,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
                         break
                 else:
                     m = generic(data, at)
-                    shape = _learn(m) if m is not None else None
+                    shape = learn_shape(m) if m is not None else None
                     if shape is None:
                         return -1
                     shapes.insert(0, shape)
@@ -474,11 +473,11 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
             shape = used[0]
             put_len = r - q
             if not any(e.record is shape and e.key_len == ln and e.match(data, at) for e in eshapes):
-                eshapes.insert(0, _EntryShape(ln, put_len, shape))  # type: ignore[arg-type]
+                eshapes.insert(0, EntryShape(ln, put_len, shape))  # type: ignore[arg-type]
                 del eshapes[64:]
             return end, True
 
-        def bulk(es: _EntryShape, rows: list[tuple[Any, ...]], starts: list[int]) -> bool:
+        def bulk(es: EntryShape, rows: list[tuple[Any, ...]], starts: list[int]) -> bool:
             """Apply entries of one layout at once when that gives exactly the one-by-one state:
             every memo key they write is distinct and none is read by them, every key they read
             is set (the rebuild function, the hooks' callable, storage name/type/location), and
@@ -548,7 +547,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
             stack.extend(chain.from_iterable(zip(keys, repeat(result, m))))
             return True
 
-        def flush(es: _EntryShape | None, rows: list[tuple[Any, ...]], starts: list[int]) -> int:
+        def flush(es: EntryShape | None, rows: list[tuple[Any, ...]], starts: list[int]) -> int:
             """Apply the pending entries; -1 when all were applied, else where the loop goes on."""
             if not rows or bulk(es, rows, starts):  # type: ignore[arg-type]
                 return -1
@@ -562,7 +561,7 @@ def _run(data: Any, start: int, w: Walk, fast: bool, keep_memo: bool) -> None:  
         if end < 0:
             return -1
         at = end
-        pending: _EntryShape | None = None
+        pending: EntryShape | None = None
         rows: list[tuple[Any, ...]] = []
         starts: list[int] = []
         while True:
@@ -994,177 +993,6 @@ def _stack_global(module_v: Any, name_v: Any, at: int, name_global: Any, events:
     raise WalkError(
         f"STACK_GLOBAL operands are {describe(module_v)} and {describe(name_v)}, not strings (pickle.load fails here)", at
     )
-
-
-class _Shape:
-    """One byte layout of torch's tensor record: the widths of every GET, INT and tuple in it and the
-    length of the storage key. A layout gets its own regex, with no alternatives and no captures
-    (every variable byte a wildcard, the key ``[0-9]{N}``), and a ``struct`` that reads every operand
-    at its fixed offset in one call. It is learned from a match of the general regex
-    (``pickle_vm.tensor_record_regex()``), so it accepts exactly the records of that layout which the general
-    regex accepts, decomposed the same way."""
-
-    __slots__ = ("match", "unpack", "size", "stride", "tail", "picks", "length", "pattern", "format", "get_len", "count")
-
-    def __init__(self, m: Any) -> None:
-        data = m.string
-        at = m.start()
-        rx: list[bytes] = []
-        st: list[str] = ["<"]
-
-        def lit(raw: bytes) -> None:
-            rx.append(re_escape(raw))
-            st.append(f"{len(raw)}x")
-
-        def get(span: tuple[int, int]) -> None:
-            a, b = span
-            rx.append(re_escape(data[a : a + 1]) + b"." * (b - a - 1))
-            st.append("xB" if b - a == 2 else "xI")
-
-        def ints(a: int, b: int) -> int:
-            count = 0
-            i = a
-            while i < b:
-                c = data[i]
-                w = {75: 1, 77: 2, 74: 4}.get(c)
-                if w is None:
-                    break
-                rx.append(re_escape(data[i : i + 1]) + b"." * w)
-                st.append({1: "xB", 2: "xH", 4: "xi"}[w])
-                i += 1 + w
-                count += 1
-            return i
-
-        first = m.start(1) - 2  # GET of the rebuild function, then MARK MARK
-        rx.append(re_escape(data[at : at + 1]) + b"." * (first - at - 1))
-        st.append(f"{first - at}x")
-        lit(b"((")
-        get(m.span(1))
-        get(m.span(2))
-        key_len = m.end(3) - m.start(3)
-        rx.append(b"X" + re_escape(bytes([key_len])) + b"\\x00\\x00\\x00[0-9]{%d}" % key_len)
-        st.append(f"5x{key_len}s")
-        rx.append(b"r....")
-        st.append("xI")
-        get(m.span(5))
-        ints(*m.span(6))
-        rx.append(b"tr....Q")
-        st.append("2xIx")
-        ints(*m.span(8))
-        n_size = self._tuple(m, 9, 10, 11, rx, st, ints)
-        n_stride = self._tuple(m, 12, 13, 14, rx, st, ints)
-        # vals: 8 fixed fields, size ints [+ put], stride ints [+ put], grad, od, 3 puts
-        i = 8
-        self.size = slice(i, i + n_size) if n_size else None
-        i += n_size
-        size_put = i if m.start(11) >= 0 else None
-        i += size_put is not None
-        self.stride = slice(i, i + n_stride) if n_stride else None
-        i += n_stride
-        stride_put = i if m.start(14) >= 0 else None
-        i += stride_put is not None
-        picks = (size_put, stride_put, i, i + 1, i + 2, i + 3, i + 4)
-        self.picks = picks
-        self.tail = lambda vals, _p=picks: tuple(None if j is None else vals[j] for j in _p)
-        if size_put is not None and stride_put is not None:
-            self.tail = operator.itemgetter(*picks)
-        rx.append(b"[\\x88\\x89]")
-        st.append("B")
-        get(m.span(16))
-        rx.append(b"\\)Rr....tr....Rr....")
-        st.append("3xI2xI2xI")
-        self.pattern = b"".join(rx)
-        self.format = "".join(st)
-        self.get_len = first - at
-        self.match = re.compile(self.pattern, re.DOTALL).match
-        packer = struct.Struct(self.format)
-        self.unpack = packer.unpack_from
-        self.length = m.end() - at
-        self.count = len(packer.unpack_from(data, at))
-        assert packer.size == self.length
-
-    @staticmethod
-    def _tuple(m: Any, empty: int, ops: int, put: int, rx: list[bytes], st: list[str], ints: Any) -> int:
-        """Add a size/stride tuple to the layout; returns how many ints it holds."""
-        if m.start(empty) >= 0:
-            rx.append(b"\\)")
-            st.append("x")
-            return 0
-        data = m.string
-        a, b = m.span(ops)
-        marked = data[a] == 40
-        if marked:
-            rx.append(b"\\(")
-            st.append("x")
-            a += 1
-        before = len(st)
-        end = ints(a, b)
-        count = len(st) - before
-        rx.append(re_escape(data[end : end + 1]) + b"r....")
-        st.append("xxI")
-        return count
-
-
-class _EntryShape:
-    """The layout of a whole state-dict entry: ``BINUNICODE key``, ``BINPUT`` or ``LONG_BINPUT``,
-    then a record of a known :class:`_Shape` (which begins with the GET of the rebuild function).
-    One regex (the key any ``N`` bytes, checked as UTF-8 when applied) and one ``struct`` for all
-    of it: key bytes, put index, the GET's index, then the record's operands."""
-
-    __slots__ = ("match", "unpack", "record", "key_len", "length")
-
-    def __init__(self, key_len: int, put_len: int, record: _Shape) -> None:
-        self.record = record
-        self.key_len = key_len
-        rx = b"X" + re_escape(struct.pack("<I", key_len)) + b".{%d}" % key_len
-        rx += b"r...." if put_len == 5 else b"q."
-        head = f"<5x{key_len}s" + ("xI" if put_len == 5 else "xB") + ("xB" if record.get_len == 2 else "xI")
-        assert record.format.startswith(f"<{record.get_len}x")
-        self.match = re.compile(rx + record.pattern, re.DOTALL).match
-        packer = struct.Struct(head + record.format[len(f"<{record.get_len}x"):])
-        self.unpack = packer.unpack_from
-        self.length = packer.size
-        assert self.length == 5 + key_len + put_len + record.length
-
-
-_ARITY = {0x85: 1, 0x86: 2, 0x87: 3}
-
-
-def _small_tuple(raw: bytes) -> tuple[int, ...] | None:
-    """The tuple a matched run of INT opcodes and TUPLE1/2/3 (or MARK ... TUPLE) leaves on the
-    stack, or None if it would not leave exactly that one tuple (e.g. ``K1 K2 TUPLE1``)."""
-    marked = raw[0] == 40
-    i = 1 if marked else 0
-    items = []
-    while True:
-        c = raw[i]
-        if c == 75:
-            items.append(raw[i + 1])
-            i += 2
-        elif c == 77:
-            items.append(raw[i + 1] | (raw[i + 2] << 8))
-            i += 3
-        elif c == 74:
-            items.append(_unpack_i(raw, i + 1)[0])
-            i += 5
-        else:
-            break
-    return tuple(items) if marked == (c == 116) and (marked or _ARITY[c] == len(items)) else None
-
-
-def _learn(m: Any) -> _Shape | None:
-    """The layout of a general match, or None if the loop must handle it (a tuple opcode whose arity
-    is not the number of ints before it, or a key whose length byte disagrees with its digits)."""
-    size_empty, size_ops, stride_empty, stride_ops = m.group(9, 10, 12, 13)
-    size = () if size_empty is not None else _small_tuple(size_ops)
-    stride = () if stride_empty is not None else _small_tuple(stride_ops)
-    if size is None or stride is None or m.string[m.start(3) - 4] != m.end(3) - m.start(3):
-        return None
-    return _Shape(m)
-
-
-def re_escape(raw: bytes) -> bytes:
-    return b"".join(b"\\x%02x" % c for c in raw)
 
 
 def iter_walks(data: Any, start: int = 0, *, fast: bool = True) -> Iterator[Walk]:

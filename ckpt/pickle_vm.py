@@ -19,16 +19,15 @@ allocate), lengths are checked against the bytes that remain, nothing recurses.
 from __future__ import annotations
 
 import codecs
-import re
 import struct
 from collections import Counter, OrderedDict
-from functools import lru_cache
-from operator import itemgetter
+from itertools import chain, repeat, starmap
 from collections import defaultdict as _defaultdict
 from typing import Any, Callable
 
 from .errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .limits import DEFAULT_LIMITS, Limits
+from .tensor_records import EntryShape, RecordShape, learn_shape, tensor_record_regex
 from .values import GlobalRef, InertObject, ListRecord, Record, brief_repr
 
 _unpack_i = struct.Struct("<i").unpack_from
@@ -105,164 +104,11 @@ def settled(value: Any) -> Any:
 
 
 _NO_MATCH = object()
+_SHAPES_KEPT = 64  # record and entry layouts remembered per pickle, most recently used first
 
-# One dense tensor as CPython's pickler writes ``torch._utils._rebuild_tensor_v2(...)`` for
-# torch.save (protocol 2), once the record's globals and strings are in the memo and the memo
-# has passed 256 entries (so its own PUTs take the 4-byte form):
-#   GET rebuild MARK MARK GET 'storage' GET <X>Storage BINUNICODE key LONG_BINPUT GET location
-#   INT numel TUPLE LONG_BINPUT BINPERSID INT offset <size tuple> <stride tuple>
-#   NEWFALSE|NEWTRUE GET OrderedDict EMPTY_TUPLE REDUCE LONG_BINPUT TUPLE LONG_BINPUT REDUCE LONG_BINPUT
-# where GET is BINGET or LONG_BINGET, INT is BININT1/BININT2/BININT and a tuple is EMPTY_TUPLE,
-# 1-3 INTs + TUPLE1/2/3 + LONG_BINPUT, or MARK INTs TUPLE LONG_BINPUT. The regex checks the exact
-# byte structure; the decoder performs the same stack and memo operations, in the same order, as
-# the opcode-by-opcode loop would, so the fast path changes speed, never results.
-_GET_OP = rb"(h.|j....)"
-_INT_OP = rb"(K.|M..|J....)"
-_INT_RUN = rb"(?:K.|M..|J....)"
-_TUPLE_OPS = rb"(?:(\))|(" + _INT_RUN + rb"{1,3}[\x85-\x87]|\(" + _INT_RUN + rb"*t)r(....))"
-_TENSOR_RECORD_PATTERN = (
-    rb"(?:h.|j....)\(\(" + _GET_OP + _GET_OP + rb"X[\x01-\x14]\x00\x00\x00([0-9]+)r(....)" + _GET_OP
-    + _INT_OP + rb"tr(....)Q" + _INT_OP + _TUPLE_OPS + _TUPLE_OPS + rb"([\x88\x89])" + _GET_OP
-    + rb"\)Rr(....)tr(....)Rr(....)"
-)
-
-
-@lru_cache(maxsize=None)
-def tensor_record_regex() -> re.Pattern[bytes]:
-    """The compiled tensor-record pattern (compiled on first use: it costs ~20 ms at import)."""
-    return re.compile(_TENSOR_RECORD_PATTERN, re.DOTALL)
-_TUPLE_ARITY = {0x85: 1, 0x86: 2, 0x87: 3}
 _DICT_TYPES = (dict, OrderedDict, Counter)
 _SCALAR_KEYS = (str, int, float, bool, type(None), bytes)
 _KEY_NODES = 100_000
-
-
-class _RecordLayout:
-    """The exact byte layout of one tensor record as a ``struct`` format, so that every record
-    with the same opcodes and argument widths (nearly all of them in a state dict) decodes with
-    one ``unpack_from`` and one comparison of its opcode bytes.
-
-    ``derive`` builds it from a record the regex matched; ``decode`` returns a record's fields, or
-    None when the bytes at that offset do not have exactly this layout.
-    """
-
-    __slots__ = ("unpack", "size", "get_ops", "op_values", "len_index", "key_index", "key_len",
-                 "get_scalars", "size_slice", "stride_slice", "size_put", "stride_put", "grad")
-
-    def decode(self, data: bytes, at: int) -> tuple[Any, ...] | None:
-        if at + self.size > len(data):
-            return None
-        vals = self.unpack(data, at)
-        if self.get_ops(vals) != self.op_values or vals[self.len_index] != self.key_len:
-            return None
-        key = vals[self.key_index]
-        if not key.isdigit():
-            return None
-        name_i, type_i, key_put, location_i, numel, pid_put, offset, od_i, hooks_put, args_put, result_put = (
-            self.get_scalars(vals)
-        )
-        return (
-            name_i, type_i, key.decode("ascii"), key_put, location_i, numel, pid_put, offset,
-            vals[self.size_slice], None if self.size_put is None else vals[self.size_put],
-            vals[self.stride_slice], None if self.stride_put is None else vals[self.stride_put],
-            self.grad, od_i, hooks_put, args_put, result_put,
-        )
-
-    @classmethod
-    def derive(cls, data: bytes, at: int, end: int) -> _RecordLayout | None:
-        """The layout of the record ``data[at:end]`` (already matched by the regex), or None if
-        a run of ints does not fit its tuple opcode's arity."""
-        fmt = ["<"]
-        ops: list[int] = []
-        p = at
-
-        def field(code: str, width: int) -> int:
-            nonlocal p
-            fmt.append(code)
-            p += width
-            return len(fmt) - 2  # index of this field in the unpacked tuple
-
-        def opcode() -> int:
-            ops.append(field("B", 1))
-            return data[p - 1]
-
-        def memo_ref() -> int:
-            return field("B", 1) if opcode() in (104, 113) else field("I", 4)
-
-        def int_arg(op: int) -> int:
-            return field(*_INT_FIELDS[op])
-
-        def small_tuple() -> tuple[slice, int | None] | None:
-            op = opcode()
-            if op == 41:  # EMPTY_TUPLE
-                return slice(0, 0), None
-            marked = op == 40
-            first = len(fmt) - 1 if not marked else len(fmt)  # index of the first int argument
-            count = 0
-            if not marked:
-                int_arg(op)
-                count = 1
-            while True:
-                op = opcode()
-                if op not in _INT_FIELDS:
-                    break
-                int_arg(op)
-                count += 1
-            if marked != (op == 116) or (not marked and _TUPLE_ARITY[op] != count):
-                return None
-            # ints and their opcodes alternate: the values are every other field
-            return slice(first, first + 2 * count, 2), memo_ref()
-
-        memo_ref()  # the rebuild function
-        opcode()
-        opcode()  # MARK MARK
-        name_i = memo_ref()
-        type_i = memo_ref()
-        opcode()  # BINUNICODE
-        key_len = data[p]
-        len_index = field("I", 4)
-        key_index = field(f"{key_len}s", key_len)
-        key_put = memo_ref()
-        location_i = memo_ref()
-        numel = int_arg(opcode())
-        opcode()  # TUPLE
-        pid_put = memo_ref()
-        opcode()  # BINPERSID
-        offset = int_arg(opcode())
-        size = small_tuple()
-        stride = small_tuple() if size is not None else None
-        if size is None or stride is None:
-            return None
-        grad = opcode() == 0x88  # NEWTRUE; the opcode comparison pins it for every record of this layout
-        od_i = memo_ref()
-        opcode()
-        opcode()  # EMPTY_TUPLE REDUCE
-        hooks_put = memo_ref()
-        opcode()  # TUPLE
-        args_put = memo_ref()
-        opcode()  # REDUCE
-        result_put = memo_ref()
-        if p != end:  # pragma: no cover - the regex fixed the structure
-            return None
-        layout = cls()
-        compiled = struct.Struct("".join(fmt))
-        layout.unpack = compiled.unpack_from
-        layout.size = compiled.size
-        layout.get_ops = itemgetter(*ops)
-        layout.op_values = layout.get_ops(compiled.unpack_from(data, at))
-        layout.len_index = len_index
-        layout.key_index = key_index
-        layout.key_len = key_len
-        layout.get_scalars = itemgetter(
-            name_i, type_i, key_put, location_i, numel, pid_put, offset, od_i, hooks_put, args_put, result_put
-        )
-        layout.size_slice, layout.size_put = size
-        layout.stride_slice, layout.stride_put = stride
-        layout.grad = grad
-        return layout
-
-
-_INT_FIELDS = {75: ("B", 1), 77: ("H", 2), 74: ("i", 4)}  # BININT1, BININT2, BININT
 
 
 def check_hashable(key: Any, max_nesting: int) -> None:
@@ -326,7 +172,8 @@ class Unpickler:
         self.allow_trailing = allow_trailing
         self.protocol = 0
         self._trusted: dict[int, Any] = {}
-        self._layout: _RecordLayout | None = None
+        self._record_shapes: list[RecordShape] = []
+        self._entry_shapes: list[EntryShape] = []
         self._memo: dict[int, Any] = {}
         self.fast_tensor_op: Op | None = None
         """The Op for ``torch._utils._rebuild_tensor_v2``; set it to enable the tensor-record fast path."""
@@ -509,33 +356,174 @@ class Unpickler:
 
     # -- the tensor-record fast path ---------------------------------------------------------
 
-    def _tensor_record(self, data: bytes, at: int, memo: dict[int, Any]) -> Any:
-        """Decode and apply the tensor record at ``at`` (see ``tensor_record_regex``); returns
-        ``(result, end)``, or ``_NO_MATCH`` when the bytes there are not such a record (then the
-        opcode loop handles them)."""
-        fields = None
-        layout = self._layout
-        if layout is not None:
-            fields = layout.decode(data, at)
-        if fields is None:
-            m = tensor_record_regex().match(data, at)
-            if m is None:
-                return _NO_MATCH
-            layout = _RecordLayout.derive(data, at, m.end())
-            if layout is None:
-                return _NO_MATCH
-            self._layout = layout
-            fields = layout.decode(data, at)
-            if fields is None:  # pragma: no cover - a derived layout always decodes its own record
-                return _NO_MATCH
-        (name_i, type_i, key, key_put, location_i, numel, pid_put, offset, size, size_put, stride,
-         stride_put, requires_grad, od_i, hooks_put, args_put, result_put) = fields
+    def _tensor_run(self, data: bytes, at: int, memo: dict[int, Any], stack: list[Any]) -> int:
+        """Apply the tensor record at ``at`` (its GET of the rebuild function already read by the
+        loop), then every ``BINUNICODE key, PUT, record`` entry that follows it; returns where the
+        opcode loop goes on, or -1 to let it take the first record opcode by opcode.
+
+        Each step has exactly the stack and memo effects of the opcodes it stands for (see
+        :mod:`ckpt.tensor_records`). Where a step cannot be applied whole (a memo key not set, a
+        key that is not UTF-8, an entry whose GET is not the rebuild function), the loop takes
+        over at that entry: the memo writes already made are the ones it makes again."""
+        shape = self._record_shape(data, at)
+        if shape is None:
+            return -1
+        result = self._apply_record(shape, shape.unpack(data, at), memo, at)
+        if result is _NO_MATCH:
+            return -1
+        stack.append(result)
+        at += shape.length
+        entries = self._entry_shapes
+        while True:
+            es = entries[0] if entries else None
+            if es is None or es.match(data, at) is None:
+                es = self._entry_shape(data, at)
+                if es is None:
+                    return at
+            end = es.run(data, at).end()  # type: ignore[union-attr] - es.match succeeded at ``at``
+            rows = list(es.iter_unpack(data[at:end]))
+            if not self._apply_entries(es, rows, memo, stack, at):
+                for vals in rows:
+                    if not self._apply_entry(es, vals, memo, stack, at):
+                        return at
+                    at += es.length
+            at = end
+
+    def _apply_entry(self, es: EntryShape, vals: tuple[Any, ...], memo: dict[int, Any], stack: list[Any],
+                     at: int) -> bool:
+        """One entry (operands ``vals``), opcode by opcode semantics; False if not applied whole."""
+        try:
+            key = str(vals[0], "utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return False
+        memo[vals[1]] = key
+        if memo.get(vals[2], _NO_MATCH) is not self.fast_tensor_op:
+            return False
+        result = self._apply_record(es.record, vals[3:], memo, at)
+        if result is _NO_MATCH:
+            return False
+        stack.append(key)
+        stack.append(result)
+        return True
+
+    def _apply_entries(self, es: EntryShape, rows: list[tuple[Any, ...]], memo: dict[int, Any],
+                       stack: list[Any], at: int) -> bool:
+        """Apply consecutive entries of one layout at once, when that provably leaves the state
+        one-by-one application would: every memo key they write is distinct and none is read by
+        them, every key they read is set (the rebuild function, ``collections.OrderedDict``, the
+        storage name, type and location), and every dict key is UTF-8. Returns False, having
+        changed nothing, otherwise; a persistent id or rebuild that fails is then met one by one,
+        so errors are raised where the opcode loop raises them."""
+        rec = es.record
+        m = len(rows)
+        if m < 2 or self.persistent_load is None:
+            return False
+        cols = list(zip(*rows))
+        key_col, put_col, get_col = cols[0], cols[1], cols[2]
+        r = cols[3:]
+        size_put, stride_put, grad_i, od_i, hooks_i, args_i, result_i = rec.picks
+        reads = set(get_col) | set(r[0]) | set(r[1]) | set(r[4]) | set(r[od_i])
+        writes = [put_col, r[3], r[6], r[hooks_i], r[args_i], r[result_i]]
+        if size_put is not None:
+            writes.append(r[size_put])
+        if stride_put is not None:
+            writes.append(r[stride_put])
+        written = set().union(*writes)
+        if len(written) != m * len(writes) or not written.isdisjoint(reads):
+            return False
+        get = memo.get
+        rebuild = self.fast_tensor_op
+        if any(get(k, _NO_MATCH) is not rebuild for k in set(get_col)):
+            return False
+        for k in set(r[od_i]):
+            od = get(k)
+            if type(od) is not Op or od.name != "collections.OrderedDict":
+                return False
+        if not all(k in memo for k in set(r[0]) | set(r[1]) | set(r[4])):
+            return False
+        try:
+            keys = list(map(str, key_col, repeat("utf-8", m), repeat("surrogatepass", m)))
+        except UnicodeDecodeError:
+            return False
+        skeys = list(map(bytes.decode, r[2]))  # digits: the layout allows nothing else
+        pids = list(zip(map(get, r[0]), map(get, r[1]), skeys, map(get, r[4]), r[5]))
+        sizes = list(zip(*r[rec.size])) if rec.size is not None else [()] * m
+        strides = list(zip(*r[rec.stride])) if rec.stride is not None else [()] * m
+        hooks = [OrderedDict() for _ in range(m)]
+        try:
+            storages = list(map(self.persistent_load, pids))
+            args = list(zip(storages, r[7], sizes, strides, map((0x88).__eq__, r[grad_i]), hooks))
+            results = list(starmap(rebuild.fn, args))  # type: ignore[union-attr]
+        except (CheckpointError, TypeError, ValueError, OverflowError):
+            return False  # one by one, to raise the error at the entry that has it
+        memo.update(zip(put_col, keys))
+        memo.update(zip(r[3], skeys))
+        memo.update(zip(r[6], pids))
+        if size_put is not None:
+            memo.update(zip(r[size_put], sizes))
+        if stride_put is not None:
+            memo.update(zip(r[stride_put], strides))
+        memo.update(zip(r[hooks_i], hooks))
+        memo.update(zip(r[args_i], args))
+        memo.update(zip(r[result_i], results))
+        stack.extend(chain.from_iterable(zip(keys, results)))
+        return True
+
+    def _record_shape(self, data: bytes, at: int) -> RecordShape | None:
+        """The layout of the tensor record at ``at``, most recently used first, learned if new."""
+        shapes = self._record_shapes
+        for i, shape in enumerate(shapes):
+            if shape.match(data, at) is not None:
+                if i:
+                    shapes.insert(0, shapes.pop(i))
+                return shape
+        m = tensor_record_regex().match(data, at)
+        shape = learn_shape(m) if m is not None else None
+        if shape is not None:
+            shapes.insert(0, shape)
+            del shapes[_SHAPES_KEPT:]
+        return shape
+
+    def _entry_shape(self, data: bytes, at: int) -> EntryShape | None:
+        """The layout of the state-dict entry (key, PUT, tensor record) at ``at``, or None."""
+        for i, es in enumerate(self._entry_shapes):
+            if es.match(data, at) is not None:
+                self._entry_shapes.insert(0, self._entry_shapes.pop(i))
+                return es
+        n = len(data)
+        if at + 5 > n or data[at] != 88:  # BINUNICODE
+            return None
+        q = at + 5 + _unpack_I(data, at + 1)[0]
+        if q + 2 > n or data[q] not in (113, 114):  # BINPUT, LONG_BINPUT
+            return None
+        r = q + (2 if data[q] == 113 else 5)
+        if r >= n or data[r] not in (104, 106):  # BINGET, LONG_BINGET of the rebuild function
+            return None
+        shape = self._record_shape(data, r)
+        if shape is None:
+            return None
+        es = EntryShape(q - at - 5, r - q, shape)
+        if es.match(data, at) is None:  # pragma: no cover - the parts matched one by one
+            return None
+        self._entry_shapes.insert(0, es)
+        del self._entry_shapes[_SHAPES_KEPT:]
+        return es
+
+    def _apply_record(self, shape: RecordShape, vals: tuple[Any, ...], memo: dict[int, Any], at: int) -> Any:
+        """What one tensor record of ``shape`` (operands ``vals``) leaves on the stack, with its
+        memo writes, persistent id and calls made in opcode order; ``_NO_MATCH`` when it reads a
+        memo key that is not set (the loop then reports it at its opcode)."""
+        name_i, type_i, key_b, key_put, location_i, numel, pid_put, offset = vals[:8]
+        size_put, stride_put, grad, od_i, hooks_put, args_put, result_put = shape.tail(vals)
+        size = vals[shape.size] if shape.size is not None else ()
+        stride = vals[shape.stride] if shape.stride is not None else ()
         persistent_load = self.persistent_load
         if persistent_load is None:
             raise self._error("a persistent id appears where none is allowed", at)
         try:
             storage_name = memo[name_i]
             storage_type = memo[type_i]
+            key = key_b.decode("ascii")  # digits: the layout allows nothing else
             memo[key_put] = key
             pid = (storage_name, storage_type, key, memo[location_i], numel)
             memo[pid_put] = pid
@@ -545,14 +533,14 @@ class Unpickler:
             if stride_put is not None:
                 memo[stride_put] = stride
             ordered_dict = memo[od_i]
-        except KeyError as e:
-            raise self._error(f"memo key {e.args[0]} used before it was set", at) from None
+        except KeyError:
+            return _NO_MATCH
         if type(ordered_dict) is Op and ordered_dict.name == "collections.OrderedDict":
             hooks: Any = OrderedDict()
         else:
             hooks = self._call(ordered_dict, (), at)
         memo[hooks_put] = hooks
-        args = (storage, offset, size, stride, requires_grad, hooks)
+        args = (storage, offset, size, stride, grad == 0x88, hooks)  # NEWTRUE is 0x88
         memo[args_put] = args
         rebuild = self.fast_tensor_op  # the rebuild function the record began with
         try:
@@ -562,7 +550,7 @@ class Unpickler:
         except (TypeError, ValueError, OverflowError) as e:
             raise self._error(f"{rebuild.name} called with bad arguments ({e})", at) from None  # type: ignore[union-attr]
         memo[result_put] = result
-        return result, at + layout.size
+        return result
 
     # -- the interpreter ---------------------------------------------------------------------
 
@@ -617,10 +605,9 @@ class Unpickler:
                     except KeyError:
                         raise error(f"memo key {key} used before it was set", at) from None
                     if value is fast_op and fast_op is not None:
-                        record = self._tensor_record(data, at, memo)
-                        if record is not _NO_MATCH:
-                            push(record[0])
-                            pos = record[1]
+                        end = self._tensor_run(data, at, memo, stack)
+                        if end >= 0:
+                            pos = end
                             continue
                     push(value)
                 elif op == 88:  # BINUNICODE

@@ -6,15 +6,23 @@ identical: same container types and order, same TensorRef fields, same storage i
 
 from __future__ import annotations
 
+import functools
+import struct
+from unittest import mock
 from collections import OrderedDict
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import scan_kit as K
 from ckpt.checkpoint import open_reader
+from ckpt.errors import CheckpointError
 from ckpt.policy import Policy
 from ckpt.rebuild import Builder
-from ckpt.tensors import StorageRef, TensorRef
+from ckpt.pickle_vm import Op
+from ckpt.tensors import StorageRef, StorageType, TensorRef
 
 torch = pytest.importorskip("torch")
 
@@ -42,6 +50,10 @@ def same(a: Any, b: Any, seen: dict[int, int], where: str = "") -> None:
         same(a.storage, b.storage, seen, where + ".storage")
     elif type(a) is StorageRef:
         assert (a.key, a.dtype, a.location, a.numel) == (b.key, b.dtype, b.location, b.numel), where
+    elif type(a) is Op:  # a global the pickle named (each read has its own builder)
+        assert a.name == b.name, where
+    elif type(a) is StorageType:
+        assert (a.name, a.dtype, a.untyped) == (b.name, b.dtype, b.untyped), where
     elif isinstance(a, dict):
         assert list(a) == list(b), where
         for k in a:
@@ -91,22 +103,106 @@ def test_fast_and_slow_paths_agree(tmp_path: Any, obj: Any) -> None:
     same(read(path, True), read(path, False), {})
 
 
-def test_fast_path_is_taken(tmp_path: Any, monkeypatch: Any) -> None:
+def fast_counts(monkeypatch: Any) -> list[int]:
+    """Spy on the fast path: how many records it applied one at a time and in runs."""
     from ckpt import pickle_vm
 
-    calls = []
-    original = pickle_vm.Unpickler._tensor_record
+    counts = [0, 0]
+    one, many = pickle_vm.Unpickler._apply_record, pickle_vm.Unpickler._apply_entries
 
-    def spy(self: Any, *args: Any) -> Any:
-        result = original(self, *args)
-        calls.append(result is not pickle_vm._NO_MATCH)
+    def spy_one(self: Any, *args: Any) -> Any:
+        result = one(self, *args)
+        counts[0] += result is not pickle_vm._NO_MATCH
         return result
 
-    monkeypatch.setattr(pickle_vm.Unpickler, "_tensor_record", spy)
+    def spy_many(self: Any, es: Any, rows: Any, *args: Any) -> Any:
+        done = many(self, es, rows, *args)
+        counts[1] += len(rows) if done else 0
+        return done
+
+    monkeypatch.setattr(pickle_vm.Unpickler, "_apply_record", spy_one)
+    monkeypatch.setattr(pickle_vm.Unpickler, "_apply_entries", spy_many)
+    return counts
+
+
+def test_fast_path_is_taken(tmp_path: Any, monkeypatch: Any) -> None:
+    counts = fast_counts(monkeypatch)
     path = tmp_path / "m.pt"
     torch.save({f"w{i}": torch.ones(2) for i in range(300)}, path)
     read(path, True)
-    assert sum(calls) > 250
+    assert counts[1] > 250  # runs of entries, applied at once
+
+
+def outcome(path: Any, fast: bool) -> Any:
+    """The object graph a read gives with the interpreter's memo at the end (every entry the
+    pickle stored, ordered by key), or the error it raises (type and message)."""
+    from ckpt import pickle_vm
+
+    memos = []
+    load = pickle_vm.Unpickler.load
+
+    def keep_memo(self: Any) -> Any:
+        result = load(self)
+        memos.append(dict(sorted(self._memo.items())))
+        return result
+
+    try:
+        with mock.patch.object(pickle_vm.Unpickler, "load", keep_memo):
+            return ("ok", [read(path, fast), memos])
+    except CheckpointError as e:
+        return ("error", type(e).__name__, str(e))
+
+
+@functools.lru_cache(maxsize=None)
+def kit(shape: tuple[int, ...]) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+    data, records = K.state_dict_pickle(1200, shape=shape)  # LONG_BINPUTs, two SETITEMS batches
+    return data, tuple(records.items())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fast_and_slow_paths_agree_on_corrupted_records(tmp_path: Any, data: st.DataObject) -> None:
+    """Flip, insert or delete bytes anywhere in a torch-style pickle (memo keys that alias the
+    rebuild function or each other, keys that are not UTF-8, broken layouts): the interpreter
+    gives the same objects, or the same error, with and without the fast path."""
+    base, records = kit(data.draw(st.sampled_from([(2,), (), (2, 3), (2, 3, 4, 5), (300,)])))
+    raw = bytearray(base)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        how = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if how == "flip":
+            raw[pos] = data.draw(st.integers(0, 255))
+        elif how == "insert":
+            raw[pos:pos] = bytes([data.draw(st.integers(0, 255))])
+        elif len(raw) > 10:
+            del raw[pos]
+    path = K.torch_zip(tmp_path / "c.pt", bytes(raw), records=dict(records))
+    fast, slow = outcome(path, True), outcome(path, False)
+    assert fast[0] == slow[0]
+    if fast[0] == "ok":
+        same(fast[1], slow[1], {})
+    else:
+        assert fast == slow
+
+
+@pytest.mark.parametrize("target", ["rebuild", "next key"])
+def test_aliased_memo_keys_give_what_the_opcode_loop_gives(tmp_path: Any, target: str) -> None:
+    """An entry whose key's PUT overwrites the memo key later entries GET the rebuild function
+    from (so they call a string), or the key the next entry PUTs (two writes to one key in a
+    run): the fast path gives exactly what the opcode loop gives."""
+    base, records = kit((2,))
+    at = base.index(b"X\x0f\x00\x00\x00layer300.weightr") + 20  # entry 300's LONG_BINPUT
+    nxt = base.index(b"X\x0f\x00\x00\x00layer301.weightr") + 20
+    index = 3 if target == "rebuild" else struct.unpack("<I", base[nxt + 1 : nxt + 5])[0]
+    assert base[at] == 0x72 and b"_rebuild_tensor_v2\nq\x03" in base  # LONG_BINPUT; the function is memo 3
+    raw = base[: at + 1] + struct.pack("<I", index) + base[at + 5 :]
+    path = K.torch_zip(tmp_path / "a.pt", raw, records=dict(records))
+    fast, slow = outcome(path, True), outcome(path, False)
+    assert fast[0] == slow[0] == ("error" if target == "rebuild" else "ok")
+    if fast[0] == "ok":
+        same(fast[1], slow[1], {})
+    else:
+        assert fast == slow
 
 
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # saving them on purpose: torch returns them

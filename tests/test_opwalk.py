@@ -121,21 +121,21 @@ def test_fast_path_is_taken(shape: tuple[int, ...]) -> None:
     """The fast path really decodes records of every layout (it is not silently disabled), with
     the same result as the opcode loop."""
     data, _ = K.state_dict_pickle(300, shape=shape)
-    import ckpt.opwalk as ow
+    import ckpt.tensor_records as tr
 
     calls = 0
-    original = ow._Shape.__init__
+    original = tr.RecordShape.__init__
 
     def counting(self: Any, m: Any) -> None:
         nonlocal calls
         calls += 1
         original(self, m)
 
-    ow._Shape.__init__ = counting  # type: ignore[method-assign]
+    tr.RecordShape.__init__ = counting  # type: ignore[method-assign]
     try:
         walk(data)
     finally:
-        ow._Shape.__init__ = original  # type: ignore[method-assign]
+        tr.RecordShape.__init__ = original  # type: ignore[method-assign]
     assert calls >= 1
     assert len(both(data)["pids"]) == 300
 
