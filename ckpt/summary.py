@@ -11,7 +11,9 @@ The :class:`Summary` is what ``ckpt inspect`` renders and what ``--json`` prints
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
+from itertools import repeat
 from json.encoder import encode_basestring_ascii as _quote
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
@@ -22,7 +24,7 @@ from .dtypes import DType
 from .limits import DEFAULT_LIMITS, Limits
 from .policy import Finding
 from .recognize import recognize_optimizer, recognize_state_dict, recognize_training
-from .tensors import StorageRef, TensorRef
+from .tensors import StorageRef, TensorRef, is_contiguous
 from .torch_zip import gc_paused
 from .values import Device, EnumMember, GlobalRef, InertObject, ListRecord, Record, Size, TorchConstant
 from .jsonable import brief, json_scalar
@@ -80,7 +82,7 @@ class TensorInfo:
             "nbytes": self.numel * ref.dtype.itemsize,
             "requires_grad": ref.requires_grad,
             "parameter": extra is not None and ref.is_parameter,
-            "contiguous": stride == _UNIT_STRIDE or (len(shape) != 1 and ref.is_contiguous),
+            "contiguous": stride == _UNIT_STRIDE or is_contiguous(shape, stride),
         }
         if extra is not None:
             if ref.subclass:
@@ -96,30 +98,58 @@ _BACKGROUND_SCAN_BYTES = 1 << 20
 _HEAD_KEYS = ("schema", "path", "file_size", "format", "kind", "filter", "totals", "structure")
 """The keys :meth:`Summary.as_json` gives before ``tensors``."""
 
-_ROW = ('{"path":%s,"keys":[%s],"dtype":"%s","shape":[%s],"stride":[%s],"offset":%d,"storage":%s,'
-        '"device":%s,"numel":%d,"nbytes":%d,"requires_grad":%s,"parameter":false,"contiguous":%s}')
+_ROW = '{"path":%s,"keys":[%s],%s%d,"storage":%s,"device":%s%s%s%s'
+"""A plain tensor's row; the parts that depend only on dtype, shape and stride come from
+:func:`_row_parts`."""
 
 
-def _row_text(t: TensorInfo) -> str | None:
-    """``t.as_json()`` as compact JSON text for a plain tensor (string keys, a storage, no extra
-    attributes, not a second path to a tensor already listed); None for any other row."""
-    ref = t.ref
-    storage = ref.storage
-    if ref._extra is not None or storage is None or t.same_as or type(storage.key) is not str \
-            or type(storage.location) is not str:
-        return None
-    keys = t.keys
-    for k in keys:
-        if type(k) is not str:
-            return None
-    shape = ref.shape
-    stride = ref.stride
-    contiguous = stride == _UNIT_STRIDE or (len(shape) != 1 and ref.is_contiguous)
-    return _ROW % (
-        _quote(t.path), ",".join(map(_quote, keys)), ref.dtype.name, ",".join(map(str, shape)),
-        ",".join(map(str, stride)), ref.offset, _quote(storage.key), _quote(storage.location), t.numel,
-        t.numel * ref.dtype.itemsize, "true" if ref.requires_grad else "false", "true" if contiguous else "false",
+def _row_parts(dtype: DType, shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[str, str, str]:
+    """The JSON text around a row's offset and requires_grad for tensors of this dtype, shape
+    and stride: dtype to ``"offset":``, then ``"numel"`` and ``"nbytes"``, then the rest."""
+    numel = shape[0] if len(shape) == 1 else math.prod(shape)
+    contiguous = stride == _UNIT_STRIDE or is_contiguous(shape, stride)
+    return (
+        f'"dtype":"{dtype.name}","shape":[{",".join(map(str, shape))}],"stride":[{",".join(map(str, stride))}],"offset":',
+        f',"numel":{numel},"nbytes":{numel * dtype.itemsize},"requires_grad":',
+        ',"parameter":false,"contiguous":' + ("true}" if contiguous else "false}"),
     )
+
+
+def _rows_text(tensors: list[TensorInfo], dumps: Any) -> str:
+    """``",".join`` of every row's compact JSON (``t.as_json()`` through ``dumps``), made
+    directly for plain tensors (string keys, a storage, no extra attributes, not a second path
+    to a tensor already listed): the parts shared by tensors of one dtype, shape and stride are
+    made once."""
+    parts: dict[tuple[Any, ...], tuple[str, str, str]] = {}
+    quoted: dict[str, str] = {}
+    rows = []
+    append = rows.append
+    for t in tensors:
+        ref = t.ref
+        storage = ref.storage
+        keys = t.keys
+        if ref._extra is not None or storage is None or t.same_as or type(storage.key) is not str \
+                or type(storage.location) is not str:
+            append(dumps(t.as_json()))
+            continue
+        if len(keys) == 1 and type(keys[0]) is str:
+            qkeys = qpath = _quote(t.path)
+        else:
+            if not all(type(k) is str for k in keys):
+                append(dumps(t.as_json()))
+                continue
+            qpath = _quote(t.path)
+            qkeys = ",".join(map(_quote, keys))
+        sig = (ref.dtype, ref.shape, ref.stride)
+        part = parts.get(sig)
+        if part is None:
+            part = parts[sig] = _row_parts(*sig)
+        location = quoted.get(storage.location)
+        if location is None:
+            location = quoted[storage.location] = _quote(storage.location)
+        append(_ROW % (qpath, qkeys, part[0], ref.offset, _quote(storage.key), location, part[1],
+                       "true" if ref.requires_grad else "false", part[2]))
+    return ",".join(rows)
 
 
 class ValueInfo:
@@ -199,7 +229,7 @@ class Summary:
             head = {k: whole[k] for k in _HEAD_KEYS}
             tail = {k: whole[k] for k in whole if k not in head and k != "tensors"}
             dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-            rows = ",".join([_row_text(t) or dumps(t.as_json()) for t in self.tensors])
+            rows = _rows_text(self.tensors, dumps)
             return f"{dumps(head)[:-1]},\"tensors\":[{rows}],{dumps(tail)[1:]}"
 
     def _as_json(self, rows: bool = True) -> dict[str, Any]:
@@ -335,15 +365,40 @@ def summarize(
     elided: list[str] = []
     mappings: list[tuple[tuple[Any, ...], Any]] = [((), root)] if type(root) in MAPPINGS else []
     first_path: dict[int, str] = {}
-    views: dict[str, int] = {}
+    views: Counter[str] = Counter()  # tensors (first paths only) viewing each storage
     unlisted_refs: list[TensorRef] = []
     unlisted = {"tensors": 0, "values": 0}
     # Rows keep their keys and dotted path, so a deep and wide pickle could make them cost
     # leaves x depth: past a budget of key parts, rows are counted (tensors still totalled), not listed.
     budget = _ROW_KEY_BUDGET
-    for event in walk(root, max_depth=limits.max_walk_depth, atomic=is_scalar_collection):
+    for event in walk(root, max_depth=limits.max_walk_depth, atomic=is_scalar_collection, batch=True):
         kind = event.kind
-        if kind == "tensor":
+        if kind == "tensors":
+            pairs = event.value
+            prefix = event.keys
+            if match is None and budget >= len(pairs) * (len(prefix) + 1) and _add_run(
+                tensors, first_path, views, prefix, pairs
+            ):
+                budget -= len(pairs) * (len(prefix) + 1)
+                continue
+            for key, ref in pairs:
+                if budget < 0:
+                    if match is None:
+                        unlisted["tensors"] += 1
+                        unlisted_refs.append(ref)
+                    continue
+                keys = (*prefix, key)
+                path_s = join_path(keys)
+                if match is not None and not match(path_s):
+                    continue
+                budget -= len(keys)
+                same = first_path.get(id(ref))
+                if same is None:
+                    first_path[id(ref)] = path_s
+                    if ref.storage is not None:
+                        views[ref.storage.key] += 1
+                tensors.append(TensorInfo(path_s, keys, ref, same))
+        elif kind == "tensor":
             ref: TensorRef = event.value
             if budget < 0:
                 if match is None:
@@ -358,8 +413,7 @@ def summarize(
             if same is None:
                 first_path[id(ref)] = path_s
                 if ref.storage is not None:
-                    key = ref.storage.key
-                    views[key] = views.get(key, 0) + 1
+                    views[ref.storage.key] += 1
             tensors.append(TensorInfo(path_s, event.keys, ref, same))
         elif kind == "value":
             if budget < 0:
@@ -385,7 +439,7 @@ def summarize(
     for ref in unlisted_refs:  # not listed, still counted
         if id(ref) not in first_path and ref.storage is not None:
             first_path[id(ref)] = ""
-            views[ref.storage.key] = views.get(ref.storage.key, 0) + 1
+            views[ref.storage.key] += 1
     totals = _totals(tensors, storages, views, unlisted_refs)
     shared = _shared_storages(tensors, storages, {k for k, n in views.items() if n > 1})
     kind = _root_kind(root, structure)
@@ -394,6 +448,31 @@ def summarize(
         tensors=tensors, values=values, storages=shared, totals=totals, findings=list(findings),
         refs=refs, elided=elided, filter=filter, unlisted=unlisted,
     )
+
+
+def _add_run(
+    tensors: list[TensorInfo], first_path: dict[int, str], views: Counter[str], prefix: tuple[Any, ...],
+    pairs: list[tuple[Any, TensorRef]],
+) -> bool:
+    """List a run of tensors of one container at once (what the one-by-one loop does for each),
+    when each is a distinct object not seen before under string keys; False, changing nothing,
+    otherwise."""
+    keys = [k for k, _ in pairs]
+    refs = [r for _, r in pairs]
+    ids = list(map(id, refs))
+    if set(map(type, keys)) != {str} or len(set(ids)) != len(ids) or not first_path.keys().isdisjoint(ids):
+        return False
+    if prefix:
+        base = join_path(prefix) + "."
+        paths = [base + k for k in keys]
+        key_tuples = [(*prefix, k) for k in keys]
+    else:
+        paths = keys
+        key_tuples = [(k,) for k in keys]
+    first_path.update(zip(ids, paths))
+    views.update([r.storage.key for r in refs if r.storage is not None])
+    tensors.extend(map(TensorInfo, paths, key_tuples, refs, repeat(None)))
+    return True
 
 
 def _matcher(pattern: str | None) -> Any:

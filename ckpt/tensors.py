@@ -161,9 +161,7 @@ class TensorRef:
 
     @property
     def is_contiguous(self) -> bool:
-        return self.stride == contiguous_strides(self.shape) or self.numel <= 1 or _contiguous_ignoring_ones(
-            self.shape, self.stride
-        )
+        return is_contiguous(self.shape, self.stride)
 
     def byte_range(self) -> tuple[int, int]:
         """``(start, stop)`` byte offsets of the smallest run of the storage that holds every element."""
@@ -191,6 +189,12 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(acc)
         acc *= max(s, 1)
     return tuple(reversed(strides))
+
+
+def is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether a view of this shape and stride is C-contiguous, as ``Tensor.is_contiguous()``
+    says (strides of size-1 dimensions do not count; a view of at most one element always is)."""
+    return stride == contiguous_strides(shape) or math.prod(shape) <= 1 or _contiguous_ignoring_ones(shape, stride)
 
 
 def _contiguous_ignoring_ones(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
