@@ -177,6 +177,9 @@ class Unpickler:
         self._memo: dict[int, Any] = {}
         self.fast_tensor_op: Op | None = None
         """The Op for ``torch._utils._rebuild_tensor_v2``; set it to enable the tensor-record fast path."""
+        self.persistent_load_many: Callable[[list[Any]], list[Any]] | None = None
+        """Optional: what ``[persistent_load(pid) for pid in pids]`` gives, made at once (the fast
+        path hands it the persistent ids of a run of tensor records)."""
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -451,7 +454,8 @@ class Unpickler:
         strides = list(zip(*r[rec.stride])) if rec.stride is not None else [()] * m
         hooks = [OrderedDict() for _ in range(m)]
         try:
-            storages = list(map(self.persistent_load, pids))
+            many = self.persistent_load_many
+            storages = many(pids) if many is not None else list(map(self.persistent_load, pids))
             args = list(zip(storages, r[7], sizes, strides, map((0x88).__eq__, r[grad_i]), hooks))
             results = list(starmap(rebuild.fn, args))  # type: ignore[union-attr]
         except (CheckpointError, TypeError, ValueError, OverflowError):

@@ -12,7 +12,9 @@ hyper-parameters, e.g. Adam's ``exp_avg``/``exp_avg_sq`` with an ``amsgrad`` fla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from operator import attrgetter
 from typing import Any
 
 from .jsonable import finite_number, json_scalar
@@ -75,13 +77,16 @@ def guess_optimizer(state_keys: set[str], group_keys: set[str], decoupled: bool)
     return name
 
 
+_shape = attrgetter("shape")
+
+
 def is_tensor(value: Any) -> bool:
     return type(value) is TensorRef
 
 
 def recognize_optimizer(obj: Mapping[Any, Any]) -> dict[str, Any] | None:
     """An optimizer ``state_dict()``: ``{'state': {index: {...}}, 'param_groups': [{'params': [...], ...}]}``."""
-    if set(obj.keys()) - {"state", "param_groups"} or "param_groups" not in obj:
+    if len(obj) > 2 or "param_groups" not in obj or set(obj.keys()) - {"state", "param_groups"}:
         return None
     state, groups = obj.get("state", {}), obj["param_groups"]
     if not isinstance(state, dict) or not isinstance(groups, list):
@@ -129,9 +134,9 @@ def recognize_optimizer(obj: Mapping[Any, Any]) -> dict[str, Any] | None:
 
 def recognize_state_dict(obj: Mapping[Any, Any]) -> dict[str, Any] | None:
     """A model ``state_dict()``: string keys, every value a tensor."""
-    if not obj or not all(type(k) is str for k in obj) or not all(is_tensor(v) for v in obj.values()):
+    if not obj or set(map(type, obj)) != {str} or set(map(type, obj.values())) != {TensorRef}:
         return None
-    numel = sum(v.numel for v in obj.values())
+    numel = sum(map(math.prod, map(_shape, obj.values())))
     return {
         "kind": "state_dict",
         "tensors": len(obj),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import repeat
 from typing import Any
 
 from .errors import CorruptCheckpointError, UnsupportedFormatError
@@ -195,6 +196,28 @@ class TorchZipReader(Reader):
                     return finish(ref)
             return finish(make(pid, folder))
 
+        record_prefix = f"{self.prefix}{folder}"
+        sizes_of = self.archive.sizes_of
+
+        def persistent_load_many(pids: list[Any]) -> list[Any]:
+            # The storages of a run of tensor records, each new and named once (a state dict's
+            # usual shape), are made at once after the checks _storage_from_pid makes one by one;
+            # any other run goes through persistent_load, id by id.
+            names, types, keys, locations, numels = zip(*pids)
+            skeys = [key_prefix + k for k in keys] if key_prefix else list(keys)
+            if (
+                set(names) == {"storage"} and set(map(type, types)) == {StorageType}
+                and set(map(type, keys)) == {str} and set(map(type, numels)) == {int} and min(numels) >= 0
+                and all(type(x) is str and len(x) <= 128 and x.isprintable() for x in set(locations))
+                and len(set(skeys)) == len(skeys) and storages.keys().isdisjoint(skeys)
+            ):
+                records = [record_prefix + k for k in keys]
+                refs = list(map(StorageRef, skeys, [t.dtype for t in types], locations, numels, records, repeat(self)))
+                if sizes_of(records) == [r.nbytes for r in refs]:
+                    storages.update(zip(skeys, refs))
+                    return list(map(finish, refs))
+            return list(map(persistent_load, pids))
+
         vm = Unpickler(
             data,
             resolve=resolver,
@@ -205,6 +228,7 @@ class TorchZipReader(Reader):
         )
         if self.fast_path:
             vm.fast_tensor_op = builder.table.get("torch._utils._rebuild_tensor_v2")
+            vm.persistent_load_many = persistent_load_many
         with gc_paused():
             result = vm.load()
         return result, vm.protocol

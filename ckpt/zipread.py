@@ -436,6 +436,13 @@ class ZipArchive:
             return None if found is None else found.size
         return raw[4]
 
+    def sizes_of(self, names: list[str]) -> list[int | None]:
+        """``[self.size_of(n) for n in names]``, made faster for many names."""
+        found = list(map(self._raw.get, [n.encode("utf-8", "surrogateescape") for n in names]))
+        if None in found:
+            return [self.size_of(n) for n in names]
+        return [raw[4] for raw in found]
+
     def entry(self, name: str) -> ZipEntry:
         found = self.get(name)
         if found is None:

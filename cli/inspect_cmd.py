@@ -54,7 +54,7 @@ def inspect_command(
     gc.disable()  # one summary, then the process ends: its objects are acyclic and die with it
     summary = ckpt.inspect(path, allow=allow, filter=pattern)
     if as_json:
-        sys.stdout.write(summary.json_text())
+        summary.write_json(sys.stdout)
         sys.stdout.write("\n")
     else:
         render(summary, depth=depth, show_all=show_all, max_rows=max_rows)

@@ -6,6 +6,7 @@ accounting test, which makes a large checkpoint with torch at test time.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -248,6 +249,11 @@ def test_json_text_is_the_json_of_as_json(tmp_path):
     summary = ckpt.inspect(tmp_path / "m.pt")
     text = summary.json_text()
     assert text == json.dumps(summary.as_json(), separators=(",", ":"), allow_nan=False)
+    for per_piece in (1, 2, 5):  # written piece by piece (ckpt inspect --json), pieces of any size
+        assert "".join(summary._json_pieces(rows_per_piece=per_piece)) == text
+    out = io.StringIO()
+    summary.write_json(out)
+    assert out.getvalue() == text
     rows = {t["path"]: t for t in json.loads(text)["tensors"]}
     assert rows["again"]["same_as"] == 'quote"and\\back' and rows["list.1.7"]["keys"] == ["list", 1, 7]
     assert rows["caf\u00e9.\u6f22\u5b57"]["shape"] == [0] and rows["scalar"]["shape"] == []
