@@ -108,6 +108,7 @@ _SHAPES_KEPT = 64  # record and entry layouts remembered per pickle, most recent
 
 _DICT_TYPES = (dict, OrderedDict, Counter)
 _SCALAR_KEYS = (str, int, float, bool, type(None), bytes)
+_SCALAR_KEY_SET = frozenset(_SCALAR_KEYS)
 _KEY_NODES = 100_000
 
 
@@ -332,11 +333,13 @@ class Unpickler:
         if len(items) % 2:
             raise self._error("SETITEMS with an odd number of items", pos)
         if t is dict or t is OrderedDict or t is Counter or t is _defaultdict or (t is Record and target.takes_items):
-            for i in range(0, len(items), 2):
-                key = items[i]
-                if type(key) not in _SCALAR_KEYS:
-                    self._check_key(key, pos)
-                target[key] = items[i + 1]
+            keys = items[0::2]
+            if not _SCALAR_KEY_SET.issuperset(map(type, keys)):
+                for key in keys:
+                    if type(key) not in _SCALAR_KEYS:
+                        self._check_key(key, pos)
+            for key, value in zip(keys, items[1::2]):
+                target[key] = value
         elif t is InertObject:
             target.dictitems.extend(zip(items[::2], items[1::2]))
         elif self._is_trusted_instance(target):

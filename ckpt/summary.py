@@ -14,6 +14,7 @@ import fnmatch
 import math
 import os
 from itertools import repeat
+from operator import attrgetter
 from json.encoder import encode_basestring_ascii as _quote
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
@@ -98,11 +99,6 @@ _BACKGROUND_SCAN_BYTES = 1 << 20
 _HEAD_KEYS = ("schema", "path", "file_size", "format", "kind", "filter", "totals", "structure")
 """The keys :meth:`Summary.as_json` gives before ``tensors``."""
 
-_ROW = '{"path":%s,"keys":[%s],%s%d,"storage":%s,"device":%s%s%s%s'
-"""A plain tensor's row; the parts that depend only on dtype, shape and stride come from
-:func:`_row_parts`."""
-
-
 def _row_parts(dtype: DType, shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[str, str, str]:
     """The JSON text around a row's offset and requires_grad for tensors of this dtype, shape
     and stride: dtype to ``"offset":``, then ``"numel"`` and ``"nbytes"``, then the rest."""
@@ -146,8 +142,8 @@ def _rows_text(tensors: list[TensorInfo], dumps: Any, parts: dict[tuple[Any, ...
         location = quoted.get(storage.location)
         if location is None:
             location = quoted[storage.location] = _quote(storage.location)
-        append(_ROW % (qpath, qkeys, part[0], ref.offset, _quote(storage.key), location, part[1],
-                       "true" if ref.requires_grad else "false", part[2]))
+        append(f'{{"path":{qpath},"keys":[{qkeys}],{part[0]}{ref.offset},"storage":{_quote(storage.key)},'
+               f'"device":{location}{part[1]}{"true" if ref.requires_grad else "false"}{part[2]}')
     return ",".join(rows)
 
 
@@ -611,20 +607,8 @@ def _totals(
 ) -> dict[str, Any]:
     by_dtype: dict[str, dict[str, int]] = {}
     by_device: dict[str, int] = {}
-    groups: dict[tuple[DType, str], list[int]] = {}  # (dtype, device) -> [tensors, numel]
-    seen: set[int] = set()
-    for t in tensors:
-        if t.same_as:
-            continue
-        ref = t.ref
-        seen.add(id(ref))
-        key = (ref.dtype, ref.storage.location if ref._extra is None and ref.storage is not None else ref.device)
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [1, t.numel]
-        else:
-            group[0] += 1
-            group[1] += t.numel
+    groups = _groups(tensors)  # (dtype, device) -> [tensors, numel]
+    seen = {id(t.ref) for t in tensors} if unlisted else set()
     for ref in unlisted:
         if id(ref) not in seen:
             seen.add(id(ref))
@@ -654,6 +638,34 @@ def _totals(
         "by_dtype": by_dtype,
         "by_device": by_device,
     }
+
+
+def _groups(tensors: list[TensorInfo]) -> dict[tuple[DType, str], list[int]]:
+    """``(dtype, device) -> [tensors, numel]`` over the tensors listed first at their path (not
+    ``same_as``), in order of first appearance."""
+    firsts = [t for t in tensors if not t.same_as]
+    refs = list(map(_REF, firsts))
+    if refs and list(map(_EXTRA, refs)).count(None) == len(refs) and None not in list(map(_STORAGE, refs)):
+        # plain tensors (the device is the storage's), often all of one dtype on one device
+        dtypes, devices = set(map(_DTYPE, refs)), set(map(_LOCATION, refs))
+        if len(dtypes) == 1 and len(devices) == 1:
+            return {(dtypes.pop(), devices.pop()): [len(refs), sum(map(_NUMEL, firsts))]}
+    groups: dict[tuple[DType, str], list[int]] = {}
+    for t in firsts:
+        ref = t.ref
+        key = (ref.dtype, ref.storage.location if ref._extra is None and ref.storage is not None else ref.device)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [1, t.numel]
+        else:
+            group[0] += 1
+            group[1] += t.numel
+    return groups
+
+
+_REF, _EXTRA, _STORAGE, _DTYPE, _LOCATION, _NUMEL = map(
+    attrgetter, ("ref", "_extra", "storage", "dtype", "storage.location", "numel")
+)
 
 
 def _shared_storages(

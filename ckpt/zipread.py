@@ -36,6 +36,9 @@ _EOCD = struct.Struct("<4s4H2LH")  # sig, disk, cd disk, entries here, entries, 
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s4H2H3L5H2L")
+# The fields of a central header that ZipArchive keeps or checks: signature, flags, method, CRC,
+# sizes, name/extra/comment lengths, local header offset (version, times and attributes skipped).
+_CENTRAL_KEPT = struct.Struct("<4s4x2H4x3L3H8xL")
 _LOCAL = struct.Struct("<4s5H3L2H")
 _LOCAL_FIELDS = struct.Struct("<8xH16xHH").unpack_from  # method, name length, extra length
 
@@ -313,53 +316,76 @@ class ZipArchive:
     def _parse_central(self, cd: bytes, count: int, cd_offset: int) -> None:
         # Only the fields needed to check and find records are kept, as tuples keyed by the raw
         # name; ZipEntry objects are made when a record is asked for (archives may hold 100,000s).
-        unpack = _CENTRAL.unpack_from
+        unpack = _CENTRAL_KEPT.unpack_from
         hsize = _CENTRAL.size
         pos = 0
-        order = self._order
         raw_entries = self._raw
         end = len(cd)
+        last = end - hsize  # the last offset a whole fixed header can start at
         for index in range(count):
-            if pos + hsize > end:
+            if pos > last:
+                self._duplicate_before(index, cd)
                 raise self._corrupt(f"central directory ends after {index} of {count} records")
-            (
-                sig, _made, _need, flags, method, _time, _date, crc, csize, usize,
-                nlen, xlen, clen, _disk, _iattr, _eattr, offset,
-            ) = unpack(cd, pos)
+            sig, flags, method, crc, csize, usize, nlen, xlen, clen, offset = unpack(cd, pos)
             name_end = pos + hsize + nlen
-            if sig != SIG_CENTRAL or name_end + xlen + clen > end:
+            following = name_end + xlen + clen
+            if sig != SIG_CENTRAL or following > end:
+                self._duplicate_before(index, cd)
                 raise self._corrupt(f"central directory record {index} is damaged or runs past the directory")
             raw = cd[pos + hsize : name_end]
             if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
+                self._duplicate_before(index, cd)
                 usize, csize, offset = self._zip64_extra(
                     cd[name_end : name_end + xlen], usize, csize, offset, _decode_name(raw, flags)
                 )
-            if flags & 0x1:
-                raise UnsupportedFormatError(
-                    "record is encrypted; checkpoints are never encrypted", path=self.name,
-                    record=_decode_name(raw, flags),
-                )
-            if offset + 30 + nlen + csize > cd_offset:
-                raise self._corrupt(
-                    f"record of {csize:,} bytes at offset {offset:,} would run into the central directory "
-                    "(truncated or damaged file)", record=_decode_name(raw, flags),
-                )
-            if method == DEFLATED and usize > csize * _DEFLATE_MAX_RATIO + 1024:
-                raise self._corrupt(
-                    f"deflated record declares {usize:,} bytes from {csize:,}: more than deflate can produce",
-                    record=_decode_name(raw, flags),
-                )
-            if raw in raw_entries:
+            if flags & 0x1 or offset + 30 + nlen + csize > cd_offset or (
+                method == DEFLATED and usize > csize * _DEFLATE_MAX_RATIO + 1024
+            ):
+                self._duplicate_before(index, cd)
+                self._refuse(raw, flags, method, csize, usize, offset, nlen, cd_offset)
+            raw_entries[raw] = (method, flags, crc, csize, usize, offset, index)
+            pos = following
+        self._duplicate_before(count, cd)
+        if pos != end:
+            raise self._corrupt("central directory holds more bytes than its records")
+        self._order = list(raw_entries)
+
+    def _duplicate_before(self, index: int, cd: bytes) -> None:
+        """Raise if two of the first ``index`` records of ``cd`` share a name (the dict then
+        holds fewer entries than records), naming the first name met twice."""
+        if len(self._raw) == index:
+            return
+        seen: set[bytes] = set()
+        pos = 0
+        for _ in range(index):
+            sig, flags, _m, _c, _cs, _us, nlen, xlen, clen, _o = _CENTRAL_KEPT.unpack_from(cd, pos)
+            raw = cd[pos + _CENTRAL.size : pos + _CENTRAL.size + nlen]
+            if raw in seen:
                 raise self._corrupt(
                     "two records share this name; the archive is ambiguous (readers disagree on "
                     "which one counts)",
                     record=_decode_name(raw, flags),
                 )
-            raw_entries[raw] = (method, flags, crc, csize, usize, offset, index)
-            order.append(raw)
-            pos = name_end + xlen + clen
-        if pos != end:
-            raise self._corrupt("central directory holds more bytes than its records")
+            seen.add(raw)
+            pos += _CENTRAL.size + nlen + xlen + clen
+        raise AssertionError("unreachable: fewer entries than records means a repeated name")  # pragma: no cover
+
+    def _refuse(self, raw: bytes, flags: int, method: int, csize: int, usize: int, offset: int, nlen: int,
+                cd_offset: int) -> None:
+        name = _decode_name(raw, flags)
+        if flags & 0x1:
+            raise UnsupportedFormatError(
+                "record is encrypted; checkpoints are never encrypted", path=self.name, record=name,
+            )
+        if offset + 30 + nlen + csize > cd_offset:
+            raise self._corrupt(
+                f"record of {csize:,} bytes at offset {offset:,} would run into the central directory "
+                "(truncated or damaged file)", record=name,
+            )
+        raise self._corrupt(
+            f"deflated record declares {usize:,} bytes from {csize:,}: more than deflate can produce",
+            record=name,
+        )
 
     def _zip64_extra(
         self, extra: bytes, usize: int, csize: int, offset: int, name: str

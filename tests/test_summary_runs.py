@@ -78,3 +78,24 @@ def test_batched_walk_yields_the_same_tensors_in_order(tmp_path: Any) -> None:
         assert runs == one and len(one) == 48
         other = [(e.kind, e.keys) for e in walk(ck.root) if e.kind != "tensor"]
         assert [(e.kind, e.keys) for e in walk(ck.root, batch=True) if e.kind not in ("tensor", "tensors")] == other
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_totals_match_torch(tmp_path: Any, mixed: bool) -> None:
+    """Totals by dtype and device, counted at once for tensors of one dtype on one device and
+    one by one otherwise, are what torch's own tensors add up to."""
+    sd = {f"w{i}": torch.ones(i % 4 + 1, dtype=torch.float16 if mixed and i % 3 else torch.float32) for i in range(30)}
+    sd["tied"] = sd["w1"]
+    path = tmp_path / "t.pt"
+    torch.save(sd, path)
+    totals = ckpt.inspect(path, scan=False).totals
+    distinct = {id(t): t for t in sd.values()}.values()
+    assert totals["tensors"] == len(distinct) == 30
+    assert totals["numel"] == sum(t.numel() for t in distinct)
+    assert totals["nbytes"] == sum(t.nbytes for t in distinct)
+    by_dtype: dict[str, int] = {}
+    for t in distinct:
+        name = str(t.dtype).removeprefix("torch.")
+        by_dtype[name] = by_dtype.get(name, 0) + 1
+    assert {k: v["tensors"] for k, v in totals["by_dtype"].items()} == by_dtype
+    assert list(totals["by_dtype"]) == list(by_dtype) and totals["by_device"] == {"cpu": 30}
