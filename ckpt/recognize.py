@@ -132,11 +132,13 @@ def recognize_optimizer(obj: Mapping[Any, Any]) -> dict[str, Any] | None:
     }
 
 
-def recognize_state_dict(obj: Mapping[Any, Any]) -> dict[str, Any] | None:
-    """A model ``state_dict()``: string keys, every value a tensor."""
-    if not obj or set(map(type, obj)) != {str} or set(map(type, obj.values())) != {TensorRef}:
-        return None
-    numel = sum(map(math.prod, map(_shape, obj.values())))
+def recognize_state_dict(obj: Mapping[Any, Any], numel: int | None = None) -> dict[str, Any] | None:
+    """A model ``state_dict()``: string keys, every value a tensor. A caller that has checked
+    that already, and added up the tensors' elements, passes ``numel``."""
+    if numel is None:
+        if not obj or set(map(type, obj)) != {str} or set(map(type, obj.values())) != {TensorRef}:
+            return None
+        numel = sum(map(math.prod, map(_shape, obj.values())))
     return {
         "kind": "state_dict",
         "tensors": len(obj),

@@ -377,6 +377,7 @@ def summarize(
     elided: list[str] = []
     mappings: list[tuple[tuple[Any, ...], Any]] = [((), root)] if type(root) in MAPPINGS else []
     first_path: dict[int, str] = {}
+    runs: dict[tuple[Any, ...], list[int]] = {}  # container -> [tensors listed in runs, their numel]
     views: Counter[str] = Counter()  # tensors (first paths only) viewing each storage
     unlisted_refs: list[TensorRef] = []
     unlisted = {"tensors": 0, "values": 0}
@@ -388,11 +389,14 @@ def summarize(
         if kind == "tensors":
             pairs = event.value
             prefix = event.keys
-            if match is None and budget >= len(pairs) * (len(prefix) + 1) and _add_run(
-                tensors, first_path, views, prefix, pairs
-            ):
-                budget -= len(pairs) * (len(prefix) + 1)
-                continue
+            if match is None and budget >= len(pairs) * (len(prefix) + 1):
+                added = _add_run(tensors, first_path, views, prefix, pairs)
+                if added is not None:
+                    budget -= len(pairs) * (len(prefix) + 1)
+                    run = runs.setdefault(prefix, [0, 0])
+                    run[0] += len(pairs)
+                    run[1] += added
+                    continue
             for key, ref in pairs:
                 if budget < 0:
                     if match is None:
@@ -447,7 +451,7 @@ def summarize(
         elif kind == "elided":
             elided.append(event.path)
 
-    structure = _structure(mappings)
+    structure = _structure(mappings, runs)
     for ref in unlisted_refs:  # not listed, still counted
         if id(ref) not in first_path and ref.storage is not None:
             first_path[id(ref)] = ""
@@ -465,15 +469,15 @@ def summarize(
 def _add_run(
     tensors: list[TensorInfo], first_path: dict[int, str], views: Counter[str], prefix: tuple[Any, ...],
     pairs: list[tuple[Any, TensorRef]],
-) -> bool:
+) -> int | None:
     """List a run of tensors of one container at once (what the one-by-one loop does for each),
-    when each is a distinct object not seen before under string keys; False, changing nothing,
-    otherwise."""
+    when each is a distinct object not seen before under string keys, and return their number of
+    elements; None, changing nothing, otherwise."""
     keys = [k for k, _ in pairs]
     refs = [r for _, r in pairs]
     ids = list(map(id, refs))
     if set(map(type, keys)) != {str} or len(set(ids)) != len(ids) or not first_path.keys().isdisjoint(ids):
-        return False
+        return None
     if prefix:
         base = join_path(prefix) + "."
         paths = [base + k for k in keys]
@@ -483,8 +487,9 @@ def _add_run(
         key_tuples = [(k,) for k in keys]
     first_path.update(zip(ids, paths))
     views.update([r.storage.key for r in refs if r.storage is not None])
+    start = len(tensors)
     tensors.extend(map(TensorInfo, paths, key_tuples, refs, repeat(None)))
-    return True
+    return sum(map(_NUMEL, tensors[start:]))
 
 
 def _matcher(pattern: str | None) -> Any:
@@ -580,10 +585,19 @@ def _profiled_json(value: Any) -> Any:
     return None
 
 
-def _structure(mappings: list[tuple[tuple[Any, ...], Any]]) -> list[dict[str, Any]]:
+def _structure(
+    mappings: list[tuple[tuple[Any, ...], Any]], runs: dict[tuple[Any, ...], list[int]]
+) -> list[dict[str, Any]]:
+    """What each mapping is (model state dict, optimizer, training checkpoint), children
+    recognised before parents. ``runs`` gives, for a container, the tensors listed from it in
+    runs and their elements: a dict whose every item came in runs is a state dict."""
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for keys, obj in reversed(mappings):  # children before parents
-        info = recognize_optimizer(obj) or recognize_state_dict(obj)
+        run = runs.get(keys)
+        if run is not None and run[0] == len(obj) and type(obj) in (dict, OrderedDict):
+            info = recognize_state_dict(obj, numel=run[1])  # string keys, plain tensors: checked by the runs
+        else:
+            info = recognize_optimizer(obj) or recognize_state_dict(obj)
         if info is None:
             child_info = {k: found[(*keys, k)] for k in obj if (*keys, k) in found}
             info = recognize_training(obj, child_info)

@@ -27,6 +27,7 @@ def training_checkpoint() -> dict[str, Any]:
     return {
         "model": model,
         "ema": {"w": torch.ones(2), 7: torch.zeros(3), "nested": {"x": torch.ones(1)}},  # an int key
+        "head": {"w": torch.ones(3, 2), "b": torch.zeros(3)},  # a state dict every item of which comes in a run
         "epoch": 3,
         "list": [torch.ones(2), torch.zeros(2)],
     }
@@ -41,7 +42,7 @@ def test_runs_give_what_one_by_one_gives(tmp_path: Any, monkeypatch: pytest.Monk
     path = tmp_path / "t.pt"
     torch.save(training_checkpoint(), path)
     fast = inspect_json(path, filter=filter)
-    monkeypatch.setattr(summary_module, "_add_run", lambda *a: False)
+    monkeypatch.setattr(summary_module, "_add_run", lambda *a: None)
     assert inspect_json(path, filter=filter) == fast
     doc = json.loads(fast)
     paths = [t["path"] for t in doc["tensors"]]
@@ -50,6 +51,8 @@ def test_runs_give_what_one_by_one_gives(tmp_path: Any, monkeypatch: pytest.Monk
         assert {"model.tied", "ema.7", "ema.nested.x", "list.0"} <= set(paths)
         assert next(t for t in doc["tensors"] if t["path"] == "model.tied")["same_as"] == "model.layers.3.w"
         assert [s["tensors"] for s in doc["storages"]] == [["model.view.a", "model.view.b"]]
+        head = next(row for row in doc["structure"] if row["path"] == "head")
+        assert (head["kind"], head["tensors"], head["numel"]) == ("state_dict", 2, 9)
     else:
         assert paths == ["model.layers.1.w"] + [f"model.layers.{i}.w" for i in range(10, 20)]
 
@@ -75,7 +78,7 @@ def test_batched_walk_yields_the_same_tensors_in_order(tmp_path: Any) -> None:
                 runs.append((e.keys, id(e.value)))
             elif e.kind == "tensors":
                 runs += [((*e.keys, k), id(v)) for k, v in e.value]
-        assert runs == one and len(one) == 48
+        assert runs == one and len(one) == 50
         other = [(e.kind, e.keys) for e in walk(ck.root) if e.kind != "tensor"]
         assert [(e.kind, e.keys) for e in walk(ck.root, batch=True) if e.kind not in ("tensor", "tensors")] == other
 
