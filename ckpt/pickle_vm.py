@@ -112,6 +112,21 @@ _SCALAR_KEY_SET = frozenset(_SCALAR_KEYS)
 _KEY_NODES = 100_000
 
 
+def _consecutive(writes: list[tuple[int, ...]], reads: set[int]) -> bool:
+    """Whether the memo keys a run writes are consecutive, each entry's in opcode order (as
+    CPython's pickler numbers them: ``k`` writes per entry, ``writes[j][i] == first + i*k + j``),
+    and none of them is read: then all are distinct and one-by-one order cannot matter."""
+    k = len(writes)
+    m = len(writes[0])
+    first = writes[0][0]
+    if type(first) is not int:  # pragma: no cover - struct gives ints
+        return False
+    for j, col in enumerate(writes):
+        if col != tuple(range(first + j, first + j + k * m, k)):
+            return False
+    return all(not first <= x < first + k * m for x in reads)
+
+
 def check_hashable(key: Any, max_nesting: int) -> None:
     """Refuse unhashable dict keys / set members, and tuples nested so deep that hashing them would
     exhaust the C stack (tuple hashing recurses without a guard)."""
@@ -178,9 +193,11 @@ class Unpickler:
         self._memo: dict[int, Any] = {}
         self.fast_tensor_op: Op | None = None
         """The Op for ``torch._utils._rebuild_tensor_v2``; set it to enable the tensor-record fast path."""
-        self.persistent_load_many: Callable[[list[Any]], list[Any]] | None = None
-        """Optional: what ``[persistent_load(pid) for pid in pids]`` gives, made at once (the fast
-        path hands it the persistent ids of a run of tensor records)."""
+        self.persistent_load_many: Callable[..., list[Any]] | None = None
+        """Optional: ``persistent_load_many(names, types, keys, locations, numels)`` gives what
+        ``[persistent_load(pid) for pid in zip(names, types, keys, locations, numels)]`` gives,
+        made at once (the fast path hands it the persistent ids of a run of tensor records, as
+        columns)."""
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -429,14 +446,16 @@ class Unpickler:
         r = cols[3:]
         size_put, stride_put, grad_i, od_i, hooks_i, args_i, result_i = rec.picks
         reads = set(get_col) | set(r[0]) | set(r[1]) | set(r[4]) | set(r[od_i])
-        writes = [put_col, r[3], r[6], r[hooks_i], r[args_i], r[result_i]]
+        writes = [put_col, r[3], r[6]]  # in opcode order: key, storage key, persistent id, ...
         if size_put is not None:
             writes.append(r[size_put])
         if stride_put is not None:
             writes.append(r[stride_put])
-        written = set().union(*writes)
-        if len(written) != m * len(writes) or not written.isdisjoint(reads):
-            return False
+        writes += [r[hooks_i], r[args_i], r[result_i]]
+        if not _consecutive(writes, reads):
+            written = set().union(*writes)
+            if len(written) != m * len(writes) or not written.isdisjoint(reads):
+                return False
         get = memo.get
         rebuild = self.fast_tensor_op
         if any(get(k, _NO_MATCH) is not rebuild for k in set(get_col)):
@@ -452,13 +471,16 @@ class Unpickler:
         except UnicodeDecodeError:
             return False
         skeys = list(map(bytes.decode, r[2]))  # digits: the layout allows nothing else
-        pids = list(zip(map(get, r[0]), map(get, r[1]), skeys, map(get, r[4]), r[5]))
+        names, types, locations = list(map(get, r[0])), list(map(get, r[1])), list(map(get, r[4]))
+        pids = list(zip(names, types, skeys, locations, r[5]))
         sizes = list(zip(*r[rec.size])) if rec.size is not None else [()] * m
         strides = list(zip(*r[rec.stride])) if rec.stride is not None else [()] * m
         hooks = [OrderedDict() for _ in range(m)]
         try:
             many = self.persistent_load_many
-            storages = many(pids) if many is not None else list(map(self.persistent_load, pids))
+            storages = many(names, types, skeys, locations, r[5]) if many is not None else list(
+                map(self.persistent_load, pids)
+            )
             args = list(zip(storages, r[7], sizes, strides, map((0x88).__eq__, r[grad_i]), hooks))
             results = list(starmap(rebuild.fn, args))  # type: ignore[union-attr]
         except (CheckpointError, TypeError, ValueError, OverflowError):

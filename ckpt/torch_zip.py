@@ -199,11 +199,12 @@ class TorchZipReader(Reader):
         record_prefix = f"{self.prefix}{folder}"
         sizes_of = self.archive.sizes_of
 
-        def persistent_load_many(pids: list[Any]) -> list[Any]:
+        same_object = type(builder).finish_storage is Builder.finish_storage  # storages are their own value
+
+        def persistent_load_many(names: Any, types: Any, keys: Any, locations: Any, numels: Any) -> list[Any]:
             # The storages of a run of tensor records, each new and named once (a state dict's
             # usual shape), are made at once after the checks _storage_from_pid makes one by one;
             # any other run goes through persistent_load, id by id.
-            names, types, keys, locations, numels = zip(*pids)
             skeys = [key_prefix + k for k in keys] if key_prefix else list(keys)
             if (
                 set(names) == {"storage"} and set(map(type, types)) == {StorageType}
@@ -215,8 +216,8 @@ class TorchZipReader(Reader):
                 refs = list(map(StorageRef, skeys, [t.dtype for t in types], locations, numels, records, repeat(self)))
                 if sizes_of(records) == [r.nbytes for r in refs]:
                     storages.update(zip(skeys, refs))
-                    return list(map(finish, refs))
-            return list(map(persistent_load, pids))
+                    return refs if same_object else list(map(finish, refs))
+            return list(map(persistent_load, zip(names, types, keys, locations, numels)))
 
         vm = Unpickler(
             data,
