@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import struct
 from collections import Counter, OrderedDict
+from bisect import bisect_right
 from itertools import chain, repeat, starmap
 from collections import defaultdict as _defaultdict
 from typing import Any, Callable
@@ -153,6 +154,37 @@ def check_hashable(key: Any, max_nesting: int) -> None:
             raise CorruptCheckpointError(f"a {t.__name__} cannot be a dict key or set member")
 
 
+class _LazyRun:
+    """The memo entries of a run of state-dict entries applied at once, made when first read.
+
+    The run's keys are ``[first, end)``, ``k`` per entry in opcode order; ``columns[j][i]`` is
+    the value of entry ``i``'s ``j``-th key, except the persistent id, kept as the five columns
+    of its parts and made into one tuple (the same object for every read) with its entry.
+    """
+
+    __slots__ = ("first", "end", "k", "columns")
+
+    def __init__(self, first: int, end: int, columns: list[Any]) -> None:
+        self.first = first
+        self.end = end
+        self.k = len(columns)
+        self.columns = columns
+
+    def make_entry(self, key: int, memo: dict[int, Any]) -> None:
+        """Put the values of the entry holding ``key`` in ``memo``, where no later write has."""
+        i = (key - self.first) // self.k
+        base = self.first + i * self.k
+        for j, col in enumerate(self.columns):
+            value = tuple(part[i] for part in col) if j == 2 else col[i]
+            memo.setdefault(base + j, value)
+
+    def make_all(self, memo: dict[int, Any]) -> None:
+        for j, col in enumerate(self.columns):
+            values = zip(*col) if j == 2 else col
+            for key, value in zip(range(self.first + j, self.end, self.k), values):
+                memo.setdefault(key, value)
+
+
 class Unpickler:
     """Run one pickle: ``Unpickler(data, resolve=..., persistent_load=...).load()``.
 
@@ -188,6 +220,9 @@ class Unpickler:
         self.allow_trailing = allow_trailing
         self.protocol = 0
         self._trusted: dict[int, Any] = {}
+        self._lazy: list[_LazyRun] = []  # runs whose memo entries are made when read, by first key
+        self._lazy_firsts: list[int] = []
+        self._lazy_end = 0
         self._record_shapes: list[RecordShape] = []
         self._entry_shapes: list[EntryShape] = []
         self._memo: dict[int, Any] = {}
@@ -232,6 +267,7 @@ class Unpickler:
             except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as e:
                 raise self._error(f"{func.name} called with bad arguments ({e})", pos) from None
             if type(result) is Pending:
+                self._materialize()  # the mark counts memo entries
                 result.mark = len(self._memo)
             return result
         if t is GlobalRef:
@@ -315,6 +351,7 @@ class Unpickler:
             raise self._error(f"BUILD state of {inst.name} is malformed ({e})", pos) from None
         inst.value = value
         inst.done = True
+        self._materialize()
         budget = len(memo) - inst.mark
         if budget > 0:
             for key in reversed(memo):
@@ -452,10 +489,16 @@ class Unpickler:
         if stride_put is not None:
             writes.append(r[stride_put])
         writes += [r[hooks_i], r[args_i], r[result_i]]
-        if not _consecutive(writes, reads):
+        first, end = put_col[0], put_col[0] + m * len(writes)
+        if _consecutive(writes, reads):
+            # the entries' memo keys are [first, end): kept as columns and made when read, unless
+            # an earlier write or run already holds one of them
+            lazy = first >= self._lazy_end and memo.keys().isdisjoint(range(first, end))
+        else:
             written = set().union(*writes)
             if len(written) != m * len(writes) or not written.isdisjoint(reads):
                 return False
+            lazy = False
         get = memo.get
         rebuild = self.fast_tensor_op
         if any(get(k, _NO_MATCH) is not rebuild for k in set(get_col)):
@@ -472,31 +515,56 @@ class Unpickler:
             return False
         skeys = list(map(bytes.decode, r[2]))  # digits: the layout allows nothing else
         names, types, locations = list(map(get, r[0])), list(map(get, r[1])), list(map(get, r[4]))
-        pids = list(zip(names, types, skeys, locations, r[5]))
         sizes = list(zip(*r[rec.size])) if rec.size is not None else [()] * m
         strides = list(zip(*r[rec.stride])) if rec.stride is not None else [()] * m
         hooks = [OrderedDict() for _ in range(m)]
         try:
             many = self.persistent_load_many
             storages = many(names, types, skeys, locations, r[5]) if many is not None else list(
-                map(self.persistent_load, pids)
+                map(self.persistent_load, zip(names, types, skeys, locations, r[5]))
             )
             args = list(zip(storages, r[7], sizes, strides, map((0x88).__eq__, r[grad_i]), hooks))
             results = list(starmap(rebuild.fn, args))  # type: ignore[union-attr]
         except (CheckpointError, TypeError, ValueError, OverflowError):
             return False  # one by one, to raise the error at the entry that has it
-        memo.update(zip(put_col, keys))
-        memo.update(zip(r[3], skeys))
-        memo.update(zip(r[6], pids))
+        pid_parts = (names, types, skeys, locations, r[5])
+        columns: list[Any] = [keys, skeys, pid_parts]  # in the order of ``writes``
         if size_put is not None:
-            memo.update(zip(r[size_put], sizes))
+            columns.append(sizes)
         if stride_put is not None:
-            memo.update(zip(r[stride_put], strides))
-        memo.update(zip(r[hooks_i], hooks))
-        memo.update(zip(r[args_i], args))
-        memo.update(zip(r[result_i], results))
+            columns.append(strides)
+        columns += [hooks, args, results]
+        if lazy:
+            self._lazy.append(_LazyRun(first, end, columns))
+            self._lazy_firsts.append(first)
+            self._lazy_end = end
+        else:
+            for col, values in zip(writes, columns):
+                memo.update(zip(col, zip(*values) if values is pid_parts else values))
         stack.extend(chain.from_iterable(zip(keys, results)))
         return True
+
+    def _lazy_value(self, key: int, at: int) -> Any:
+        """The memo entry ``key`` that a run of entries holds unmade: makes its entry's values
+        (each one object, as the opcodes made them) and returns the one asked for; raises the
+        loop's error if no run holds it either."""
+        i = bisect_right(self._lazy_firsts, key) - 1
+        if i >= 0 and key < self._lazy[i].end:
+            self._lazy[i].make_entry(key, self._memo)
+            return self._memo[key]
+        raise self._error(f"memo key {key} used before it was set", at)
+
+    def _materialize(self) -> None:
+        """Make every memo entry the runs hold unmade (before the memo's size or order counts)."""
+        for run in self._lazy:
+            run.make_all(self._memo)
+        self._lazy.clear()
+        self._lazy_firsts.clear()
+
+    def memo_snapshot(self) -> dict[int, Any]:
+        """The memo as the opcodes left it, every entry made (for tests and debugging)."""
+        self._materialize()
+        return dict(self._memo)
 
     def _record_shape(self, data: bytes, at: int) -> RecordShape | None:
         """The layout of the tensor record at ``at``, most recently used first, learned if new."""
@@ -541,7 +609,8 @@ class Unpickler:
     def _apply_record(self, shape: RecordShape, vals: tuple[Any, ...], memo: dict[int, Any], at: int) -> Any:
         """What one tensor record of ``shape`` (operands ``vals``) leaves on the stack, with its
         memo writes, persistent id and calls made in opcode order; ``_NO_MATCH`` when it reads a
-        memo key that is not set (the loop then reports it at its opcode)."""
+        memo key that is not set, or its hooks are not made by ``collections.OrderedDict`` (the
+        loop then goes opcode by opcode, and reports an error at its opcode)."""
         name_i, type_i, key_b, key_put, location_i, numel, pid_put, offset = vals[:8]
         size_put, stride_put, grad, od_i, hooks_put, args_put, result_put = shape.tail(vals)
         size = vals[shape.size] if shape.size is not None else ()
@@ -564,10 +633,9 @@ class Unpickler:
             ordered_dict = memo[od_i]
         except KeyError:
             return _NO_MATCH
-        if type(ordered_dict) is Op and ordered_dict.name == "collections.OrderedDict":
-            hooks: Any = OrderedDict()
-        else:
-            hooks = self._call(ordered_dict, (), at)
+        if type(ordered_dict) is not Op or ordered_dict.name != "collections.OrderedDict":
+            return _NO_MATCH  # the loop makes (or refuses) that call, at its own offset
+        hooks = OrderedDict()
         memo[hooks_put] = hooks
         args = (storage, offset, size, stride, grad == 0x88, hooks)  # NEWTRUE is 0x88
         memo[args_put] = args
@@ -632,7 +700,7 @@ class Unpickler:
                     try:
                         value = memo[key]
                     except KeyError:
-                        raise error(f"memo key {key} used before it was set", at) from None
+                        value = self._lazy_value(key, at)
                     if value is fast_op and fast_op is not None:
                         end = self._tensor_run(data, at, memo, stack)
                         if end >= 0:
@@ -704,6 +772,8 @@ class Unpickler:
                     memo[_unpack_I(data, pos)[0]] = stack[-1]
                     pos += 4
                 elif op == 148:  # MEMOIZE
+                    if self._lazy:
+                        self._materialize()  # its key is the number of entries made so far
                     memo[len(memo)] = stack[-1]
                 elif op == 125:  # EMPTY_DICT
                     push({})
@@ -875,9 +945,7 @@ class Unpickler:
                         memo[idx] = stack[-1]
                     elif op == 103:  # GET
                         idx = self._text_int(line, at)
-                        if idx not in memo:
-                            raise error(f"memo key {idx} used before it was set", at)
-                        push(memo[idx])
+                        push(memo[idx] if idx in memo else self._lazy_value(idx, at))
                     elif op == 80:  # PERSID
                         if persistent is None:
                             raise error("a persistent id appears where none is allowed", at)

@@ -143,7 +143,7 @@ def outcome(path: Any, fast: bool) -> Any:
 
     def keep_memo(self: Any) -> Any:
         result = load(self)
-        memos.append(dict(sorted(self._memo.items())))
+        memos.append(dict(sorted(self.memo_snapshot().items())))
         return result
 
     try:
@@ -203,6 +203,38 @@ def test_aliased_memo_keys_give_what_the_opcode_loop_gives(tmp_path: Any, target
         same(fast[1], slow[1], {})
     else:
         assert fast == slow
+
+
+def test_writes_after_a_run_win_over_its_unmade_entries(tmp_path: Any, monkeypatch: Any) -> None:
+    """A run's memo entries are made when first read; a PUT into the run's keys after it, then a
+    GET of another key of the same entry, must leave the PUT's value, as the opcode loop does;
+    MEMOIZE after it counts every entry (the memos are compared whole)."""
+    counts = fast_counts(monkeypatch)
+    base, records = kit((2,))
+    at = base.index(b"X\x0f\x00\x00\x00layer500.weightr") + 20  # entry 500's LONG_BINPUT of its key
+    first = struct.unpack("<I", base[at + 1 : at + 5])[0]
+
+    def put(i: int) -> bytes:
+        return b"r" + struct.pack("<I", i)
+
+    def get(i: int) -> bytes:
+        return b"j" + struct.pack("<I", i)
+
+    probe = (
+        b"X\x04\x00\x00\x00over" + put(first + 5) + b"0"  # overwrite entry 500's hooks, POP
+        + get(first + 1) + b"0"  # read its storage key: makes its entries
+        + b"X\x05\x00\x00\x00probe" + get(first + 5) + b"s"  # root["probe"] = memo[first + 5]
+        + b"X\x03\x00\x00\x00key" + get(first) + b"s"  # root["key"] = memo[first]
+        + b"X\x01\x00\x00\x00m\x940"  # MEMOIZE: its key is the number of entries made (all of them)
+    )
+    assert base.endswith(b"u.")
+    raw = base[:-1] + probe + b"."
+    path = K.torch_zip(tmp_path / "w.pt", raw, records=dict(records))
+    fast, slow = outcome(path, True), outcome(path, False)
+    assert fast[0] == slow[0] == "ok" and counts[1] > 1000
+    same(fast[1], slow[1], {})
+    root = fast[1][0]
+    assert root["probe"] == "over" and root["key"] == "layer500.weight"
 
 
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # saving them on purpose: torch returns them
