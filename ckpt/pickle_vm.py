@@ -113,6 +113,18 @@ _SCALAR_KEY_SET = frozenset(_SCALAR_KEYS)
 _KEY_NODES = 100_000
 
 
+def _decode_all(raw: tuple[bytes, ...]) -> list[str] | None:
+    """``[str(b, "utf-8", "surrogatepass") for b in raw]`` (None if one is not UTF-8), decoded
+    in one call when no string holds a NUL to split them at."""
+    joined = b"\x00".join(raw)
+    try:
+        if joined.count(b"\x00") == len(raw) - 1:  # only the separators
+            return joined.decode("utf-8", "surrogatepass").split("\x00")
+        return [str(b, "utf-8", "surrogatepass") for b in raw]
+    except UnicodeDecodeError:
+        return None
+
+
 def _consecutive(writes: list[tuple[int, ...]], reads: set[int]) -> bool:
     """Whether the memo keys a run writes are consecutive, each entry's in opcode order (as
     CPython's pickler numbers them: ``k`` writes per entry, ``writes[j][i] == first + i*k + j``),
@@ -493,7 +505,10 @@ class Unpickler:
         if _consecutive(writes, reads):
             # the entries' memo keys are [first, end): kept as columns and made when read, unless
             # an earlier write or run already holds one of them
-            lazy = first >= self._lazy_end and memo.keys().isdisjoint(range(first, end))
+            span = range(first, end)
+            lazy = first >= self._lazy_end and (  # iterating the smaller of the memo and the span
+                not any(map(span.__contains__, memo)) if len(memo) < len(span) else memo.keys().isdisjoint(span)
+            )
         else:
             written = set().union(*writes)
             if len(written) != m * len(writes) or not written.isdisjoint(reads):
@@ -509,11 +524,10 @@ class Unpickler:
                 return False
         if not all(k in memo for k in set(r[0]) | set(r[1]) | set(r[4])):
             return False
-        try:
-            keys = list(map(str, key_col, repeat("utf-8", m), repeat("surrogatepass", m)))
-        except UnicodeDecodeError:
+        keys = _decode_all(key_col)
+        if keys is None:
             return False
-        skeys = list(map(bytes.decode, r[2]))  # digits: the layout allows nothing else
+        skeys = b" ".join(r[2]).decode("ascii").split(" ")  # digits: the layout allows nothing else
         names, types, locations = list(map(get, r[0])), list(map(get, r[1])), list(map(get, r[4]))
         sizes = list(zip(*r[rec.size])) if rec.size is not None else [()] * m
         strides = list(zip(*r[rec.stride])) if rec.stride is not None else [()] * m

@@ -135,10 +135,10 @@ def _rows_text(tensors: list[TensorInfo], dumps: Any, parts: dict[tuple[Any, ...
                 continue
             qpath = _quote(t.path)
             qkeys = ",".join(map(_quote, keys))
-        sig = (ref.dtype, ref.shape, ref.stride)
+        sig = (ref.dtype.name, ref.shape, ref.stride)  # a name hashes faster than its DType row
         part = parts.get(sig)
         if part is None:
-            part = parts[sig] = _row_parts(*sig)
+            part = parts[sig] = _row_parts(ref.dtype, ref.shape, ref.stride)
         location = quoted.get(storage.location)
         if location is None:
             location = quoted[storage.location] = _quote(storage.location)
@@ -661,9 +661,9 @@ def _groups(tensors: list[TensorInfo]) -> dict[tuple[DType, str], list[int]]:
     refs = list(map(_REF, firsts))
     if refs and list(map(_EXTRA, refs)).count(None) == len(refs) and None not in list(map(_STORAGE, refs)):
         # plain tensors (the device is the storage's), often all of one dtype on one device
-        dtypes, devices = set(map(_DTYPE, refs)), set(map(_LOCATION, refs))
+        dtypes, devices = set(map(_DTYPE_NAME, refs)), set(map(_LOCATION, refs))
         if len(dtypes) == 1 and len(devices) == 1:
-            return {(dtypes.pop(), devices.pop()): [len(refs), sum(map(_NUMEL, firsts))]}
+            return {(refs[0].dtype, devices.pop()): [len(refs), sum(map(_NUMEL, firsts))]}
     groups: dict[tuple[DType, str], list[int]] = {}
     for t in firsts:
         ref = t.ref
@@ -677,8 +677,8 @@ def _groups(tensors: list[TensorInfo]) -> dict[tuple[DType, str], list[int]]:
     return groups
 
 
-_REF, _EXTRA, _STORAGE, _DTYPE, _LOCATION, _NUMEL = map(
-    attrgetter, ("ref", "_extra", "storage", "dtype", "storage.location", "numel")
+_REF, _EXTRA, _STORAGE, _DTYPE_NAME, _LOCATION, _NUMEL = map(
+    attrgetter, ("ref", "_extra", "storage", "dtype.name", "storage.location", "numel")
 )
 
 

@@ -255,3 +255,17 @@ def test_bare_storages_load_as_torch_returns_them(tmp_path: Any) -> None:
     assert type(ours["n"][0]) is type(theirs["n"][0])
     assert ours["s"]._data_ptr() == ours["t"].untyped_storage().data_ptr()
     assert theirs["s"]._data_ptr() == theirs["t"].untyped_storage().data_ptr()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=6), min_size=2, max_size=6))
+def test_keys_decoded_at_once_are_decoded_one_by_one(raw: list[bytes]) -> None:
+    """A run's dict keys are decoded in one call (joined at NULs) only where that gives what
+    decoding each one gives, including keys that hold NUL or are not UTF-8."""
+    from ckpt.pickle_vm import _decode_all
+
+    try:
+        expected: Any = [str(b, "utf-8", "surrogatepass") for b in raw]
+    except UnicodeDecodeError:
+        expected = None
+    assert _decode_all(tuple(raw)) == expected
