@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from operator import attrgetter, mul
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ from .exit_codes import EXIT_FINDINGS, EXIT_OK
 from .render import group_tensors, human_bytes, human_count, shape_str
 
 DEFAULT_MAX_ROWS = 60
+_SHAPE, _DTYPE_NAME, _ITEMSIZE = attrgetter("shape"), attrgetter("dtype.name"), attrgetter("dtype.itemsize")
 
 
 @click.command("inspect")
@@ -269,12 +271,15 @@ def _tensor_table(summary: ckpt.Summary, *, depth: int | None, show_all: bool, m
             table.add_row(f"... {len(groups) - shown} more groups", "", "", "", "", "", "")
             break
         rows = [tensors[i] for i in members]
-        shapes = {t.shape for t in rows}
+        refs = [t.ref for t in rows]
+        shapes = set(map(_SHAPE, refs))
+        numels = [t.numel for t in rows]
         table.add_row(
-            name or "(root)", str(len(rows)), ",".join(sorted({t.dtype for t in rows})),
+            name or "(root)", str(len(rows)), ",".join(sorted(set(map(_DTYPE_NAME, refs)))),
             shape_str(rows[0].shape) if len(shapes) == 1 else "various",
-            human_count(sum(t.numel for t in rows)), human_bytes(sum(t.nbytes for t in rows)),
-            ",".join(sorted({t.device for t in rows})),
+            human_count(sum(numels)), human_bytes(sum(map(mul, numels, map(_ITEMSIZE, refs)))),
+            ",".join(sorted({r.storage.location if r._extra is None and r.storage is not None else r.device
+                             for r in refs})),
         )
         shown += 1
     table.caption = f"{how}; --all lists every tensor, --filter GLOB selects some"

@@ -75,17 +75,37 @@ def _group_by_pattern(
         if key != shape and _ANY_DIGIT.search(key) is None:  # every digit replaced: one key
             merged.setdefault(key, []).append(members)
         else:
+            names = _substituted([paths[i] for i in members], pattern, shape) if key != shape else [
+                paths[i] for i in members
+            ]
             if limit is not None and len(merged) + len(members) > limit:
-                distinct = {paths[i] if key == shape else pattern.sub("*", paths[i]) for i in members}
-                if len(merged) + len(distinct - merged.keys()) > limit:  # names already grouped add none
+                if len(merged) + len(set(names) - merged.keys()) > limit:  # names already grouped add none
                     return None
-            for i in members:
-                name = paths[i] if key == shape else pattern.sub("*", paths[i])
+            for i, name in zip(members, names):
                 merged.setdefault(name, []).append([i])
         if limit is not None and len(merged) > limit:
             return None
     return {key: parts[0] if len(parts) == 1 else sorted(i for part in parts for i in part)
             for key, parts in merged.items()}
+
+
+def _substituted(names: list[str], pattern: re.Pattern[str], shape: str) -> list[str]:
+    """``[pattern.sub("*", n) for n in names]`` for names of one shape: the pattern only looks at
+    where digits and dots are, which the shape keeps, so it matches at the same places in every
+    name and those places are cut out by slicing."""
+    spans = [m.span() for m in pattern.finditer(shape)]
+    if len(spans) == 1:
+        a, b = spans[0]
+        return [n[:a] + "*" + n[b:] for n in names]
+    out = []
+    for n in names:
+        pieces, last = [], 0
+        for a, b in spans:
+            pieces += (n[last:a], "*")
+            last = b
+        pieces.append(n[last:])
+        out.append("".join(pieces))
+    return out
 
 
 def group_tensors(paths: Sequence[str], *, depth: int | None, max_rows: int) -> tuple[dict[str, list[int]], str]:
