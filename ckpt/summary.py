@@ -59,6 +59,7 @@ class TensorInfo:
     parameter = property(lambda self: self.ref.is_parameter)
     subclass = property(lambda self: self.ref.subclass)
     nbytes = property(lambda self: self.numel * self.ref.dtype.itemsize)
+    contiguous = property(lambda self: self.ref.stride == _UNIT_STRIDE or is_contiguous(self.ref.shape, self.ref.stride))
 
     @property
     def storage(self) -> str | None:
@@ -83,7 +84,7 @@ class TensorInfo:
             "nbytes": self.numel * ref.dtype.itemsize,
             "requires_grad": ref.requires_grad,
             "parameter": extra is not None and ref.is_parameter,
-            "contiguous": stride == _UNIT_STRIDE or is_contiguous(shape, stride),
+            "contiguous": self.contiguous,
         }
         if extra is not None:
             if ref.subclass:

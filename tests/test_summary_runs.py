@@ -102,3 +102,19 @@ def test_totals_match_torch(tmp_path: Any, mixed: bool) -> None:
         by_dtype[name] = by_dtype.get(name, 0) + 1
     assert {k: v["tensors"] for k, v in totals["by_dtype"].items()} == by_dtype
     assert list(totals["by_dtype"]) == list(by_dtype) and totals["by_device"] == {"cpu": 30}
+
+
+def test_contiguous_is_what_torch_says(tmp_path: Any) -> None:
+    """The ``contiguous`` of a row (and of ``TensorInfo``) is ``Tensor.is_contiguous()``, for 1-d
+    views of one element or none with any stride too."""
+    base = torch.arange(24, dtype=torch.float32)
+    sd = {
+        "one_strided": base[::2][:1], "none_strided": base[::3][:0], "strided": base[::2],
+        "t": base.view(4, 6).t(), "row": base.view(4, 6)[1], "col": base.view(4, 6)[:, 1:2], "whole": base,
+    }
+    path = tmp_path / "c.pt"
+    torch.save(sd, path)
+    summary = ckpt.inspect(path, scan=False)
+    rows = {r["path"]: r for r in json.loads(summary.json_text())["tensors"]}
+    for t in summary.tensors:
+        assert t.contiguous is rows[t.path]["contiguous"] is sd[t.path].is_contiguous(), t.path
