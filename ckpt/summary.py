@@ -458,7 +458,8 @@ def summarize(
             first_path[id(ref)] = ""
             views[ref.storage.key] += 1
     totals = _totals(tensors, storages, views, unlisted_refs)
-    shared = _shared_storages(tensors, storages, {k for k, n in views.items() if n > 1})
+    shared = _shared_storages(tensors, storages, {k for k, n in views.items() if n > 1} if views and max(
+        views.values()) > 1 else set())
     kind = _root_kind(root, structure)
     return Summary(
         path=path, file_size=file_size, facts=facts, kind=kind, structure=structure,
@@ -649,10 +650,18 @@ def _totals(
         "numel": numel,
         "nbytes": nbytes,
         "storages": len(views),
-        "storage_bytes": sum(storages[k].nbytes for k in views if k in storages),
+        "storage_bytes": _storage_bytes(storages, views),
         "by_dtype": by_dtype,
         "by_device": by_device,
     }
+
+
+def _storage_bytes(storages: dict[str, StorageRef], keys: Iterable[str]) -> int:
+    """The bytes of the storages named by ``keys`` that the file has."""
+    try:
+        return sum(map(_NBYTES, map(storages.__getitem__, keys)))
+    except KeyError:
+        return sum(storages[k].nbytes for k in keys if k in storages)
 
 
 def _groups(tensors: list[TensorInfo]) -> dict[tuple[DType, str], list[int]]:
@@ -678,8 +687,8 @@ def _groups(tensors: list[TensorInfo]) -> dict[tuple[DType, str], list[int]]:
     return groups
 
 
-_REF, _EXTRA, _STORAGE, _DTYPE_NAME, _LOCATION, _NUMEL = map(
-    attrgetter, ("ref", "_extra", "storage", "dtype.name", "storage.location", "numel")
+_REF, _EXTRA, _STORAGE, _DTYPE_NAME, _LOCATION, _NUMEL, _NBYTES = map(
+    attrgetter, ("ref", "_extra", "storage", "dtype.name", "storage.location", "numel", "nbytes")
 )
 
 

@@ -464,7 +464,12 @@ class ZipArchive:
 
     def sizes_of(self, names: list[str]) -> list[int | None]:
         """``[self.size_of(n) for n in names]``, made faster for many names."""
-        found = list(map(self._raw.get, [n.encode("utf-8", "surrogateescape") for n in names]))
+        joined = "\n".join(names)
+        if joined.count("\n") == len(names) - 1:  # no name holds a line break: encode all at once
+            raws = joined.encode("utf-8", "surrogateescape").split(b"\n") if names else []
+        else:
+            raws = [n.encode("utf-8", "surrogateescape") for n in names]
+        found = list(map(self._raw.get, raws))
         if None in found:
             return [self.size_of(n) for n in names]
         return [raw[4] for raw in found]
