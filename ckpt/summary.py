@@ -475,8 +475,7 @@ def _add_run(
     """List a run of tensors of one container at once (what the one-by-one loop does for each),
     when each is a distinct object not seen before under string keys, and return their number of
     elements; None, changing nothing, otherwise."""
-    keys = [k for k, _ in pairs]
-    refs = [r for _, r in pairs]
+    keys, refs = zip(*pairs)
     ids = list(map(id, refs))
     if set(map(type, keys)) != {str} or len(set(ids)) != len(ids) or not first_path.keys().isdisjoint(ids):
         return None
@@ -486,9 +485,12 @@ def _add_run(
         key_tuples = [(*prefix, k) for k in keys]
     else:
         paths = keys
-        key_tuples = [(k,) for k in keys]
+        key_tuples = list(zip(keys))  # (key,) each
     first_path.update(zip(ids, paths))
-    views.update([r.storage.key for r in refs if r.storage is not None])
+    try:
+        views.update(list(map(_STORAGE_KEY, refs)))
+    except AttributeError:  # a meta tensor: no storage
+        views.update([r.storage.key for r in refs if r.storage is not None])
     start = len(tensors)
     tensors.extend(map(TensorInfo, paths, key_tuples, refs, repeat(None)))
     return sum(map(_NUMEL, tensors[start:]))
@@ -687,8 +689,8 @@ def _groups(tensors: list[TensorInfo]) -> dict[tuple[DType, str], list[int]]:
     return groups
 
 
-_REF, _EXTRA, _STORAGE, _DTYPE_NAME, _LOCATION, _NUMEL, _NBYTES = map(
-    attrgetter, ("ref", "_extra", "storage", "dtype.name", "storage.location", "numel", "nbytes")
+_REF, _EXTRA, _STORAGE, _STORAGE_KEY, _DTYPE_NAME, _LOCATION, _NUMEL, _NBYTES = map(
+    attrgetter, ("ref", "_extra", "storage", "storage.key", "dtype.name", "storage.location", "numel", "nbytes")
 )
 
 
