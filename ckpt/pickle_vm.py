@@ -10,6 +10,12 @@ plain value (a dtype). Calls (REDUCE, NEWOBJ, INST, OBJ) on anything else never 
 Memory and time are linear in the size of the pickle: the memo is a dict (a sparse index cannot
 allocate), lengths are checked against the bytes that remain, nothing recurses.
 
+The entries ``torch.save`` writes for a state dict (a key, a PUT, then the dozen opcodes of a dense
+tensor) are recognised by their byte layout (:mod:`ckpt.tensor_records`) and applied a run at a
+time, when that provably leaves what the opcodes would: the same stack, the same calls in the same
+order, the same memo (a run's memo entries are kept as its columns and made when first read).
+Anything else, and any run that cannot be proved so, goes opcode by opcode.
+
 >>> import pickle
 >>> vm = Unpickler(pickle.dumps({"a": [1, 2.5, "x"]}, protocol=5), resolve=None, persistent_load=None)
 >>> vm.load()
@@ -22,7 +28,7 @@ import codecs
 import struct
 from collections import Counter, OrderedDict
 from bisect import bisect_right
-from itertools import chain, repeat, starmap
+from itertools import chain, starmap
 from collections import defaultdict as _defaultdict
 from typing import Any, Callable
 
