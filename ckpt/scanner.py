@@ -478,6 +478,8 @@ class _FileScan:
         # torch reads a DCP folder's .metadata with plain pickle.load; DCP's own dataclasses there
         # are data (ckpt's DCP reader rebuilds them), anywhere else they are unknown
         self.dcp_metadata = os.path.basename(path).endswith(".metadata")
+        self.source: RangedFile | None = None
+        """The file being scanned, for reads of a few bytes that should not map its pages."""
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -836,6 +838,7 @@ class _Scanner(_FileScan):
         gc.disable()  # a scan makes many small acyclic objects (zip records, symbolic values)
         try:
             self.report.size = file.size
+            self.source = file
             if not self.distcp(file):
                 self.analyze(file, "", 0)
         except _Abort:
@@ -1064,6 +1067,15 @@ class _Scanner(_FileScan):
                 declared.setdefault(key, (itemsize, numel))
         pos = keys_walk.end
         size = len(data)
+        source = self.source
+        if type(data) is not bytes and source is not None and source.size == size:
+            # the whole file, memory-mapped: a read through the map would map the large page-cache
+            # folios around each storage's 8-byte header (tens of MB for a 1 GB file)
+            def head(at: int) -> bytes:
+                return source.pread(at, 8)  # type: ignore[union-attr]
+        else:
+            def head(at: int) -> bytes:
+                return bytes(data[at : at + 8])
         for raw_key in keys:
             key = raw_key.decode("ascii", "replace") if type(raw_key) is bytes else raw_key
             if key not in declared or declared[key][0] is None:
@@ -1074,7 +1086,7 @@ class _Scanner(_FileScan):
             if pos + 8 > size:
                 self.error(record, f"the file ends inside legacy storage {key!r} (truncated)", pos)
                 return None
-            (count,) = struct.unpack_from("<q", data, pos)
+            (count,) = struct.unpack_from("<q", head(pos))
             if count < 0 or pos + 8 + count * itemsize > size:  # type: ignore[operator]
                 self.error(record, f"legacy storage {key!r} declares {count:,} elements, past the end of the file", pos)
                 return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import pickle
 from collections import OrderedDict
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,21 @@ def test_protocol_0_text_persistent_ids_account_for_storages(helpers: Any) -> No
     still matched with their records (torch cannot read such files back; nothing in them runs)."""
     r = scan_file(helpers.fixture_path("protocol_0"))
     assert r.status == "clean" and r.complete
+
+
+def test_legacy_storages_of_a_mapped_file_are_accounted_for(tmp_path: Path) -> None:
+    """A legacy file big enough to be memory-mapped: its storages' 8-byte counts are read without
+    mapping the data around them, and a count that disagrees with the pickle, or a file cut inside
+    the last storage, is still found."""
+    torch, _ = _model()
+    path = tmp_path / "big.pt"
+    torch.save({"a": torch.ones(3), "w": torch.zeros(8192)}, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    at = len(raw) - 8192 * 4 - 8  # the count of the last storage, "w"
+    assert len(raw) > 4096 and raw[at : at + 8] == struct.pack("<q", 8192)
+    assert scan_file(path).status == "clean"
+    (tmp_path / "mismatch.pt").write_bytes(raw[:at] + struct.pack("<q", 8000) + raw[at + 8 :])
+    assert "legacy.storage-mismatch" in {f.name for f in scan_file(tmp_path / "mismatch.pt").findings}
+    (tmp_path / "cut.pt").write_bytes(raw[:-100])
+    r = scan_file(tmp_path / "cut.pt")
+    assert r.status == "error" and any("past the end of the file" in e["message"] for e in r.errors), r.errors
