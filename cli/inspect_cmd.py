@@ -15,7 +15,9 @@ from .exit_codes import EXIT_FINDINGS, EXIT_OK
 from .render import group_tensors, human_bytes, human_count, shape_str
 
 DEFAULT_MAX_ROWS = 60
-_SHAPE, _DTYPE_NAME, _ITEMSIZE = attrgetter("shape"), attrgetter("dtype.name"), attrgetter("dtype.itemsize")
+_REF, _NUMEL, _SHAPE, _DEVICE, _DTYPE_NAME, _ITEMSIZE = map(
+    attrgetter, ("ref", "numel", "shape", "device", "dtype.name", "dtype.itemsize")
+)
 
 
 @click.command("inspect")
@@ -270,16 +272,15 @@ def _tensor_table(summary: ckpt.Summary, *, depth: int | None, show_all: bool, m
         if shown == max_rows and depth is None:
             table.add_row(f"... {len(groups) - shown} more groups", "", "", "", "", "", "")
             break
-        rows = [tensors[i] for i in members]
-        refs = [t.ref for t in rows]
+        rows = list(map(tensors.__getitem__, members))
+        refs = list(map(_REF, rows))
         shapes = set(map(_SHAPE, refs))
-        numels = [t.numel for t in rows]
+        numels = list(map(_NUMEL, rows))
         table.add_row(
             name or "(root)", str(len(rows)), ",".join(sorted(set(map(_DTYPE_NAME, refs)))),
             shape_str(rows[0].shape) if len(shapes) == 1 else "various",
             human_count(sum(numels)), human_bytes(sum(map(mul, numels, map(_ITEMSIZE, refs)))),
-            ",".join(sorted({r.storage.location if r._extra is None and r.storage is not None else r.device
-                             for r in refs})),
+            ",".join(sorted(set(map(_DEVICE, refs)))),
         )
         shown += 1
     table.caption = f"{how}; --all lists every tensor, --filter GLOB selects some"

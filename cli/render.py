@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 
@@ -81,12 +82,18 @@ def _group_by_pattern(
             if limit is not None and len(merged) + len(members) > limit:
                 if len(merged) + len(set(names) - merged.keys()) > limit:  # names already grouped add none
                     return None
+            local: dict[str, list[int]] = {}
             for i, name in zip(members, names):
-                merged.setdefault(name, []).append([i])
+                group = local.get(name)
+                if group is None:
+                    local[name] = [i]
+                else:
+                    group.append(i)
+            for name, group in local.items():
+                merged.setdefault(name, []).append(group)
         if limit is not None and len(merged) > limit:
             return None
-    return {key: parts[0] if len(parts) == 1 else sorted(i for part in parts for i in part)
-            for key, parts in merged.items()}
+    return {key: parts[0] if len(parts) == 1 else sorted(chain.from_iterable(parts)) for key, parts in merged.items()}
 
 
 def _substituted(names: list[str], pattern: re.Pattern[str], shape: str) -> list[str]:
