@@ -1910,6 +1910,7 @@ class BackgroundScan:
             code = 0
             try:
                 os.close(r)
+                os.nice(10)  # the caller's work is the one waited for: where the two share a CPU, it goes first
                 _send(w, json.dumps(self._here().as_json(), separators=(",", ":")).encode())
             except BaseException:
                 code = 1
@@ -1970,6 +1971,7 @@ def scan_file_in_background(path: str | os.PathLike[str], *, allow: Iterable[str
     reads the same file); ``.result()`` returns its report. Where forking is unavailable or unsafe
     (no ``os.fork``, one CPU, other threads running) or the child fails, ``.result()`` scans in
     this process instead: a report is never lost. The report comes back as JSON, never pickled.
+    The child runs at nice 10: where the two share a CPU, the caller's work goes first.
 
     >>> job = scan_file_in_background("model.pt")   # doctest: +SKIP
     >>> summary = ...                                # other work on the file meanwhile
