@@ -385,6 +385,25 @@ def summarize(
     # Rows keep their keys and dotted path, so a deep and wide pickle could make them cost
     # leaves x depth: past a budget of key parts, rows are counted (tensors still totalled), not listed.
     budget = _ROW_KEY_BUDGET
+
+    def list_tensor(keys: tuple[Any, ...], ref: TensorRef) -> None:
+        nonlocal budget
+        if budget < 0:
+            if match is None:
+                unlisted["tensors"] += 1
+                unlisted_refs.append(ref)
+            return
+        path_s = join_path(keys)
+        if match is not None and not match(path_s):
+            return
+        budget -= len(keys)
+        same = first_path.get(id(ref))
+        if same is None:
+            first_path[id(ref)] = path_s
+            if ref.storage is not None:
+                views[ref.storage.key] += 1
+        tensors.append(TensorInfo(path_s, keys, ref, same))
+
     for event in walk(root, max_depth=limits.max_walk_depth, atomic=is_scalar_collection, batch=True):
         kind = event.kind
         if kind == "tensors":
@@ -399,39 +418,9 @@ def summarize(
                     run[1] += added
                     continue
             for key, ref in pairs:
-                if budget < 0:
-                    if match is None:
-                        unlisted["tensors"] += 1
-                        unlisted_refs.append(ref)
-                    continue
-                keys = (*prefix, key)
-                path_s = join_path(keys)
-                if match is not None and not match(path_s):
-                    continue
-                budget -= len(keys)
-                same = first_path.get(id(ref))
-                if same is None:
-                    first_path[id(ref)] = path_s
-                    if ref.storage is not None:
-                        views[ref.storage.key] += 1
-                tensors.append(TensorInfo(path_s, keys, ref, same))
+                list_tensor((*prefix, key), ref)
         elif kind == "tensor":
-            ref: TensorRef = event.value
-            if budget < 0:
-                if match is None:
-                    unlisted["tensors"] += 1
-                    unlisted_refs.append(ref)
-                continue
-            path_s = join_path(event.keys)
-            if match is not None and not match(path_s):
-                continue
-            budget -= len(event.keys)
-            same = first_path.get(id(ref))
-            if same is None:
-                first_path[id(ref)] = path_s
-                if ref.storage is not None:
-                    views[ref.storage.key] += 1
-            tensors.append(TensorInfo(path_s, event.keys, ref, same))
+            list_tensor(event.keys, event.value)
         elif kind == "value":
             if budget < 0:
                 unlisted["values"] += match is None
