@@ -28,7 +28,7 @@ import codecs
 import struct
 from collections import Counter, OrderedDict
 from bisect import bisect_right
-from itertools import chain, starmap
+from itertools import chain
 from collections import defaultdict as _defaultdict
 from typing import Any, Callable
 
@@ -176,8 +176,9 @@ class _LazyRun:
     """The memo entries of a run of state-dict entries applied at once, made when first read.
 
     The run's keys are ``[first, end)``, ``k`` per entry in opcode order; ``columns[j][i]`` is
-    the value of entry ``i``'s ``j``-th key, except the persistent id, kept as the five columns
-    of its parts and made into one tuple (the same object for every read) with its entry.
+    the value of entry ``i``'s ``j``-th key, except where ``columns[j]`` is a tuple of columns (the
+    persistent id's parts, the rebuild call's arguments): that value is the tuple of their
+    ``i``-th items, made with its entry (then the same object for every read).
     """
 
     __slots__ = ("first", "end", "k", "columns")
@@ -193,12 +194,12 @@ class _LazyRun:
         i = (key - self.first) // self.k
         base = self.first + i * self.k
         for j, col in enumerate(self.columns):
-            value = tuple(part[i] for part in col) if j == 2 else col[i]
+            value = tuple(part[i] for part in col) if type(col) is tuple else col[i]
             memo.setdefault(base + j, value)
 
     def make_all(self, memo: dict[int, Any]) -> None:
         for j, col in enumerate(self.columns):
-            values = zip(*col) if j == 2 else col
+            values = zip(*col) if type(col) is tuple else col
             for key, value in zip(range(self.first + j, self.end, self.k), values):
                 memo.setdefault(key, value)
 
@@ -543,24 +544,25 @@ class Unpickler:
             storages = many(names, types, skeys, locations, r[5]) if many is not None else list(
                 map(self.persistent_load, zip(names, types, skeys, locations, r[5]))
             )
-            args = list(zip(storages, r[7], sizes, strides, map((0x88).__eq__, r[grad_i]), hooks))
-            results = list(starmap(rebuild.fn, args))  # type: ignore[union-attr]
+            arg_parts = (storages, r[7], sizes, strides, list(map((0x88).__eq__, r[grad_i])), hooks)
+            results = list(map(rebuild.fn, *arg_parts))  # type: ignore[union-attr]
         except (CheckpointError, TypeError, ValueError, OverflowError):
             return False  # one by one, to raise the error at the entry that has it
+        # the persistent ids and argument tuples are kept as their parts (a tuple is made when read)
         pid_parts = (names, types, skeys, locations, r[5])
         columns: list[Any] = [keys, skeys, pid_parts]  # in the order of ``writes``
         if size_put is not None:
             columns.append(sizes)
         if stride_put is not None:
             columns.append(strides)
-        columns += [hooks, args, results]
+        columns += [hooks, arg_parts, results]
         if lazy:
             self._lazy.append(_LazyRun(first, end, columns))
             self._lazy_firsts.append(first)
             self._lazy_end = end
         else:
             for col, values in zip(writes, columns):
-                memo.update(zip(col, zip(*values) if values is pid_parts else values))
+                memo.update(zip(col, zip(*values) if type(values) is tuple else values))
         stack.extend(chain.from_iterable(zip(keys, results)))
         return True
 
