@@ -203,6 +203,24 @@ def state_dict_pickle(n: int = 2, *, shape: tuple[int, ...] = (2,)) -> tuple[byt
     return out, records
 
 
+def corrupted(base: bytes, data: Any) -> bytes:
+    """``base`` with 1 to 4 bytes flipped, inserted or deleted anywhere, drawn from the hypothesis
+    ``data`` object (``st.data()``), for tests that compare two readings of damaged pickles."""
+    from hypothesis import strategies as st
+
+    raw = bytearray(base)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        how = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if how == "flip":
+            raw[pos] = data.draw(st.integers(0, 255))
+        elif how == "insert":
+            raw[pos:pos] = bytes([data.draw(st.integers(0, 255))])
+        elif len(raw) > 10:
+            del raw[pos]
+    return bytes(raw)
+
+
 def _strides(shape: tuple[int, ...]) -> list[int]:
     out = []
     acc = 1
