@@ -321,57 +321,39 @@ class ZipArchive:
         pos = 0
         raw_entries = self._raw
         end = len(cd)
-        last = end - hsize  # the last offset a whole fixed header can start at
         for index in range(count):
-            if pos > last:
-                self._duplicate_before(index, cd)
+            if pos + hsize > end:
                 raise self._corrupt(f"central directory ends after {index} of {count} records")
             sig, flags, method, crc, csize, usize, nlen, xlen, clen, offset = unpack(cd, pos)
             name_end = pos + hsize + nlen
             following = name_end + xlen + clen
             if sig != SIG_CENTRAL or following > end:
-                self._duplicate_before(index, cd)
                 raise self._corrupt(f"central directory record {index} is damaged or runs past the directory")
             raw = cd[pos + hsize : name_end]
             if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
-                self._duplicate_before(index, cd)
                 usize, csize, offset = self._zip64_extra(
                     cd[name_end : name_end + xlen], usize, csize, offset, _decode_name(raw, flags)
                 )
             if flags & 0x1 or offset + 30 + nlen + csize > cd_offset or (
                 method == DEFLATED and usize > csize * _DEFLATE_MAX_RATIO + 1024
             ):
-                self._duplicate_before(index, cd)
                 self._refuse(raw, flags, method, csize, usize, offset, nlen, cd_offset)
-            raw_entries[raw] = (method, flags, crc, csize, usize, offset, index)
-            pos = following
-        self._duplicate_before(count, cd)
-        if pos != end:
-            raise self._corrupt("central directory holds more bytes than its records")
-        self._order = list(raw_entries)
-
-    def _duplicate_before(self, index: int, cd: bytes) -> None:
-        """Raise if two of the first ``index`` records of ``cd`` share a name (the dict then
-        holds fewer entries than records), naming the first name met twice."""
-        if len(self._raw) == index:
-            return
-        seen: set[bytes] = set()
-        pos = 0
-        for _ in range(index):
-            sig, flags, _m, _c, _cs, _us, nlen, xlen, clen, _o = _CENTRAL_KEPT.unpack_from(cd, pos)
-            raw = cd[pos + _CENTRAL.size : pos + _CENTRAL.size + nlen]
-            if raw in seen:
+            if raw in raw_entries:
                 raise self._corrupt(
                     "two records share this name; the archive is ambiguous (readers disagree on "
                     "which one counts)",
                     record=_decode_name(raw, flags),
                 )
-            seen.add(raw)
-            pos += _CENTRAL.size + nlen + xlen + clen
-        raise AssertionError("unreachable: fewer entries than records means a repeated name")  # pragma: no cover
+            raw_entries[raw] = (method, flags, crc, csize, usize, offset, index)
+            pos = following
+        if pos != end:
+            raise self._corrupt("central directory holds more bytes than its records")
+        self._order = list(raw_entries)
 
     def _refuse(self, raw: bytes, flags: int, method: int, csize: int, usize: int, offset: int, nlen: int,
                 cd_offset: int) -> None:
+        """Raise the error for a record that is encrypted, runs into the central directory, or
+        declares more than deflate can produce (checked in that order)."""
         name = _decode_name(raw, flags)
         if flags & 0x1:
             raise UnsupportedFormatError(
