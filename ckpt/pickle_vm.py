@@ -452,13 +452,10 @@ class Unpickler:
             return -1
         stack.append(result)
         at += shape.length
-        entries = self._entry_shapes
         while True:
-            es = entries[0] if entries else None
-            if es is None or es.match(data, at) is None:
-                es = self._entry_shape(data, at)
-                if es is None:
-                    return at
+            es = self._entry_shape(data, at)
+            if es is None:
+                return at
             end = es.run(data, at).end()  # type: ignore[union-attr] - es.match succeeded at ``at``
             rows = list(es.iter_unpack(data[at:end]))
             if not self._apply_entries(es, rows, memo, stack, at):
@@ -607,7 +604,8 @@ class Unpickler:
         """The layout of the state-dict entry (key, PUT, tensor record) at ``at``, or None."""
         for i, es in enumerate(self._entry_shapes):
             if es.match(data, at) is not None:
-                self._entry_shapes.insert(0, self._entry_shapes.pop(i))
+                if i:
+                    self._entry_shapes.insert(0, self._entry_shapes.pop(i))
                 return es
         n = len(data)
         if at + 5 > n or data[at] != 88:  # BINUNICODE
